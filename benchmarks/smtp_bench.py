@@ -1,0 +1,252 @@
+"""How fast the SMTP listener acknowledges mail: accepted mails/s and time-to-250.
+
+The real listener runs in this process in front of the real `Gateway` (and,
+unless told otherwise, the processor that turns mail into tickets, since in
+production both share the machine and the database). The clients run in a
+separate process so that their work does not share the server's interpreter
+lock: each of them holds one smtplib connection and times every `sendmail`.
+
+    python -m benchmarks.smtp_bench [--n 2000] [--clients 8] [--database-url URL]
+
+Without --database-url the gateway uses a fresh SQLite file. A PostgreSQL URL
+names the server: a throwaway database is created on it and dropped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from mailgateway.config import Settings, settings_from_mapping
+from mailgateway.db.migrate import upgrade
+from mailgateway.db.models import InboxMail, InboxStatus
+from mailgateway.directory import add_account
+from mailgateway.ingest.smtp import SmtpListener
+from mailgateway.log import configure_logging
+from mailgateway.server import Processor
+from mailgateway.service import Gateway
+
+SENDER = "bench@studiobench.it"
+SUPPORT = "assistenza@example.com"
+BODY = (
+    "Buongiorno,\n\nquando apro MOCO e vado su MPRI compare l'errore 98,20 e il programma si "
+    "chiude. Abbiamo già provato a riavviare il computer.\n\nGrazie,\nStudio Bench\n"
+) * 6
+
+
+def _mail(index: int) -> bytes:
+    message = EmailMessage()
+    message["From"] = SENDER
+    message["To"] = SUPPORT
+    message["Subject"] = f"Richiesta {index}: errore 98,20 su MOCO"
+    message["Message-ID"] = make_msgid(domain="studiobench.it")
+    message.set_content(BODY)
+    return message.as_bytes(policy=SMTP_POLICY)
+
+
+def _client(port: int, indexes: list[int]) -> tuple[float, float, list[float]]:
+    """One connection sending its share; returns (start, end, seconds to each 250)."""
+    import smtplib
+
+    mails = [_mail(i) for i in indexes]
+    latencies: list[float] = []
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+        smtp.ehlo()
+        start = time.monotonic()
+        for raw in mails:
+            before = time.perf_counter()
+            smtp.sendmail(SENDER, [SUPPORT], raw)
+            latencies.append(time.perf_counter() - before)
+        end = time.monotonic()
+    return start, end, latencies
+
+
+def _clients(port: int, n: int, clients: int) -> list[tuple[float, float, list[float]]]:
+    """Run in the client process: `clients` parallel connections, n mails in all."""
+    shares = [list(range(n))[i::clients] for i in range(clients)]
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(_client, [port] * clients, shares))
+
+
+class _Server:
+    """The listener and the processor on their own event loop, as `serve` runs them."""
+
+    def __init__(self, settings: Settings, gateway: Gateway, process: bool) -> None:
+        self.processor = Processor(gateway, idle_seconds=1.0) if process else None
+        wake = self.processor.wake if self.processor else None
+        self.listener = SmtpListener(settings.smtp, gateway, on_stored=wake)
+        self._loop = asyncio.new_event_loop()
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bench-server")
+        self._done: Future[None] | None = None
+
+    def _main(self) -> None:
+        async def serve() -> None:
+            stopping = self._stopping = asyncio.Event()
+            runs = [self.listener.run(stopping)]
+            if self.processor is not None:
+                runs.append(self.processor.run(stopping))
+            self._started.set()
+            await asyncio.gather(*runs)
+
+        try:
+            self._loop.run_until_complete(serve())
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
+
+    def __enter__(self) -> _Server:
+        done = self._done = self._pool.submit(self._main)
+        deadline = time.monotonic() + 30
+        while not self.listener.serving:
+            if done.done():
+                done.result()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the listener did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stopping is not None and self._done is not None
+        self._loop.call_soon_threadsafe(self._stopping.set)
+        self._done.result(60)
+        self._pool.shutdown()
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _waiting(gateway: Gateway) -> int:
+    with gateway.sessions() as session:
+        query = select(func.count()).where(InboxMail.status == InboxStatus.RECEIVED.value)
+        return int(session.execute(query).scalar_one())
+
+
+def bench_smtp(
+    settings: Settings, n: int, clients: int = 8, process: bool = True
+) -> dict[str, Any]:
+    """Send n mails on `clients` parallel connections to a real listener and gateway.
+
+    The database in `settings` must be empty and migrated. Returns accepted
+    mails/s and time-to-250 percentiles (ms); with `process`, also how long
+    the processor took to turn every mail into a ticket.
+    """
+    settings = replace(settings, smtp=replace(settings.smtp, host="127.0.0.1", port=0))
+    gateway = Gateway(settings)
+    try:
+        with gateway.sessions.begin() as session:
+            add_account(session, gateway.clock, name="Studio Bench", email=SENDER, vat="1")
+        spawn = multiprocessing.get_context("spawn")
+        with spawn.Pool(1) as client_process, _Server(settings, gateway, process) as server:
+            results = client_process.apply(_clients, (server.listener.port, n, clients))
+            sent_at = time.monotonic()
+            if process:
+                while _waiting(gateway):
+                    time.sleep(0.05)
+            processed_at = time.monotonic()
+    finally:
+        gateway.close()
+    start = min(r[0] for r in results)
+    end = max(r[1] for r in results)
+    latencies = [latency for r in results for latency in r[2]]
+    report: dict[str, Any] = {
+        "database": make_url(settings.database.url).get_backend_name(),
+        "mails": len(latencies),
+        "clients": clients,
+        "seconds": round(end - start, 3),
+        "mails_per_s": round(len(latencies) / (end - start), 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+        "max_ms": round(max(latencies) * 1000, 2),
+    }
+    if process:
+        report["processed_per_s"] = round(len(latencies) / (processed_at - start), 1)
+        report["processing_lag_s"] = round(processed_at - sent_at, 2)
+    return report
+
+
+@contextmanager
+def throwaway_database(url: str | None, workdir: Path) -> Iterator[str]:
+    """A fresh, migrated database: a SQLite file in `workdir`, or a new PostgreSQL database."""
+    if not url or url.startswith("sqlite"):
+        target = f"sqlite:///{workdir / 'bench.db'}"
+        yield _migrated(target)
+        return
+    base = make_url(url)
+    name = f"mg_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield _migrated(base.set(database=name).render_as_string(hide_password=False))
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _migrated(url: str) -> str:
+    engine = create_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="mails to send (default 2000)")
+    parser.add_argument("--clients", type=int, default=8, help="parallel connections")
+    parser.add_argument("--database-url", help="sqlite:///… or postgresql+psycopg://… (server)")
+    parser.add_argument("--no-process", action="store_true", help="do not run the processor")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    args = parser.parse_args(argv)
+    with (
+        tempfile.TemporaryDirectory(prefix="mg-bench-") as workdir,
+        throwaway_database(args.database_url, Path(workdir)) as url,
+    ):
+        settings = settings_from_mapping(
+            {
+                "helpdesk": {"data_dir": str(Path(workdir) / "var")},
+                "database": {"url": url},
+                "outbound": {"maildir": str(Path(workdir) / "sent")},
+                "rules": {"path": str(Path(workdir) / "rules")},
+                "log": {"level": "warning"},
+            }
+        )
+        configure_logging(settings.log)
+        report = bench_smtp(settings, args.n, args.clients, process=not args.no_process)
+    if args.json:
+        json.dump(report, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        width = max(len(key) for key in report)
+        for key, value in report.items():
+            sys.stdout.write(f"{key:<{width}}  {value}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Engine and sessions: the one place that knows SQLite from PostgreSQL.
+
+SQLite runs in WAL mode with a busy timeout and takes the write lock at the
+start of every transaction (BEGIN IMMEDIATE): concurrent writers then queue
+instead of failing half-way with a stale snapshot. PostgreSQL uses row locks
+(`FOR UPDATE SKIP LOCKED`) where work is claimed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgateway.config import DatabaseSettings
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def create_db_engine(settings: DatabaseSettings) -> Engine:
+    """An engine for the configured URL, tuned for the gateway's access pattern."""
+    url = settings.url
+    if url.startswith("sqlite"):
+        _ensure_sqlite_dir(url)
+        engine = create_engine(
+            url, echo=settings.echo, connect_args={"timeout": 30, "check_same_thread": False}
+        )
+        _tune_sqlite(engine)
+        return engine
+    return create_engine(url, echo=settings.echo, pool_pre_ping=True, pool_size=10)
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when a transaction begins.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "08000", "08003", "08006"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying may help: a busy or locked database, a lost connection,
+    a serialization failure. A schema or data error is not transient."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    text = str(exc.orig).lower()
+    if "database is locked" in text or "database is busy" in text:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate in _TRANSIENT_SQLSTATES or (
+        sqlstate is None and "connection" in text and exc.__class__.__name__ == "OperationalError")
+
+
+def is_postgresql(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)

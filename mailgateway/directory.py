@@ -1,0 +1,129 @@
+"""The desk's directory: accounts (studi / aziende), their PERSONE, technicians.
+
+Addresses are stored lower-cased and validated once here, so every lookup
+in the pipeline is a plain equality on an indexed column.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgateway.clock import Clock
+from mailgateway.db.models import Account, Person, Staff
+from mailgateway.errors import UserError
+
+_ADDRESS = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
+
+
+def normal_address(address: str) -> str:
+    """A lower-cased bare address; a user mistake when it is not one."""
+    value = address.strip().lower()
+    if not _ADDRESS.match(value):
+        raise UserError(f"{address!r} is not an e-mail address.")
+    return value
+
+
+def _taken(session: Session, email: str) -> str | None:
+    if session.execute(select(Account.id).where(Account.main_email == email)).first():
+        return "an account's main address"
+    if session.execute(select(Person.id).where(Person.email == email)).first():
+        return "a person's address"
+    return None
+
+
+def add_account(
+    session: Session, clock: Clock, *, name: str, email: str, vat: str = "",
+    language: str | None = None,
+) -> Account:
+    email = normal_address(email)
+    if (taken := _taken(session, email)) is not None:
+        raise UserError(f"{email} is already {taken}.")
+    if language not in (None, "", "it", "en"):
+        raise UserError(f"Language must be it or en, not {language!r}.")
+    if not name.strip():
+        raise UserError("An account needs a name.")
+    account = Account(name=name.strip(), main_email=email, vat_number=vat.strip(),
+                      language=language or None, verified=True, created_at=clock.now())
+    session.add(account)
+    session.flush()
+    return account
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    added: int
+    skipped: list[str]
+
+
+def import_accounts(session: Session, clock: Clock, path: Path) -> ImportReport:
+    """Accounts from a CSV with a header: name, email, vat (optional), language (optional)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"File {path} does not exist.") from None
+    rows = list(csv.DictReader(text.splitlines()))
+    if rows and not {"name", "email"} <= set(rows[0]):
+        raise UserError(f"{path} needs the columns name and email (and optionally vat, language).")
+    added, skipped = 0, []
+    for line, row in enumerate(rows, start=2):
+        try:
+            with session.begin_nested():
+                add_account(session, clock, name=row.get("name") or "",
+                            email=row.get("email") or "", vat=row.get("vat") or "",
+                            language=row.get("language") or None)
+            added += 1
+        except UserError as exc:
+            skipped.append(f"line {line}: {exc}")
+    return ImportReport(added, skipped)
+
+
+def find_account(session: Session, email: str) -> Account:
+    email = normal_address(email)
+    account = session.execute(
+        select(Account).where(Account.main_email == email)).scalar_one_or_none()
+    if account is None:
+        raise UserError(f"There is no account with main address {email}.")
+    return account
+
+
+def add_person(session: Session, clock: Clock, *, account_email: str, name: str,
+               email: str) -> Person:
+    account = find_account(session, account_email)
+    email = normal_address(email)
+    if (taken := _taken(session, email)) is not None:
+        raise UserError(f"{email} is already {taken}.")
+    person = Person(account=account, name=name.strip(), email=email, created_at=clock.now())
+    session.add(person)
+    session.flush()
+    return person
+
+
+def add_staff(session: Session, clock: Clock, *, name: str, email: str,
+              group: str | None = None) -> Staff:
+    email = normal_address(email)
+    if session.execute(select(Staff.id).where(Staff.email == email)).first():
+        raise UserError(f"{email} is already a technician.")
+    staff = Staff(name=name.strip(), email=email, group=group or None, active=True,
+                  created_at=clock.now())
+    session.add(staff)
+    session.flush()
+    return staff
+
+
+def list_accounts(session: Session) -> Iterable[Account]:
+    return session.execute(select(Account).order_by(Account.main_email)).scalars()
+
+
+def list_persons(session: Session) -> Iterable[Person]:
+    return session.execute(select(Person).order_by(Person.email)).scalars()
+
+
+def list_staff(session: Session) -> Iterable[Staff]:
+    return session.execute(select(Staff).order_by(Staff.email)).scalars()

@@ -1,0 +1,46 @@
+"""Transports: get the bytes, commit one inbox row, then acknowledge.
+
+Every transport talks to the rest of the gateway through `Receiver`, so a
+transport never touches the database or the pipeline itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Received:
+    """What a transport learns after the commit: the inbox row and whether it was a repeat."""
+
+    inbox_id: int
+    duplicate: bool
+
+
+class Receiver(Protocol):
+    """The gateway as the transports see it (implemented by `mailgateway.service.Gateway`)."""
+
+    def receive(
+        self,
+        raw: bytes,
+        *,
+        transport: str,
+        envelope_from: str | None = None,
+        envelope_to: Sequence[str] = (),
+    ) -> Received:
+        """Commit the raw mail durably; only then may the transport acknowledge.
+
+        Blocking (database I/O). Raises `TemporaryError` when it could not commit.
+        """
+        ...
+
+    def process(self, inbox_id: int) -> str:
+        """Run the pipeline on one stored mail; returns the inbox status afterwards
+        (`processed`, `ignored` or `quarantined`). Never raises for a bad mail."""
+        ...
+
+    def accepts_recipient(self, address: str) -> bool:
+        """True when `address` is in one of the helpdesk's domains."""
+        ...

@@ -1,0 +1,526 @@
+"""IMAP transport: drain a mailbox, commit each mail, and only then move it away.
+
+The mailbox is the sender's queue and the inbox table is ours, so the order is
+fixed: fetch, `Receiver.receive` (durable commit), `Receiver.process`, then
+MOVE to the processed (or failed) folder. A crash anywhere before the move
+leaves the mail where it was; it is fetched again and the receiver's dedup
+turns the repeat into a no-op. A crash after the move cannot lose anything,
+because the commit came first.
+
+The poller is blocking (imapclient) and runs in its own thread; `run` bridges
+it to the server's event loop. Waits are short and check a stop flag, so
+SIGTERM ends an IDLE within about a second. Every network or protocol failure
+becomes a reconnect with exponential backoff and jitter, logged once per
+outage; a refused login is retried at the slowest rate of the same policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any
+
+import structlog
+from imapclient import IMAPClient  # type: ignore[import-untyped, unused-ignore]
+from imapclient.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+    IMAPClientAbortError,
+    IMAPClientError,
+    LoginError,
+)
+from tenacity import RetryCallState, Retrying, wait_exponential_jitter, wait_fixed
+
+from mailgateway.config import ImapSettings
+from mailgateway.errors import ConfigError, PermanentError, TemporaryError
+from mailgateway.ingest import Received, Receiver
+
+__all__ = [
+    "ImapConnectionError",
+    "ImapFolderError",
+    "ImapLoginError",
+    "ImapPoller",
+    "StoreError",
+]
+
+_log = structlog.get_logger(__name__)
+
+QUARANTINED = "quarantined"
+# Upper bound on the bytes one FETCH brings into memory (a single larger mail still passes).
+_MAX_BATCH_BYTES = 64 * 1024 * 1024
+_BODY = b"BODY[]"
+
+
+class ImapConnectionError(TemporaryError):
+    """The IMAP server could not be reached or broke the conversation: reconnect later."""
+
+
+class ImapLoginError(PermanentError):
+    """The IMAP server refused the credentials; retrying soon cannot help."""
+
+
+class ImapFolderError(PermanentError):
+    """A configured folder is missing and the server would not create it."""
+
+
+class StoreError(TemporaryError):
+    """The gateway could not store or process a fetched mail; it stays in the mailbox."""
+
+
+@dataclass
+class _FolderState:
+    """What survives a reconnect: UIDs are only meaningful under one UIDVALIDITY."""
+
+    uidvalidity: int | None = None
+    # Mails committed in the inbox table but not yet moved: uid → inbox id.
+    stored: dict[int, int] = field(default_factory=dict)
+
+
+class _Outage:
+    """Backoff across one outage: tenacity's wait policies, one log line per outage."""
+
+    def __init__(self, initial: float, maximum: float, log: Any) -> None:
+        self._wait = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
+        # A refused login will not fix itself in seconds: retry at the policy's cap.
+        self._slow = wait_fixed(maximum)
+        self._state = RetryCallState(Retrying(), None, (), {})
+        self._log = log
+        self._since: float | None = None
+        self._kind: str | None = None
+
+    def failed(self, kind: str, error: BaseException, *, slow: bool = False) -> float:
+        """Record one failed attempt; return how long to wait before the next one."""
+        first = self._since is None
+        self._state.attempt_number = 1 if first else self._state.attempt_number + 1
+        delay = (self._slow if slow else self._wait)(self._state)
+        fields = {"error": str(error), "retry_in": round(delay, 2)}
+        if first or kind != self._kind:
+            if slow or kind == "unexpected":
+                self._log.error(f"imap {kind}", exc_info=kind == "unexpected", **fields)
+            else:
+                self._log.warning(f"imap {kind}", **fields)
+        else:
+            self._log.debug(f"imap {kind} again", attempt=self._state.attempt_number, **fields)
+        if first:
+            self._since = time.monotonic()
+        self._kind = kind
+        return delay
+
+    def recovered(self) -> None:
+        """The connection works again: log the outage's end and start the next one afresh."""
+        if self._since is not None:
+            self._log.info(
+                "imap recovered",
+                attempts=self._state.attempt_number,
+                outage_seconds=round(time.monotonic() - self._since, 1),
+            )
+        self._since = None
+        self._kind = None
+
+
+def _after_failure(outage: _Outage, error: Exception) -> float:
+    """Log the failure (once per outage) and return the wait before reconnecting."""
+    if isinstance(error, StoreError):
+        return outage.failed("could not store mail, leaving it in the mailbox", error)
+    if isinstance(error, ImapLoginError):
+        return outage.failed("login refused", error, slow=True)
+    if isinstance(error, ImapFolderError):
+        return outage.failed("folder unusable", error, slow=True)
+    if isinstance(error, ImapConnectionError):
+        return outage.failed("connection lost, reconnecting", error)
+    return outage.failed("unexpected", error)
+
+
+def _message_id(raw: bytes) -> str | None:
+    """The Message-ID for log lines, read from the header block only."""
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    header = raw[: min(ends)] if ends else raw[:65536]
+    value = BytesHeaderParser(policy=compat32).parsebytes(header).get("Message-ID")
+    return str(value).strip() if value else None
+
+
+def _batches(uids: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(uids), size):
+        yield list(uids[start : start + size])
+
+
+class ImapPoller:
+    """One mailbox: drain it, then IDLE (or poll) for more, until told to stop."""
+
+    def __init__(
+        self,
+        settings: ImapSettings,
+        receiver: Receiver,
+        *,
+        reconnect_initial_seconds: float | None = None,
+        reconnect_max_seconds: float | None = None,
+        idle_check_seconds: float = 1.0,
+    ) -> None:
+        """`reconnect_*` override the settings' backoff bounds (first wait, cap); the cap
+        is also the interval between attempts after a refused login."""
+        if not settings.username:
+            raise ConfigError("imap.username is required for an IMAP mailbox.")
+        if settings.tls and settings.starttls:
+            raise ConfigError("imap.tls and imap.starttls exclude each other; choose one.")
+        if settings.folder in (settings.processed_folder, settings.failed_folder):
+            raise ConfigError(
+                f"imap.processed_folder and imap.failed_folder must differ from "
+                f"imap.folder ({settings.folder!r})."
+            )
+        self._password = settings.resolved_password()
+        if settings.password_env and not self._password:
+            raise ConfigError(
+                f"imap.password_env names {settings.password_env}, which is not set or empty."
+            )
+        self.settings = settings
+        self._receiver = receiver
+        self._idle_check_seconds = idle_check_seconds
+        # Read with defaults: settings objects made before these keys existed still work.
+        self._reconnect_initial = float(
+            reconnect_initial_seconds
+            if reconnect_initial_seconds is not None
+            else getattr(settings, "reconnect_initial_seconds", 1.0)
+        )
+        self._reconnect_max = float(
+            reconnect_max_seconds
+            if reconnect_max_seconds is not None
+            else getattr(settings, "reconnect_max_seconds", 300.0)
+        )
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._logging_in: IMAPClient | None = None
+        self._folder = _FolderState()
+        self._log = _log.bind(
+            transport="imap",
+            mailbox=f"{settings.username}@{settings.host}:{settings.port}/{settings.folder}",
+        )
+
+    # ---- entry points -----------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Run the blocking poller in a worker thread until `stopping` is set, then
+        interrupt IDLE, log out, return.
+
+        A dedicated thread rather than the loop's default executor: the poller
+        lives as long as the process and must not take a slot other components
+        use for their short blocking calls.
+        """
+        self._stop.clear()
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if finished.done():
+                return
+            if error is None:
+                finished.set_result(None)
+            else:
+                finished.set_exception(error)
+
+        def work() -> None:
+            error: BaseException | None = None
+            try:
+                self.serve_forever()
+            except BaseException as exc:  # handed to the awaiting task, not lost in the thread
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop may already be closed
+                loop.call_soon_threadsafe(settle, error)
+
+        thread = threading.Thread(target=work, name=f"imap-{self.settings.username}", daemon=True)
+        thread.start()
+        waiter = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({finished, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.stop()
+            waiter.cancel()
+            await finished
+
+    def stop(self) -> None:
+        """Ask `serve_forever` to finish (thread-safe).
+
+        A login in progress is cut short: servers delay answers to repeated failed
+        logins by many seconds, and shutdown must not wait for that.
+        """
+        self._stop.set()
+        with self._lock:
+            if self._logging_in is not None:
+                with contextlib.suppress(OSError):
+                    self._logging_in.socket().shutdown(socket.SHUT_RDWR)
+
+    def run_once(self) -> int:
+        """Connect, drain the folder once, log out; returns how many mails were handled.
+
+        Raises `ImapConnectionError`, `ImapLoginError`, `ImapFolderError`, or
+        `StoreError` (mails not handled stay in the mailbox).
+        """
+        never = threading.Event()
+        with self._imap_errors(), self._connected() as client:
+            self._ensure_folders(client)
+            return self._drain(client, never)
+
+    def serve_forever(self) -> None:
+        """Drain, wait for mail, repeat; reconnect after any failure, until `stop()`."""
+        outage = _Outage(self._reconnect_initial, self._reconnect_max, self._log)
+        while not self._stop.is_set():
+            try:
+                with self._imap_errors(), self._connected() as client:
+                    self._watch(client, outage.recovered)
+            except Exception as exc:  # every failure waits; a bug must not end the transport
+                if self._stop.is_set() and isinstance(exc, ImapConnectionError):
+                    break  # cut short by stop(): not an outage
+                self._stop.wait(_after_failure(outage, exc))
+        self._log.info("imap poller stopped")
+
+    # ---- connection -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _imap_errors(self) -> Iterator[None]:
+        """Map imapclient's and the socket's exceptions to ours, once, at the edge."""
+        s = self.settings
+        where = f"{s.host}:{s.port}"
+        try:
+            yield
+        except LoginError as exc:
+            if "UNAVAILABLE" in str(exc).upper():
+                raise ImapConnectionError(f"IMAP server {where} is unavailable: {exc}") from exc
+            raise ImapLoginError(
+                f"IMAP server {where} refused the login of {s.username}: {exc}"
+            ) from exc
+        except (IMAPClientError, OSError) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise ImapConnectionError(f"IMAP connection to {where} failed: {detail}") from exc
+
+    @contextlib.contextmanager
+    def _connected(self) -> Iterator[IMAPClient]:
+        """A logged-in client; logged out on a clean exit, just closed after a failure."""
+        s = self.settings
+        context = ssl.create_default_context() if (s.tls or s.starttls) else None
+        client = IMAPClient(
+            s.host, port=s.port, ssl=s.tls, ssl_context=context, timeout=s.timeout_seconds
+        )
+        try:
+            with self._lock:
+                self._logging_in = client
+            if self._stop.is_set():
+                raise ImapConnectionError("stopping")
+            try:
+                if s.starttls:
+                    client.starttls(context)
+                client.login(s.username, self._password)
+            finally:
+                with self._lock:
+                    self._logging_in = None
+            yield client
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+            raise
+        with contextlib.suppress(Exception):
+            client.logout()
+
+    def _ensure_folders(self, client: IMAPClient) -> None:
+        s = self.settings
+        for name in dict.fromkeys((s.folder, s.processed_folder, s.failed_folder)):
+            if client.folder_exists(name):
+                continue
+            try:
+                client.create_folder(name)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as exc:
+                raise ImapFolderError(
+                    f"IMAP folder {name!r} does not exist on {s.host} and could not be "
+                    f"created: {exc}"
+                ) from exc
+            with contextlib.suppress(IMAPClientError):
+                client.subscribe_folder(name)  # so admins see it in their mail client
+            self._log.info("imap folder created", folder=name)
+
+    # ---- one connection's life ----------------------------------------------------------
+
+    def _watch(self, client: IMAPClient, ready: Callable[[], None]) -> None:
+        """Drain, then wait for new mail by IDLE or polling, until stopped."""
+        self._ensure_folders(client)
+        idle = self.settings.idle and client.has_capability("IDLE")
+        self._log.info("imap connected", mode="idle" if idle else "poll")
+        while not self._stop.is_set():
+            # Drain until a pass finds nothing: notices of mail that arrived meanwhile
+            # came with our own commands' answers, and IDLE would not repeat them.
+            while self._drain(client, self._stop) and not self._stop.is_set():
+                pass
+            ready()  # a full drain worked: the outage, if any, is over
+            if self._stop.is_set():
+                break
+            if idle:
+                self._idle(client)
+            else:
+                self._poll_wait(client)
+
+    def _idle(self, client: IMAPClient) -> None:
+        """IDLE until new mail, the re-issue interval, or stop; checks the flag every second."""
+        client.idle()
+        deadline = time.monotonic() + self.settings.idle_seconds
+        leave = True
+        try:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                if self._read_ahead(client):
+                    return  # leaving IDLE collects it; the drain that follows acts on it
+                started = time.monotonic()
+                responses = client.idle_check(timeout=self._idle_check_seconds)
+                if any(r[0] == b"BYE" for r in responses):
+                    leave = False
+                    raise ImapConnectionError(f"IMAP server closed the session: {responses}")
+                if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+                    return
+                if not responses and time.monotonic() - started < self._idle_check_seconds / 2:
+                    # Readable without a line: the peer probably closed. Leaving IDLE
+                    # tells for sure (DONE then raises) instead of spinning here.
+                    return
+        finally:
+            if leave:
+                client.idle_done()
+
+    def _read_ahead(self, client: IMAPClient) -> bool:
+        """True when server output already sits in the client's buffers.
+
+        imaplib reads through a buffered file: a new-mail notice sent in the same
+        packet as IDLE's "+ idling" is read ahead with it, and `idle_check` (which
+        polls the socket) would then wait for the *next* packet, possibly minutes.
+        """
+        sock = client.socket()
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        peek = getattr(getattr(client._imap, "file", None), "peek", None)
+        if peek is None:
+            return False
+        sock.setblocking(False)
+        try:
+            return bool(peek(1))
+        except (OSError, ValueError):
+            return False
+        finally:
+            sock.settimeout(self.settings.timeout_seconds)
+
+    def _poll_wait(self, client: IMAPClient) -> None:
+        """Sleep `poll_seconds` in slices, with a NOOP now and then so the server keeps us."""
+        deadline = time.monotonic() + self.settings.poll_seconds
+        while not self._stop.wait(min(max(deadline - time.monotonic(), 0), 240)):
+            if time.monotonic() >= deadline:
+                return
+            client.noop()
+
+    # ---- draining ---------------------------------------------------------------------
+
+    def _drain(self, client: IMAPClient, stop: threading.Event) -> int:
+        """Handle every mail in the folder, oldest first, a batch at a time."""
+        selected = client.select_folder(self.settings.folder)
+        self._check_uidvalidity(int(selected[b"UIDVALIDITY"]))
+        if not selected.get(b"EXISTS"):
+            return 0
+        uids = sorted(client.search(["UNDELETED"]))
+        handled = 0
+        for batch in _batches(uids, max(self.settings.batch_size, 1)):
+            if stop.is_set():
+                break
+            for part in self._split_by_size(client, batch):
+                handled += self._handle_batch(client, part, stop)
+        if handled:
+            self._log.info("imap folder drained", handled=handled)
+        return handled
+
+    def _check_uidvalidity(self, uidvalidity: int) -> None:
+        state = self._folder
+        if state.uidvalidity is not None and state.uidvalidity != uidvalidity:
+            # The server renumbered the folder: a remembered UID may now name
+            # another mail. Forget them all; the receiver's dedup absorbs repeats.
+            self._log.warning(
+                "imap uidvalidity changed, rescanning",
+                old=state.uidvalidity,
+                new=uidvalidity,
+                forgotten=len(state.stored),
+            )
+            state.stored.clear()
+        state.uidvalidity = uidvalidity
+
+    def _split_by_size(self, client: IMAPClient, uids: list[int]) -> Iterator[list[int]]:
+        """Cut a batch so one FETCH stays under `_MAX_BATCH_BYTES`."""
+        sizes = client.fetch(uids, [b"RFC822.SIZE"])
+        part: list[int] = []
+        total = 0
+        for uid in uids:
+            size = int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0))
+            if part and total + size > _MAX_BATCH_BYTES:
+                yield part
+                part, total = [], 0
+            part.append(uid)
+            total += size
+        if part:
+            yield part
+
+    def _handle_batch(self, client: IMAPClient, uids: list[int], stop: threading.Event) -> int:
+        """Store and process each mail of one batch, then move the handled ones."""
+        s = self.settings
+        known = self._folder.stored
+        missing = [uid for uid in uids if uid not in known]
+        fetched = client.fetch(missing, [b"BODY.PEEK[]"]) if missing else {}
+        moves: dict[str, list[int]] = {s.processed_folder: [], s.failed_folder: []}
+        try:
+            for uid in uids:
+                if stop.is_set():
+                    break
+                item = fetched.pop(uid, None)
+                if uid not in known and item is None:
+                    continue  # expunged by someone else meanwhile
+                raw = item[_BODY] if item is not None else None
+                status = self._store_and_process(uid, raw)
+                moves[s.failed_folder if status == QUARANTINED else s.processed_folder].append(uid)
+        except StoreError:
+            self._move(client, moves)  # keep what was done before the failure
+            raise
+        return self._move(client, moves)
+
+    def _store_and_process(self, uid: int, raw: bytes | None) -> str:
+        """Commit (unless already committed under this UID), then run the pipeline."""
+        message_id = _message_id(raw) if raw is not None else None
+        log = self._log.bind(uid=uid, message_id=message_id)
+        try:
+            if raw is None:
+                inbox_id, duplicate = self._folder.stored[uid], True
+            else:
+                received: Received = self._receiver.receive(
+                    raw, transport="imap", envelope_to=(self.settings.username,)
+                )
+                inbox_id, duplicate = received.inbox_id, received.duplicate
+                self._folder.stored[uid] = inbox_id
+            status = self._receiver.process(inbox_id)
+        except Exception as exc:
+            raise StoreError(f"mail UID {uid} ({message_id or 'no Message-ID'}): {exc}") from exc
+        log.info("imap mail handled", inbox_id=inbox_id, duplicate=duplicate, status=status)
+        return status
+
+    def _move(self, client: IMAPClient, moves: dict[str, list[int]]) -> int:
+        """MOVE, or COPY + \\Deleted + (UID) EXPUNGE where the server has no MOVE."""
+        moved = 0
+        for folder, uids in moves.items():
+            if not uids:
+                continue
+            if client.has_capability("MOVE"):
+                client.move(uids, folder)
+            else:
+                client.copy(uids, folder)
+                client.delete_messages(uids, silent=True)
+                if client.has_capability("UIDPLUS"):
+                    client.uid_expunge(uids)
+                else:
+                    client.expunge()
+            for uid in uids:
+                self._folder.stored.pop(uid, None)
+            moved += len(uids)
+        return moved

@@ -1,0 +1,369 @@
+"""The built-in SMTP/LMTP listener: accept mail for the helpdesk's domains, commit, then ACK.
+
+The listener is a transport and nothing more: `handle_RCPT` decides whether a
+recipient is ours (we are never a relay), `handle_DATA` hands the raw bytes to
+the `Receiver` and answers `250` only once the inbox row is committed. Any
+failure to commit answers `451` so the sending MTA keeps the mail and retries:
+a mail is never acknowledged and then lost. Processing happens elsewhere; the
+listener only pokes it through `on_stored` after the commit.
+
+LMTP (RFC 2033) is the same conversation with `LHLO` and one reply per
+accepted recipient after DATA, so it is the same handler on aiosmtpd's LMTP
+protocol class. The one commit per message serves every recipient, hence the
+same status repeated for each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailgateway.config import SmtpSettings
+from mailgateway.errors import ConfigError, TemporaryError
+from mailgateway.ingest import Received, Receiver
+
+_IDENT = "mailgateway"
+_TEMPFAIL = "451 4.3.0 Mail not stored, try again later"
+_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+_BUSY = "421 4.7.0 Too many connections, try again later"
+_HEADER_SCAN_BYTES = 65_536
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def message_id_of(raw: bytes) -> str:
+    """The Message-ID header of a raw mail, cheaply, for logs only ("" when absent).
+
+    A full parse would cost more than the commit itself on the hot path; the
+    pipeline parses the mail properly later.
+    """
+    head = raw[:_HEADER_SCAN_BYTES]
+    ends = [i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0]
+    if ends:
+        head = head[: min(ends)]
+    match = _MESSAGE_ID.search(head)
+    if match is None:
+        return ""
+    return " ".join(match.group(1).decode("ascii", "replace").split())[:250]
+
+
+def _tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
+    """A server-side TLS context for STARTTLS, or None when no certificate is configured."""
+    if not settings.tls_cert:
+        if settings.require_starttls:
+            raise ConfigError("smtp.require_starttls needs smtp.tls_cert and smtp.tls_key.")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"smtp.tls_cert/smtp.tls_key cannot be loaded ({settings.tls_cert}): {exc}."
+        ) from None
+    return context
+
+
+class _Handler:
+    """aiosmtpd hooks: recipient check and commit, shared by every session of a listener."""
+
+    def __init__(self, listener: SmtpListener) -> None:
+        self._listener = listener
+        self._receiver = listener.receiver
+        self._settings = listener.settings
+        self._log = listener.log
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        """Accept only the helpdesk's own domains: an open relay is never an option."""
+        if len(envelope.rcpt_tos) >= self._settings.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        log = self._log.bind(peer=session.peer, rcpt=address)
+        try:
+            served = self._receiver.accepts_recipient(address)
+        except Exception:
+            log.exception("smtp.rcpt_check_failed")
+            return "451 4.3.0 Recipient check failed, try again later"
+        if not served:
+            log.info("smtp.rcpt_refused")
+            return f"550 5.1.1 <{address}>: recipient not served here"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Commit the mail, then acknowledge; a failure answers 451 so the sender retries."""
+        raw = envelope.original_content or b""
+        log = self._log.bind(message_id=message_id_of(raw), peer=session.peer)
+        started = time.perf_counter()
+        commit = self._listener.commit(raw, envelope.mail_from, tuple(envelope.rcpt_tos))
+        try:
+            # Shielded: a client hanging up mid-commit must not stop the commit; the
+            # mail is kept, the processor still woken, and the client's retry deduplicated.
+            received = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            commit.add_done_callback(self._listener.wake_when_stored)
+            raise
+        except TemporaryError as exc:
+            log.warning("smtp.store_failed", error=str(exc))
+            return self._status(envelope, _TEMPFAIL)
+        except Exception:
+            log.exception("smtp.store_failed")
+            return self._status(envelope, _TEMPFAIL)
+        log.info(
+            "smtp.stored",
+            inbox_id=received.inbox_id,
+            duplicate=received.duplicate,
+            size=len(raw),
+            recipients=len(envelope.rcpt_tos),
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        # Runs once the 250 below is written: waking the processor never delays the ACK.
+        asyncio.get_running_loop().call_soon(self._listener.wake, received.inbox_id)
+        return self._status(envelope, "250 2.0.0 OK stored")
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A bug in a command must cost the client a retry, never the listener."""
+        self._log.exception("smtp.session_error", error=repr(error))
+        return "451 4.3.0 Temporary server error, try again later"
+
+    def _status(self, envelope: Envelope, status: str) -> str:
+        """One reply per accepted recipient in LMTP (RFC 2033 §4.2), one reply in SMTP."""
+        if not self._settings.lmtp:
+            return status
+        code, _, text = status.partition(" ")
+        return "\r\n".join(f"{code} {text} <{rcpt}>" for rcpt in envelope.rcpt_tos)
+
+
+class _TrackedSMTP(SMTP):
+    """An SMTP session that the listener can count and close when it shuts down."""
+
+    # RFC 5321 caps lines at 1000 octets, but mail clients still send longer HTML
+    # lines; refusing them would bounce a customer's request, so accept up to 64 KiB
+    # like the MTAs in front of us do. Commands keep aiosmtpd's own 512-octet cap.
+    line_length_limit = 65_536
+
+    def __init__(self, handler: _Handler, listener: SmtpListener, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._listener = listener
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self._listener.forget(self)
+
+    @property
+    def in_transaction(self) -> bool:
+        """True between MAIL FROM and the end of DATA: closing now would lose the client's work."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def hang_up(self, status: str | None) -> None:
+        """Close the connection, first telling the client why when a status is given."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if status is not None and isinstance(transport, asyncio.WriteTransport):
+            transport.write(status.encode("ascii") + b"\r\n")
+        transport.close()
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """No new transaction once the listener is shutting down."""
+        if self._listener.draining:
+            self.hang_up(_SHUTTING_DOWN)
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """After the reply to DATA, a draining listener lets the session go.
+
+        A plain close rather than a 421: a client that has its 250 treats the
+        lost connection as the end of a delivered session.
+        """
+        await super().smtp_DATA(arg)
+        if self._listener.draining:
+            self.hang_up(None)
+        self._listener.notify()
+
+
+class _TrackedLMTP(_TrackedSMTP, LMTP):
+    """The same session speaking LMTP (LHLO instead of HELO/EHLO)."""
+
+
+class _Refusal(asyncio.Protocol):
+    """Answers 421 and hangs up: the connection is over the listener's session limit."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(_BUSY.encode("ascii") + b"\r\n")
+        transport.close()
+
+
+class SmtpListener:
+    """The SMTP (or LMTP) server component that `serve` runs beside the others."""
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        receiver: Receiver,
+        on_stored: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.receiver = receiver
+        self._on_stored = on_stored
+        self._transport_name = "lmtp" if settings.lmtp else "smtp"
+        self.log = structlog.get_logger().bind(transport=self._transport_name)
+        self._tls = _tls_context(settings)
+        self._hostname = socket.gethostname()
+        self._handler = _Handler(self)
+        self._sessions: set[asyncio.BaseProtocol] = set()
+        self._commits: set[asyncio.Task[Received]] = set()
+        self._changed: asyncio.Event | None = None
+        self._server: asyncio.Server | None = None
+        self._port = settings.port
+        self.draining = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one may be 0: any free port, as in tests)."""
+        return self._port
+
+    @property
+    def serving(self) -> bool:
+        """True while the socket is bound and accepting connections."""
+        return self._server is not None and self._server.is_serving()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Serve until `stopping` is set, then drain in-flight sessions and return."""
+        loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self.draining = False
+        server = await loop.create_server(
+            lambda: self._make_protocol(loop),
+            self.settings.host,
+            self.settings.port,
+            reuse_address=True,
+        )
+        self._server = server
+        self._port = server.sockets[0].getsockname()[1]
+        self.log.info(
+            "smtp.listening", host=self.settings.host, port=self._port, tls=self._tls is not None
+        )
+        try:
+            await stopping.wait()
+        finally:
+            server.close()
+            await self._drain(loop)
+            await server.wait_closed()
+            self.log.info("smtp.stopped")
+
+    def commit(
+        self, raw: bytes, mail_from: str | None, rcpt_tos: tuple[str, ...]
+    ) -> asyncio.Task[Received]:
+        """Store one mail in a worker thread; the task outlives the session that started it."""
+        task = asyncio.get_running_loop().create_task(self._store(raw, mail_from, rcpt_tos))
+        self._commits.add(task)
+        task.add_done_callback(self._commit_done)
+        return task
+
+    async def _store(
+        self, raw: bytes, mail_from: str | None, rcpt_tos: tuple[str, ...]
+    ) -> Received:
+        # "<>" is the null reverse-path of bounces and DSNs: pass it on as "".
+        envelope_from = "" if mail_from in (None, "<>") else mail_from
+        return await asyncio.to_thread(
+            self.receiver.receive,
+            raw,
+            transport=self._transport_name,
+            envelope_from=envelope_from,
+            envelope_to=rcpt_tos,
+        )
+
+    def wake(self, inbox_id: int) -> None:
+        """Tell the processor a mail is waiting; its failure must not reach the session."""
+        if self._on_stored is None:
+            return
+        try:
+            self._on_stored(inbox_id)
+        except Exception:
+            self.log.exception("smtp.on_stored_failed", inbox_id=inbox_id)
+
+    def wake_when_stored(self, task: asyncio.Task[Received]) -> None:
+        """For a commit whose client hung up: the mail is stored all the same, so process it."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        received = task.result()
+        self.log.info("smtp.stored_after_disconnect", inbox_id=received.inbox_id)
+        self.wake(received.inbox_id)
+
+    def _commit_done(self, task: asyncio.Task[Received]) -> None:
+        self._commits.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here; the session that awaited it logged it
+        self.notify()
+
+    def forget(self, session: asyncio.BaseProtocol) -> None:
+        """A session ended; free its slot."""
+        self._sessions.discard(session)
+        self.notify()
+
+    def notify(self) -> None:
+        """Something the drain waits for may have changed."""
+        if self._changed is not None:
+            self._changed.set()
+
+    def _make_protocol(self, loop: asyncio.AbstractEventLoop) -> asyncio.BaseProtocol:
+        if self.draining or len(self._sessions) >= self.settings.max_sessions:
+            self.log.warning("smtp.session_refused", sessions=len(self._sessions))
+            return _Refusal()
+        cls = _TrackedLMTP if self.settings.lmtp else _TrackedSMTP
+        session = cls(
+            self._handler,
+            self,
+            data_size_limit=self.settings.max_message_bytes or None,
+            enable_SMTPUTF8=True,
+            hostname=self._hostname,
+            ident=_IDENT,
+            tls_context=self._tls,
+            require_starttls=self.settings.require_starttls,
+            timeout=float(self.settings.idle_timeout_seconds),
+            loop=loop,
+        )
+        self._sessions.add(session)
+        return session
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Let transactions in flight finish (bounded by the grace period), close the rest."""
+        self.draining = True
+        deadline = loop.time() + self.settings.shutdown_grace_seconds
+        assert self._changed is not None
+        while True:
+            self._changed.clear()
+            for session in list(self._sessions):
+                if isinstance(session, _TrackedSMTP) and not session.in_transaction:
+                    session.hang_up(_SHUTTING_DOWN)
+            remaining = deadline - loop.time()
+            if not (self._sessions or self._commits) or remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+            except TimeoutError:
+                pass
+        for session in list(self._sessions):
+            if isinstance(session, _TrackedSMTP):
+                peer = session.session.peer if session.session else None
+                self.log.warning("smtp.session_aborted", peer=peer)
+                session.hang_up(_SHUTTING_DOWN)
+        # Let the transports' close callbacks run before the loop goes away.
+        await asyncio.sleep(0)

@@ -1,0 +1,39 @@
+"""structlog set-up: one event per line on stderr, context bound per mail.
+
+`ticket`, `message_id` and `transport` are bound as contextvars by the
+stages that learn them, so every line logged while a mail is handled
+carries them without being passed around.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from mailgateway.config import LogSettings
+
+
+def configure_logging(settings: LogSettings) -> None:
+    level = getattr(logging, settings.level.upper())
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if settings.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr,
+                        format="%(levelname)s %(name)s %(message)s")
+    # mail-parser warns about every MIME type it does not render; we handle them.
+    logging.getLogger("mailparser").setLevel(logging.ERROR)

@@ -1,0 +1,360 @@
+"""The outbox worker: claim due mails, hand them to the transport, record the outcome.
+
+Each pass claims due `pending` rows in batches by setting a lease
+(`claimed_until`): on PostgreSQL the candidates are picked with
+`SELECT … FOR UPDATE SKIP LOCKED`, so several dispatchers share the queue
+without waiting on each other; on SQLite the same conditional UPDATE runs
+under the write lock every transaction takes (BEGIN IMMEDIATE). Only rows
+whose lease is absent or expired are claimable, so a dispatcher that died
+mid-batch delays its rows by one lease, never loses them.
+
+**At most one mail sent twice per crash.** A row is marked `sent` in its own
+commit right after the transport accepted it. The only window in which a
+mail can go out twice is between the relay's acceptance and that commit:
+one send. Widening it (committing per batch) would trade duplicates for
+speed; the batch is sent over one SMTP session instead, which is where the
+speed was.
+
+Outcomes: accepted → `sent`; `TemporaryError` → `attempts + 1` and a later
+`next_attempt_at` (exponential backoff with jitter), or `dead` once
+`max_attempts` or `max_age_hours` is reached; `PermanentError` → `failed`
+with the server's answer in `last_error`. When the relay itself is
+unreachable, the rest of the batch is postponed to the same instant without
+spending its attempts. `retry()` puts a failed or dead row back in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import RetryCallState, Retrying, stop_after_attempt, stop_after_delay
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base, wait_exponential_jitter
+
+from mailgateway.clock import Clock
+from mailgateway.config import OutboundSettings, Settings
+from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
+from mailgateway.errors import PermanentError, TemporaryError, UserError
+from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
+
+
+def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
+    """A logger bound at call time, so the configuration made at start-up applies."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
+    return logger.bind(transport="outbound", **values)
+
+
+# --- retry policy: the one place that decides when to try again --------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff between attempts and when to give up, as tenacity policy objects.
+
+    The dispatcher does not sleep between attempts (the row waits in the
+    database), so the policies are evaluated on a call state built from the
+    row: its attempt count and its age.
+    """
+
+    wait: wait_base
+
+    def _state(self, attempts: int, age: timedelta) -> RetryCallState:
+        state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+        state.attempt_number = attempts
+        state.start_time = 0.0
+        state.outcome_timestamp = age.total_seconds()
+        return state
+
+    def delay(self, attempts: int) -> timedelta:
+        """How long to wait after the `attempts`-th failed attempt."""
+        return timedelta(seconds=self.wait(self._state(attempts, timedelta(0))))
+
+    def gives_up(self, settings: OutboundSettings, attempts: int, age: timedelta) -> bool:
+        stop: stop_base = stop_after_attempt(settings.max_attempts) | stop_after_delay(
+            timedelta(hours=settings.max_age_hours)
+        )
+        return bool(stop(self._state(attempts, age)))
+
+
+# 30 s, 1 min, 2 min, … capped at one hour, plus up to 30 s so retries spread out.
+RETRY_POLICY = RetryPolicy(wait=wait_exponential_jitter(multiplier=30, max=3600, jitter=30))
+
+
+def lease_length(settings: OutboundSettings) -> timedelta:
+    """How long a claim holds; a batch stops early rather than outlive it."""
+    return timedelta(seconds=max(300, 10 * settings.timeout_seconds))
+
+
+# --- one pass ------------------------------------------------------------------
+
+
+@dataclass
+class DispatchReport:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    dead: int = 0
+    deferred: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"sent {self.sent}, retried {self.retried}, failed {self.failed}, "
+            f"dead {self.dead}, deferred {self.deferred}"
+        )
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    ticket: str | None  # the ticket's number, for the logs
+    message_id: str
+    mail_from: str
+    recipients: list[str]
+    raw: bytes
+    attempts: int
+    created_at: datetime
+
+
+def _claim(
+    session: Session, settings: Settings, now: datetime, lease_until: datetime
+) -> list[_Claimed]:
+    """Lease up to one batch of due rows to this dispatcher and load them."""
+    due = and_(
+        OutboxMail.status == OutboxStatus.PENDING,
+        OutboxMail.next_attempt_at <= now,
+        or_(OutboxMail.claimed_until.is_(None), OutboxMail.claimed_until < now),
+    )
+    candidates = (
+        select(OutboxMail.id)
+        .where(due)
+        .order_by(OutboxMail.next_attempt_at, OutboxMail.id)
+        .limit(settings.outbound.batch_size)
+    )
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    claim = (
+        update(OutboxMail)
+        .where(OutboxMail.id.in_(candidates), due)
+        .values(claimed_until=lease_until)
+        .returning(OutboxMail.id)
+        .execution_options(synchronize_session=False)
+    )
+    ids = list(session.execute(claim).scalars())
+    if not ids:
+        return []
+    rows = session.execute(
+        select(
+            OutboxMail.id,
+            Ticket.number,
+            OutboxMail.message_id,
+            OutboxMail.mail_from,
+            OutboxMail.recipients,
+            OutboxMail.raw,
+            OutboxMail.attempts,
+            OutboxMail.created_at,
+        )
+        .outerjoin(Ticket, Ticket.id == OutboxMail.ticket_id)
+        .where(OutboxMail.id.in_(ids))
+        .order_by(OutboxMail.next_attempt_at, OutboxMail.id)
+    ).all()
+    return [_Claimed(*row) for row in rows]
+
+
+def _set(session: Session, ids: Sequence[int], **values: Any) -> None:
+    session.execute(
+        update(OutboxMail)
+        .where(OutboxMail.id.in_(ids))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def _after_temporary(
+    session: Session, settings: Settings, now: datetime, mail: _Claimed, error: str
+) -> tuple[str, datetime]:
+    """Schedule the next attempt or give up; returns the new status and next instant."""
+    attempts = mail.attempts + 1
+    if RETRY_POLICY.gives_up(settings.outbound, attempts, now - mail.created_at):
+        _set(session, [mail.id], status=OutboxStatus.DEAD, attempts=attempts,
+             last_error=error, claimed_until=None)
+        return OutboxStatus.DEAD, now
+    next_at = now + RETRY_POLICY.delay(attempts)
+    _set(session, [mail.id], attempts=attempts, next_attempt_at=next_at,
+         last_error=error, claimed_until=None)
+    return OutboxStatus.PENDING, next_at
+
+
+def _send_one(
+    session: Session,
+    settings: Settings,
+    clock: Clock,
+    transport: MailTransport,
+    mail: _Claimed,
+    report: DispatchReport,
+) -> datetime | None:
+    """Send one claimed row and record the outcome; returns an instant when the relay is down."""
+    bound = _log(outbox_id=mail.id, ticket=mail.ticket, message_id=mail.message_id)
+    relay_down = False
+    try:
+        transport.send(mail.mail_from, mail.recipients, mail.raw)
+    except PermanentError as exc:
+        _set(session, [mail.id], status=OutboxStatus.FAILED, attempts=mail.attempts + 1,
+             last_error=str(exc), claimed_until=None)
+        report.failed += 1
+        bound.error("outbound_mail_failed", error=str(exc))
+        return None
+    except TemporaryError as exc:
+        error, relay_down = str(exc), isinstance(exc, RelayUnavailableError)
+    except Exception as exc:  # a bug or an unmapped library error: retry, never lose the row
+        bound.exception("outbound_mail_crashed")
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        now = clock.now()
+        _set(session, [mail.id], status=OutboxStatus.SENT, attempts=mail.attempts + 1,
+             sent_at=now, last_error=None, claimed_until=None)
+        report.sent += 1
+        bound.debug("outbound_mail_sent", recipients=mail.recipients)
+        return None
+    status, next_at = _after_temporary(session, settings, clock.now(), mail, error)
+    if status == OutboxStatus.DEAD:
+        report.dead += 1
+        bound.error("outbound_mail_dead", error=error, attempts=mail.attempts + 1)
+    else:
+        report.retried += 1
+        bound.warning("outbound_mail_deferred", error=error, next_attempt_at=next_at.isoformat())
+    return next_at if relay_down else None
+
+
+def dispatch_once(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    clock: Clock,
+    transport: MailTransport,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> DispatchReport:
+    """Send everything due now, batch after batch, then return what happened.
+
+    Stops early when `should_stop()` turns true (shutdown) or the relay is
+    unreachable; rows it claimed but did not try are released at once.
+    """
+    report = DispatchReport()
+    lease = lease_length(settings.outbound)
+    margin = timedelta(seconds=2 * settings.outbound.timeout_seconds)
+    try:
+        with sessions() as session:
+            while True:
+                now = clock.now()
+                lease_until = now + lease
+                batch = _claim(session, settings, now, lease_until)
+                session.commit()
+                if not batch:
+                    return report
+                for index, mail in enumerate(batch):
+                    if (should_stop and should_stop()) or clock.now() >= lease_until - margin:
+                        _set(session, [m.id for m in batch[index:]], claimed_until=None)
+                        return report
+                    relay_back_at = _send_one(session, settings, clock, transport, mail, report)
+                    if relay_back_at is not None:
+                        rest = [m.id for m in batch[index + 1 :]]
+                        if rest:
+                            _set(session, rest, claimed_until=None, next_attempt_at=relay_back_at)
+                            report.deferred += len(rest)
+                        return report
+    finally:
+        transport.close()
+        if report.sent or report.retried or report.failed or report.dead:
+            _log().info("outbox_dispatched", **vars(report))
+
+
+def retry(session: Session, outbox_id: int, now: datetime | None = None) -> OutboxMail:
+    """Put a failed or dead row back in the queue, due at once; the caller commits."""
+    row = session.get(OutboxMail, outbox_id)
+    if row is None:
+        raise UserError(f"There is no outbox mail with ID {outbox_id}.")
+    if row.status not in (OutboxStatus.FAILED, OutboxStatus.DEAD):
+        raise UserError(
+            f"Outbox mail {outbox_id} is {row.status}; only failed or dead mails can be retried."
+        )
+    row.status = OutboxStatus.PENDING
+    row.attempts = 0
+    row.next_attempt_at = now or row.created_at
+    row.claimed_until = None
+    _log(outbox_id=row.id, message_id=row.message_id).info("outbox_retry")
+    return row
+
+
+# --- the long-running component --------------------------------------------------
+
+
+class Dispatcher:
+    """Runs `dispatch_once` in a worker thread every `poll_seconds`, or sooner when woken."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        clock: Clock,
+        transport: MailTransport | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._clock = clock
+        self._transport = transport or build_transport(settings)
+        self._wakeup: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Ask for a pass now (new mail queued); safe to call from any thread."""
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wakeup.set)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Dispatch until `stopping` is set; a pass in progress ends after its current mail."""
+        wakeup = self._wakeup = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        _log().info("dispatcher_started", poll_seconds=self._settings.outbound.poll_seconds)
+        try:
+            while not stopping.is_set():
+                wakeup.clear()
+                try:
+                    await asyncio.to_thread(
+                        dispatch_once,
+                        self._sessions,
+                        self._settings,
+                        self._clock,
+                        self._transport,
+                        should_stop=stopping.is_set,
+                    )
+                except Exception:  # the database may be away; try again next round
+                    _log().exception("dispatch_pass_failed")
+                await self._pause(stopping, wakeup)
+        finally:
+            self._loop = self._wakeup = None
+            _log().info("dispatcher_stopped")
+
+    async def _pause(self, stopping: asyncio.Event, wakeup: asyncio.Event) -> None:
+        waiters = [
+            asyncio.create_task(stopping.wait()),
+            asyncio.create_task(wakeup.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                waiters,
+                timeout=self._settings.outbound.poll_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)

@@ -1,0 +1,174 @@
+"""Putting a mail in the outbox, inside the transaction of the change that causes it.
+
+The pipeline and the scheduler call `enqueue` while their own transaction is
+open and commit it themselves: the mail then exists if and only if the
+ticket change does, and the dispatcher picks it up after the commit. Nothing
+here commits or talks to the network.
+
+Automatic mails are rate-limited per recipient (`auto_answer_limit` within
+`auto_answer_window_minutes`), remembered in `auto_answers`: a robot that
+escaped loop detection, or a customer's script, gets a handful of answers
+and then silence instead of an endless exchange. The count is read in the
+caller's transaction, so on PostgreSQL two transactions racing for the same
+address may each pass the last free slot; the limit is a brake, not a quota.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from mailgateway.clock import Clock
+from mailgateway.config import Settings
+from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
+from mailgateway.outbound.compose import compose
+from mailgateway.outbound.intent import MailIntent
+
+
+def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
+    """A logger bound at call time, so the configuration made at start-up applies."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
+    return logger.bind(transport="outbound", **values)
+
+
+def settings_context(settings: Settings) -> dict[str, Any]:
+    """What every template may use whatever the mail: the desk and its promises."""
+    scheduler = settings.scheduler
+    return {
+        "helpdesk": {"name": settings.helpdesk.name, "address": settings.helpdesk.address},
+        "timezone": settings.sla.timezone,
+        "first_response_hours": settings.sla.first_response_hours,
+        "reminder_days": scheduler.reminder_days,
+        "autoclose_days": scheduler.autoclose_days,
+        "days_left": scheduler.autoclose_days - scheduler.reminder_days,
+    }
+
+
+def ticket_context(settings: Settings, ticket: Ticket) -> dict[str, Any]:
+    """The standard fields of a ticket, as templates name them."""
+    account = ticket.account
+    person = ticket.person
+    return {
+        "number": ticket.number,
+        "tag": settings.helpdesk.ticket_tag.format(number=ticket.number),
+        "subject": ticket.subject,
+        "status": ticket.status,
+        "product": ticket.product,
+        "request_type": ticket.request_type,
+        "impact": ticket.impact,
+        "group": ticket.group,
+        "account": account.name,
+        "account_email": account.main_email,
+        "person": person.name if person else None,
+        "person_email": person.email if person else None,
+        "customer": person.name if person else account.name,
+        "customer_email": person.email if person else account.main_email,
+        "assignee": ticket.assignee.name if ticket.assignee else None,
+        "created_at": ticket.created_at,
+        "due_at": ticket.due_at,
+        "answered_at": ticket.answered_at,
+    }
+
+
+def _is_own_address(settings: Settings, address: str) -> bool:
+    """The helpdesk address or a signed variant of it: mailing it would loop."""
+    local, _, domain = address.lower().partition("@")
+    our_local, _, our_domain = settings.helpdesk.address.lower().partition("@")
+    return domain == our_domain and local.partition("+")[0] == our_local
+
+
+def _unique(addresses: Iterable[str], seen: set[str]) -> list[str]:
+    kept = []
+    for address in addresses:
+        address = address.strip()
+        if address and address.lower() not in seen:
+            seen.add(address.lower())
+            kept.append(address)
+    return kept
+
+
+def _over_limit(
+    session: Session, settings: Settings, now: datetime, recipients: list[str]
+) -> set[str]:
+    """Recipients who already had `auto_answer_limit` automatic mails in the window."""
+    keys = [r.lower() for r in recipients]
+    cutoff = now - timedelta(minutes=settings.outbound.auto_answer_window_minutes)
+    session.execute(
+        delete(AutoAnswer)
+        .where(AutoAnswer.recipient.in_(keys), AutoAnswer.at <= cutoff)
+        .execution_options(synchronize_session=False)
+    )
+    counts = session.execute(
+        select(AutoAnswer.recipient, func.count())
+        .where(AutoAnswer.recipient.in_(keys), AutoAnswer.at > cutoff)
+        .group_by(AutoAnswer.recipient)
+    ).all()
+    limit = settings.outbound.auto_answer_limit
+    return {recipient for recipient, count in counts if count >= limit}
+
+
+def enqueue(
+    session: Session, settings: Settings, clock: Clock, intent: MailIntent
+) -> OutboxMail | None:
+    """Render and queue the mail `intent` asks for; None when nobody may receive it.
+
+    Runs in the caller's transaction and does not commit. Raises when the
+    mail cannot be built (a stored attachment missing), so the caller's
+    change rolls back rather than going out without its mail.
+    """
+    now = clock.now()
+    ticket: Ticket | None = None
+    if intent.ticket_id is not None:
+        ticket = session.get(Ticket, intent.ticket_id)
+        if ticket is None:
+            raise ValueError(f"ticket id {intent.ticket_id} does not exist")
+    bound = _log(ticket=ticket.number if ticket else None, kind=intent.kind.value)
+    seen: set[str] = set()
+    to = [a for a in _unique(intent.to, seen) if not _is_own_address(settings, a)]
+    cc = [a for a in _unique(intent.cc, seen) if not _is_own_address(settings, a)]
+    if intent.automatic:
+        blocked = _over_limit(session, settings, now, to + cc)
+        if blocked:
+            bound.warning("auto_answer_rate_limited", recipients=sorted(blocked))
+        to = [a for a in to if a.lower() not in blocked]
+        cc = [a for a in cc if a.lower() not in blocked]
+    if not to:
+        bound.info("outbound_mail_skipped", reason="no recipient left")
+        return None
+
+    context: dict[str, Any] = settings_context(settings)
+    if ticket is not None:
+        context.update(ticket_context(settings, ticket))
+    context.update(intent.context)
+    effective = replace(intent, to=tuple(to), cc=tuple(cc))
+    message = compose(
+        settings, clock, effective, context, ticket_number=ticket.number if ticket else None
+    )
+    message_id = str(message["Message-ID"]).strip("<>")
+    row = OutboxMail(
+        created_at=now,
+        kind=intent.kind.value,
+        ticket_id=intent.ticket_id,
+        automatic=intent.automatic,
+        mail_from=settings.helpdesk.address,
+        recipients=to + cc,
+        message_id=message_id,
+        raw=message.as_bytes(),
+        status=OutboxStatus.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+    )
+    session.add(row)
+    if ticket is not None:
+        session.add(ThreadRef(message_id=message_id, ticket_id=ticket.id))
+    if intent.automatic:
+        session.add_all(AutoAnswer(recipient=a.lower(), at=now) for a in to + cc)
+    session.flush()
+    bound.info("outbox_enqueued", outbox_id=row.id, message_id=message_id, recipients=to + cc)
+    return row

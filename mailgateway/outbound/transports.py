@@ -1,0 +1,186 @@
+"""How a rendered mail leaves the gateway: an SMTP relay or a local Maildir.
+
+Both transports share one small protocol so the dispatcher never knows which
+one it drives. Library exceptions are mapped here, where they enter our code,
+into the two kinds the dispatcher acts on:
+
+* `TemporaryError` — try again later: a 4xx answer, the relay unreachable,
+  the connection lost, a timeout. `RelayUnavailableError` (a subclass) says
+  the failure is the relay's, not the mail's, so the rest of a batch can wait
+  instead of failing one by one.
+* `PermanentError` — a 5xx answer to the mail itself (sender, every recipient
+  or the data refused); the message carries the server's answer.
+
+Failures before the first mail command (connect, TLS, EHLO, AUTH) are never
+permanent for the mail: a wrong password or certificate is an operator's
+problem, and parking every queued mail because of it would lose the queue.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import smtplib
+import ssl
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from mailgateway.config import OutboundSettings, Settings
+from mailgateway.errors import PermanentError, TemporaryError
+
+
+def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
+    """A logger bound at call time, so the configuration made at start-up applies."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
+    return logger.bind(transport="outbound", **values)
+
+
+class RelayUnavailableError(TemporaryError):
+    """The relay could not be reached or refused the session: no mail can go now."""
+
+
+class MailTransport(Protocol):
+    def send(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
+        """Deliver `raw` to `recipients`; raises TemporaryError or PermanentError."""
+        ...
+
+    def close(self) -> None:
+        """Release any connection kept between sends (called after each batch)."""
+        ...
+
+
+def _answer(code: int, message: bytes | str) -> str:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    return f"{code} {' '.join(text.split())}"
+
+
+def _is_temporary(code: int) -> bool:
+    return 400 <= code < 500
+
+
+class SmtpTransport:
+    """Sends over one SMTP session reused for consecutive mails.
+
+    The session is opened on the first send and kept until `close()` or an
+    error, so a batch costs one connect/EHLO/AUTH instead of one per mail.
+    """
+
+    def __init__(self, settings: OutboundSettings, local_hostname: str | None = None) -> None:
+        self._settings = settings
+        self._local_hostname = local_hostname
+        self._connection: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self._settings
+        context = ssl.create_default_context()
+        try:
+            connection: smtplib.SMTP
+            if s.tls:
+                connection = smtplib.SMTP_SSL(
+                    s.host,
+                    s.port,
+                    local_hostname=self._local_hostname,
+                    timeout=s.timeout_seconds,
+                    context=context,
+                )
+            else:
+                connection = smtplib.SMTP(
+                    s.host, s.port, local_hostname=self._local_hostname, timeout=s.timeout_seconds
+                )
+            try:
+                connection.ehlo()
+                if s.starttls:
+                    connection.starttls(context=context)
+                    connection.ehlo()
+                if s.username:
+                    connection.login(s.username, s.resolved_password())
+            except BaseException:
+                connection.close()
+                raise
+        except smtplib.SMTPResponseException as exc:
+            answer = _answer(exc.smtp_code, exc.smtp_error)
+            raise RelayUnavailableError(
+                f"relay {s.host}:{s.port} refused the session: {answer}"
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise RelayUnavailableError(f"relay {s.host}:{s.port} unreachable: {exc}") from exc
+        return connection
+
+    def send(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
+        if self._connection is None:
+            self._connection = self._connect()
+        try:
+            refused = self._connection.sendmail(mail_from, recipients, raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            self._reset()
+            answers = "; ".join(
+                f"{rcpt}: {_answer(code, msg)}" for rcpt, (code, msg) in exc.recipients.items()
+            )
+            if all(_is_temporary(code) for code, _ in exc.recipients.values()):
+                raise TemporaryError(f"recipients deferred: {answers}") from exc
+            raise PermanentError(f"recipients refused: {answers}") from exc
+        except smtplib.SMTPResponseException as exc:
+            self.close()
+            answer = _answer(exc.smtp_code, exc.smtp_error)
+            if _is_temporary(exc.smtp_code):
+                raise TemporaryError(f"relay deferred the mail: {answer}") from exc
+            raise PermanentError(f"relay refused the mail: {answer}") from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            raise TemporaryError(f"connection to the relay lost: {exc}") from exc
+        if refused:
+            # Delivered to the others; a per-recipient retry would need a row per recipient.
+            _log().warning(
+                "recipients_refused",
+                refused={rcpt: _answer(code, msg) for rcpt, (code, msg) in refused.items()},
+            )
+
+    def _reset(self) -> None:
+        """After a refused transaction smtplib has sent RSET; drop the session if that failed."""
+        connection = self._connection
+        if connection is not None and connection.sock is None:
+            self._connection = None
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.quit()
+        except (OSError, smtplib.SMTPException):
+            connection.close()
+
+
+class MaildirTransport:
+    """Writes each mail into a local Maildir: the embedded default, and a dry run.
+
+    The envelope is kept in `Return-Path` and `X-Envelope-To` lines on top,
+    as a delivery agent would, so what would have been sent stays readable.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._maildir: mailbox.Maildir | None = None
+
+    def send(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
+        envelope = f"Return-Path: <{mail_from}>\nX-Envelope-To: {', '.join(recipients)}\n"
+        try:
+            if self._maildir is None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                self._maildir = mailbox.Maildir(self._path, create=True)
+            self._maildir.add(envelope.encode() + raw.replace(b"\r\n", b"\n"))
+        except OSError as exc:
+            # A full disk or a wrong path fails every mail alike: like a relay that is down.
+            raise RelayUnavailableError(f"cannot write to Maildir {self._path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._maildir = None
+
+
+def build_transport(settings: Settings) -> MailTransport:
+    """The transport `[outbound]` configures."""
+    outbound = settings.outbound
+    if outbound.transport == "smtp":
+        return SmtpTransport(outbound, local_hostname=settings.helpdesk.domains[0])
+    return MaildirTransport(outbound.maildir)

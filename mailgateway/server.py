@@ -1,0 +1,100 @@
+"""`mailgateway serve`: every configured component on one event loop.
+
+Each component has `async run(stopping)`: it works until the event is set,
+then finishes what is in flight and returns. SIGTERM and SIGINT set it, so
+a stop is clean: no new sessions, in-flight mail committed, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Protocol
+
+import structlog
+
+from mailgateway.clock import Clock
+from mailgateway.config import Settings
+from mailgateway.db.migrate import upgrade
+from mailgateway.service import Gateway
+
+log = structlog.get_logger()
+
+
+class Component(Protocol):
+    async def run(self, stopping: asyncio.Event) -> None: ...
+
+
+class Processor:
+    """Runs the pipeline on stored mail, off the event loop, one mail at a time.
+
+    Transports wake it after each commit; it also looks for leftovers at start
+    and every few seconds, so mail stored before a crash is processed once.
+    """
+
+    def __init__(self, gateway: Gateway, idle_seconds: float = 5.0) -> None:
+        self.gateway = gateway
+        self.idle_seconds = idle_seconds
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self, _inbox_id: int | None = None) -> None:
+        """Thread-safe: called by transports right after a commit."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        while not stopping.is_set():
+            self._wake.clear()
+            await asyncio.to_thread(self.gateway.process_pending)
+            wake = asyncio.ensure_future(self._wake.wait())
+            stop = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({wake, stop}, timeout=self.idle_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
+            stop.cancel()
+
+
+def build_components(settings: Settings, gateway: Gateway, clock: Clock) -> list[Component]:
+    processor = Processor(gateway)
+    components: list[Component] = [processor]
+    if settings.smtp.enabled:
+        from mailgateway.ingest.smtp import SmtpListener
+
+        components.append(SmtpListener(settings.smtp, gateway, on_stored=processor.wake))
+    if settings.imap:
+        from mailgateway.ingest.imap import ImapPoller
+
+        components += [ImapPoller(mailbox, gateway) for mailbox in settings.imap]
+    from mailgateway.outbound.dispatch import Dispatcher
+
+    components.append(Dispatcher(gateway.sessions, settings, clock))
+    return components
+
+
+async def run_components(components: list[Component], stopping: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    tasks = [asyncio.create_task(c.run(stopping), name=type(c).__name__) for c in components]
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+    if failed:
+        stopping.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise failed[0].exception()  # type: ignore[misc]
+
+
+def serve(settings: Settings, clock: Clock) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop."""
+    gateway = Gateway(settings, clock)
+    try:
+        upgrade(gateway.engine)
+        components = build_components(settings, gateway, clock)
+        log.info("serving", components=[type(c).__name__ for c in components])
+        asyncio.run(run_components(components, asyncio.Event()))
+        log.info("stopped cleanly")
+        return 0
+    finally:
+        gateway.close()

@@ -1,0 +1,257 @@
+"""The gateway as one object: storage of raw mail, processing, and the directory.
+
+Transports, the command line and the server all go through `Gateway`, so
+the rule "commit before acknowledging, process after" lives in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgateway.clock import Clock, SystemClock
+from mailgateway.config import Settings
+from mailgateway.db.models import InboxMail, InboxStatus, OutboxMail
+from mailgateway.db.session import (
+    create_db_engine,
+    is_postgresql,
+    is_transient,
+    session_factory,
+)
+from mailgateway.errors import TemporaryError, UserError
+from mailgateway.ingest import Received
+from mailgateway.outbound.intent import MailIntent
+from mailgateway.pipeline.process import Analysis, Mailer, Pipeline, analyse, process_inbox_mail
+
+log = structlog.get_logger()
+
+# Headers added on the way (by MTAs, by IMAP servers) that must not make one
+# mail look like two when it arrives by two routes.
+_TRACE_HEADERS = frozenset({
+    b"received", b"return-path", b"delivered-to", b"x-original-to", b"x-envelope-to",
+    b"x-received", b"authentication-results", b"arc-authentication-results",
+    b"arc-seal", b"arc-message-signature", b"received-spf", b"x-spam-status",
+    b"x-spam-score", b"x-spam-flag", b"x-spam-level", b"x-virus-scanned", b"status",
+    b"x-uid", b"x-keywords", b"x-status", b"lines", b"content-length",
+})
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class RawIdentity:
+    """How a raw mail is recognised when it arrives again."""
+
+    message_id: str | None
+    sha256: str
+    dedup_key: str
+
+
+def raw_identity(raw: bytes) -> RawIdentity:
+    """Message-ID plus a hash of the content without the trace headers that MTAs and
+    mail stores add on the way; computed on bytes (no MIME parsing) so the SMTP
+    listener can answer fast."""
+    raw = raw.lstrip(b"\r\n")
+    split = _HEADER_END.search(raw)
+    head, body = (raw[:split.start()], raw[split.end():]) if split else (raw, b"")
+    match = _MESSAGE_ID.search(head)
+    message_id = None
+    if match:
+        value = b" ".join(match.group(1).split()).decode("ascii", "replace").strip()
+        message_id = value.strip("<>").strip() or None
+    content = hashlib.sha256()
+    for line in re.split(rb"\r?\n(?![ \t])", head):
+        name = line.split(b":", 1)[0].strip().lower()
+        if name not in _TRACE_HEADERS:
+            content.update(b" ".join(line.split()) + b"\n")
+    content.update(b"\0")
+    content.update(body.replace(b"\r\n", b"\n").rstrip())
+    key = hashlib.sha256(f"{message_id or ''}\0{content.hexdigest()}".encode()).hexdigest()
+    return RawIdentity(message_id, hashlib.sha256(raw).hexdigest(), key)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    decision: str | None = None  # the Decision's class name: OpenTicket, CustomerReply…
+
+
+class Gateway:
+    """Storage and processing of inbound mail, shared by every transport."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        *,
+        engine: Engine | None = None,
+        mailer: Mailer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.engine = engine or create_db_engine(settings.database)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        if mailer is None:
+            from mailgateway.outbound.queue import enqueue
+
+            def mailer(session: Session, intent: MailIntent) -> OutboxMail | None:
+                return enqueue(session, settings, self.clock, intent)
+
+        self.pipeline = Pipeline(settings, self.clock, mailer)
+        self._domains = tuple(d.lower() for d in settings.helpdesk.domains)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- Receiver -----------------------------------------------------------------
+
+    def accepts_recipient(self, address: str) -> bool:
+        domain = address.rpartition("@")[2].strip().rstrip(">").lower()
+        return domain in self._domains
+
+    def receive(
+        self,
+        raw: bytes,
+        *,
+        transport: str,
+        envelope_from: str | None = None,
+        envelope_to: Sequence[str] = (),
+    ) -> Received:
+        identity = raw_identity(raw)
+        structlog.contextvars.bind_contextvars(
+            message_id=identity.message_id, transport=transport)
+        row = InboxMail(
+            received_at=self.clock.now(), transport=transport,
+            envelope_from=(envelope_from or "")[:998] or None,
+            envelope_to=[a[:320] for a in envelope_to][:100],
+            message_id=identity.message_id[:998] if identity.message_id else None,
+            sha256=identity.sha256, dedup_key=identity.dedup_key, size=len(raw), raw=raw,
+            status=InboxStatus.RECEIVED.value,
+        )
+        try:
+            with self.sessions.begin() as session:
+                session.add(row)
+                session.flush()
+                inbox_id = row.id
+        except IntegrityError:
+            existing = self._find_duplicate(identity.dedup_key)
+            if existing is None:
+                raise TemporaryError("could not store the mail (integrity conflict)") from None
+            log.info("duplicate mail", inbox_id=existing)
+            return Received(existing, duplicate=True)
+        except SQLAlchemyError as exc:
+            log.warning("could not store mail", error=str(exc).splitlines()[0])
+            raise TemporaryError(f"could not store the mail: {exc.__class__.__name__}") from exc
+        log.info("mail stored", inbox_id=inbox_id, size=len(raw))
+        return Received(inbox_id, duplicate=False)
+
+    def _find_duplicate(self, dedup_key: str) -> int | None:
+        with self.sessions() as session:
+            return session.execute(
+                select(InboxMail.id).where(InboxMail.dedup_key == dedup_key)
+            ).scalar_one_or_none()
+
+    def process(self, inbox_id: int) -> str:
+        """Process one stored mail once; a failure quarantines it with the reason."""
+        return self.process_outcome(inbox_id).status
+
+    def process_outcome(self, inbox_id: int) -> Outcome:
+        """Like `process`, also saying what was decided (for import summaries)."""
+        for attempt in range(5):
+            try:
+                return self._process(inbox_id)
+            except OperationalError as exc:  # database busy or gone: retry, then leave it
+                if not is_transient(exc):
+                    raise
+                log.warning("database busy while processing", inbox_id=inbox_id,
+                            attempt=attempt, error=str(exc).splitlines()[0])
+                time.sleep(0.05 * (attempt + 1))
+        return Outcome(InboxStatus.RECEIVED.value)
+
+    def _claim(self, session: Session, inbox_id: int) -> InboxMail | None:
+        query = select(InboxMail).where(InboxMail.id == inbox_id)
+        if is_postgresql(self.engine):
+            query = query.with_for_update(skip_locked=True)
+        return session.execute(query).scalar_one_or_none()
+
+    def _process(self, inbox_id: int) -> Outcome:
+        structlog.contextvars.bind_contextvars(inbox_id=inbox_id)
+        try:
+            with self.sessions.begin() as session:
+                row = self._claim(session, inbox_id)
+                if row is None:
+                    return Outcome(InboxStatus.RECEIVED.value)  # another worker holds it
+                structlog.contextvars.bind_contextvars(
+                    message_id=row.message_id, transport=row.transport)
+                if row.status != InboxStatus.RECEIVED.value:
+                    return Outcome(row.status)
+                analysis = process_inbox_mail(session, self.pipeline, row)
+                return Outcome(row.status, type(analysis.decision).__name__)
+        except OperationalError as exc:
+            if is_transient(exc):
+                raise
+            return self._quarantine(inbox_id, exc)
+        except Exception as exc:
+            return self._quarantine(inbox_id, exc)
+        finally:
+            structlog.contextvars.unbind_contextvars(
+                "inbox_id", "ticket", "message_id", "transport")
+
+    def _quarantine(self, inbox_id: int, exc: Exception) -> Outcome:
+        """Keep the mail with the reason it failed, visible and re-processable."""
+        reason = f"{exc.__class__.__name__}: {exc}"[:2000]
+        log.error("mail quarantined", reason=reason, exc_info=exc)
+        with self.sessions.begin() as session:
+            row = session.get(InboxMail, inbox_id)
+            if row is None:
+                raise exc
+            row.status, row.reason = InboxStatus.QUARANTINED.value, reason
+            row.processed_at, row.attempts = self.clock.now(), row.attempts + 1
+        return Outcome(InboxStatus.QUARANTINED.value)
+
+    def pending(self, limit: int = 100) -> list[int]:
+        """Stored mail not yet processed, oldest first: what a restart must finish."""
+        with self.sessions() as session:
+            return list(session.execute(
+                select(InboxMail.id).where(InboxMail.status == InboxStatus.RECEIVED.value)
+                .order_by(InboxMail.id).limit(limit)).scalars())
+
+    def process_pending(self) -> int:
+        """Process every stored-but-unprocessed mail; returns how many were handled."""
+        handled = 0
+        while batch := self.pending():
+            progressed = False
+            for inbox_id in batch:
+                if self.process(inbox_id) != InboxStatus.RECEIVED.value:
+                    handled += 1
+                    progressed = True
+            if not progressed:
+                break
+        return handled
+
+    def retry(self, inbox_id: int) -> str:
+        """Re-run a quarantined mail through the pipeline (after a fix or a new rule)."""
+        with self.sessions.begin() as session:
+            row = session.get(InboxMail, inbox_id)
+            if row is None:
+                raise UserError(f"There is no received mail with ID {inbox_id}.")
+            if row.status != InboxStatus.QUARANTINED.value:
+                raise UserError(f"Mail {inbox_id} is {row.status}, not quarantined.")
+            row.status, row.reason = InboxStatus.RECEIVED.value, None
+        return self.process(inbox_id)
+
+    def dry_run(self, raw: bytes) -> Analysis:
+        """What the pipeline would decide for `raw`; writes nothing."""
+        with self.sessions() as session:
+            try:
+                return analyse(session, self.pipeline, raw)
+            finally:
+                session.rollback()

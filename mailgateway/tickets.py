@@ -1,0 +1,110 @@
+"""The ticket state machine, numbering and the event trail.
+
+The allowed transitions are data (a table mirroring the desk's guide), so a
+change of policy is a change of one line, and every change of state goes
+through `change_status`, which is the only place that writes an Event for it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mailgateway.db.models import Event, Ticket, TicketCounter, TicketStatus
+from mailgateway.pipeline.thread import format_number
+
+
+class TicketAction(StrEnum):
+    CREATED = "created"
+    TAKEN = "taken"                   # a technician takes it in hand
+    STAFF_ANSWERED = "staff_answered"
+    CUSTOMER_REPLIED = "customer_replied"
+    CLOSED = "closed"                 # by a technician or the customer
+    AUTOCLOSED = "autoclosed"         # RISPOSTO too long without a customer reply
+
+
+A, G, R, C = (TicketStatus.APERTO, TicketStatus.IN_GESTIONE, TicketStatus.RISPOSTO,
+              TicketStatus.CHIUSO)
+OPEN_STATES = frozenset({A, G, R})
+
+# (action, from) → to. A pair missing here is not a transition (the status stays).
+TRANSITIONS: dict[tuple[TicketAction, TicketStatus], TicketStatus] = {
+    (TicketAction.TAKEN, A): G,
+    (TicketAction.STAFF_ANSWERED, A): R,
+    (TicketAction.STAFF_ANSWERED, G): R,
+    (TicketAction.STAFF_ANSWERED, R): R,
+    (TicketAction.CUSTOMER_REPLIED, R): G,
+    (TicketAction.CUSTOMER_REPLIED, G): G,
+    (TicketAction.CLOSED, A): C,
+    (TicketAction.CLOSED, G): C,
+    (TicketAction.CLOSED, R): C,
+    (TicketAction.AUTOCLOSED, R): C,
+}
+
+
+def next_status(current: str, action: TicketAction) -> TicketStatus | None:
+    """Where `action` takes a ticket in `current`; None when it does not move it."""
+    return TRANSITIONS.get((action, TicketStatus(current)))
+
+
+def change_status(
+    ticket: Ticket, action: TicketAction, *, actor: str, at: datetime, reason: str = ""
+) -> Event | None:
+    """Apply `action`; record the event. Returns None (and records nothing) if nothing moves."""
+    target = next_status(ticket.status, action)
+    if target is None:
+        return None
+    event = Event(
+        ticket=ticket, at=at, actor=actor, kind=action.value,
+        from_status=ticket.status, to_status=target.value, reason=reason,
+    )
+    if target != ticket.status:
+        ticket.status = target.value
+    if target == TicketStatus.CHIUSO:
+        ticket.closed_at = at
+    if action == TicketAction.STAFF_ANSWERED:
+        ticket.answered_at = at
+        ticket.reminded_at = None
+    ticket.updated_at = at
+    return event
+
+
+def record_event(
+    ticket: Ticket, kind: str, *, actor: str, at: datetime, reason: str = ""
+) -> Event:
+    """An event that changes no state (assignment, field change, refused mail)."""
+    ticket.updated_at = at
+    return Event(ticket=ticket, at=at, actor=actor, kind=kind, from_status=ticket.status,
+                 to_status=ticket.status, reason=reason)
+
+
+def allocate_number(session: Session, year: int) -> str:
+    """The next human-friendly number for `year`, unique across processes.
+
+    The counter row is incremented in the caller's transaction: PostgreSQL
+    holds the row lock until commit, SQLite holds the database write lock
+    (BEGIN IMMEDIATE), so two writers can never read the same value.
+    """
+    increment = (
+        update(TicketCounter)
+        .where(TicketCounter.year == year)
+        .values(last=TicketCounter.last + 1)
+        .returning(TicketCounter.last)
+    )
+    result = session.execute(increment).scalar_one_or_none()
+    if result is None:
+        try:
+            with session.begin_nested():
+                session.add(TicketCounter(year=year, last=1))
+            result = 1
+        except IntegrityError:  # another writer created the year's row first
+            result = session.execute(increment).scalar_one()
+    return format_number(year, result)
+
+
+def find_by_number(session: Session, number: str) -> Ticket | None:
+    return session.execute(select(Ticket).where(Ticket.number == number)).scalar_one_or_none()

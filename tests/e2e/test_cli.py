@@ -1,0 +1,240 @@
+"""The command-line contract scripts rely on (SPEC "Command line")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailgateway.cli import main
+from tests.mails import CUSTOMER, PERSON, build_mail
+
+
+def run(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["--config", str(config), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> Any:
+    code, out, err = run(capsys, config, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture
+def desk(config_file: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    assert run(capsys, config_file, "db", "upgrade")[0] == 0
+    assert (
+        run(
+            capsys,
+            config_file,
+            "accounts",
+            "add",
+            "--name",
+            "Studio Rossi",
+            "--email",
+            CUSTOMER,
+            "--vat",
+            "01234567890",
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            capsys,
+            config_file,
+            "persons",
+            "add",
+            "--account",
+            CUSTOMER,
+            "--name",
+            "Anna Bianchi",
+            "--email",
+            PERSON,
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            capsys,
+            config_file,
+            "staff",
+            "add",
+            "--name",
+            "Luca Verdi",
+            "--email",
+            "luca@example.com",
+            "--group",
+            "tecnica",
+        )[0]
+        == 0
+    )
+    return config_file
+
+
+def test_console_script_runs_as_a_process(desk: Path, tmp_path: Path) -> None:
+    mail = tmp_path / "request.eml"
+    mail.write_bytes(build_mail(subject="Città: è già bloccato"))
+    ingest = subprocess.run(
+        [sys.executable, "-m", "mailgateway", "--config", str(desk), "ingest", str(mail)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ingest.returncode == 0, ingest.stderr
+    listing = subprocess.run(
+        [sys.executable, "-m", "mailgateway", "--config", str(desk), "tickets", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    [ticket] = json.loads(listing.stdout)
+    assert ticket["subject"] == "Città: è già bloccato"
+    assert set(ticket) >= {
+        "number",
+        "tag",
+        "status",
+        "subject",
+        "account",
+        "person",
+        "created_at",
+        "updated_at",
+    }
+
+
+def test_ingest_from_stdin_and_show(
+    desk: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    raw = build_mail(attachments=[("a.pdf", b"%PDF", "application/pdf")])
+    mail = tmp_path / "m.eml"
+    mail.write_bytes(raw)
+    with mail.open("rb") as stream:
+        monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": stream})())
+        assert run(capsys, desk, "ingest", "-")[0] == 0
+    data = run_json(capsys, desk, "tickets", "show", "2026-000001")
+    expected = {
+        "number",
+        "tag",
+        "status",
+        "subject",
+        "product",
+        "request_type",
+        "impact",
+        "account",
+        "person",
+        "assignee",
+        "created_at",
+        "due_at",
+        "rules",
+        "messages",
+        "events",
+    }
+    assert expected <= set(data)
+    [message] = data["messages"]
+    assert {"direction", "author", "body", "internal", "attachments", "refused_attachments"} <= set(
+        message
+    )
+    assert message["refused_attachments"] == ["a.pdf"]
+    assert data["person"] == PERSON and data["account"] == CUSTOMER
+
+
+def test_inbox_list_shows_every_fate(
+    desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for name, raw in {
+        "ok": build_mail(),
+        "stranger": build_mail(sender="x@unknown.test"),
+        "ooo": build_mail(
+            subject="Risposta automatica: fuori ufficio", headers={"Auto-Submitted": "auto-replied"}
+        ),
+    }.items():
+        (tmp_path / f"{name}.eml").write_bytes(raw)
+        assert run(capsys, desk, "ingest", str(tmp_path / f"{name}.eml"))[0] == 0
+    rows = run_json(capsys, desk, "inbox", "list")
+    assert [r["status"] for r in rows] == ["processed", "ignored", "ignored"]
+    assert rows[0]["ticket"] == "2026-000001"
+    assert "unknown sender" in rows[1]["reason"]
+    assert "auto" in rows[2]["reason"].lower()
+    assert run_json(capsys, desk, "inbox", "list", "--status", "ignored")[0]["id"] == 2
+
+
+def test_listings_take_json(desk: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_json(capsys, desk, "accounts", "list")[0]["email"] == CUSTOMER
+    assert run_json(capsys, desk, "persons", "list")[0]["account"] == CUSTOMER
+    assert run_json(capsys, desk, "staff", "list")[0]["group"] == "tecnica"
+    assert run_json(capsys, desk, "tickets", "list", "--status", "aperto") == []
+
+
+def test_accounts_import_csv(
+    desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    csv_file = tmp_path / "accounts.csv"
+    csv_file.write_text(
+        "name,email,vat,language\nStudio Bianchi,info@bianchi.it,123,en\n"
+        "Doppio,rossi@studiorossi.it,1,\nRotto,non-un-indirizzo,,\n"
+    )
+    code, out, err = run(capsys, desk, "accounts", "import", str(csv_file))
+    assert code == 0 and out.strip() == "1 accounts added, 2 skipped."
+    assert "line 3" in err and "line 4" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("tickets", "show", "2026-999999"), "There is no ticket 2026-999999."),
+        (("ingest", "/no/such/file.eml"), "File /no/such/file.eml does not exist."),
+        (
+            ("accounts", "add", "--name", "X", "--email", "not-an-address"),
+            "'not-an-address' is not an e-mail address.",
+        ),
+        (
+            ("persons", "add", "--account", "nobody@x.it", "--name", "N", "--email", "n@x.it"),
+            "There is no account with main address nobody@x.it.",
+        ),
+        (("inbox", "retry", "42"), "There is no received mail with ID 42."),
+    ],
+)
+def test_user_mistakes_are_one_sentence(
+    desk: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    code, _, err = run(capsys, desk, *args)
+    assert code != 0
+    assert err.strip() == f"mailgateway: {message}"
+    assert "Traceback" not in err
+
+
+def test_bad_configuration_names_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[smtp]\nport = "twenty-five"\n')
+    code, _, err = run(capsys, config, "tickets", "list")
+    assert code == 2
+    assert "smtp.port must be an integer" in err
+    config.write_text('[helpdesk]\nunknown_sender = "maybe"\n')
+    assert (
+        "helpdesk.unknown_sender must be one of reject, accept"
+        in run(capsys, config, "tickets", "list")[2]
+    )
+    config.write_text("[smpt]\n")
+    assert "Unknown section [smpt]" in run(capsys, config, "tickets", "list")[2]
+
+
+def test_ingest_exits_75_when_it_cannot_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[database]\nurl = "postgresql+psycopg://postgres@127.0.0.1:9/none"\n'
+        f'[helpdesk]\ndata_dir = "{tmp_path}/var"\n'
+    )
+    mail = tmp_path / "m.eml"
+    mail.write_bytes(build_mail())
+    code, _, err = run(capsys, config, "ingest", str(mail))
+    assert code == 75, err
+    assert "try again later" in err

@@ -1,0 +1,564 @@
+"""The IMAP poller against a real Dovecot: backlog, IDLE, kicks, crashes, folders, TLS.
+
+No IMAP mocks: every test talks to a throw-away Dovecot (tests/dovecot.py), and
+failures are produced the way they happen in production (an admin's
+`doveadm kick`, a folder recreated under us, a process dying between the
+commit and the move).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from structlog.testing import capture_logs
+
+from mailgateway.config import ImapSettings
+from mailgateway.db.models import InboxMail, Ticket
+from mailgateway.errors import ConfigError, TemporaryError
+from mailgateway.ingest import Received, Receiver
+from mailgateway.ingest.imap import (
+    ImapConnectionError,
+    ImapFolderError,
+    ImapLoginError,
+    ImapPoller,
+    StoreError,
+)
+from mailgateway.service import Gateway
+from tests.dovecot import BASE_CAPABILITIES, REQUIRE_ENV, Dovecot, dovecot_available
+from tests.mails import CUSTOMER, TECHNICIAN, build_mail, deliver, register_desk
+
+SUPPORT = "assistenza@example.com"
+
+
+# ---- helpers ----------------------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> float:
+    """Poll `condition` with short waits; returns the seconds it took, fails on timeout."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def make_mail(subject: str) -> bytes:
+    """A new request from Studio Rossi's registered main address."""
+    return build_mail(sender=CUSTOMER, subject=subject, message_id=make_msgid()[1:-1])
+
+
+class Desk:
+    """The real gateway with a registered desk, and the reads the tests check effects with."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        register_desk(gateway)
+
+    def ticket_subjects(self) -> list[str]:
+        with self.gateway.sessions() as session:
+            return sorted(session.scalars(select(Ticket.subject)))
+
+    def tickets(self) -> int:
+        with self.gateway.sessions() as session:
+            return int(session.scalar(select(func.count(Ticket.id))) or 0)
+
+    def inbox(self) -> list[InboxMail]:
+        with self.gateway.sessions() as session:
+            return list(session.scalars(select(InboxMail).order_by(InboxMail.id)))
+
+    def open_ticket(self, subject: str) -> str:
+        """Open a ticket directly (as another transport would); returns its number."""
+        deliver(self.gateway, make_mail(subject))
+        with self.gateway.sessions() as session:
+            number = session.scalar(select(Ticket.number).where(Ticket.subject == subject))
+        assert number is not None
+        return number
+
+
+@dataclass
+class Wrapped:
+    """A `Receiver` that delegates to another and lets a test intervene around each call."""
+
+    inner: Receiver
+    before_receive: Callable[[int], None] = lambda n: None
+    before_process: Callable[[int], None] = lambda n: None
+    after_process: Callable[[int], None] = lambda n: None
+    receives: int = 0
+    processes: int = 0
+    statuses: list[str] = field(default_factory=list)
+
+    def receive(
+        self,
+        raw: bytes,
+        *,
+        transport: str,
+        envelope_from: str | None = None,
+        envelope_to: Sequence[str] = (),
+    ) -> Received:
+        self.receives += 1
+        self.before_receive(self.receives)
+        return self.inner.receive(
+            raw, transport=transport, envelope_from=envelope_from, envelope_to=envelope_to
+        )
+
+    def process(self, inbox_id: int) -> str:
+        self.processes += 1
+        self.before_process(self.processes)
+        status = self.inner.process(inbox_id)
+        self.statuses.append(status)
+        self.after_process(self.processes)
+        return status
+
+    def accepts_recipient(self, address: str) -> bool:
+        return self.inner.accepts_recipient(address)
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing on the way catches it."""
+
+
+class RunningPoller:
+    """`ImapPoller.run` on its own event loop in a thread, as `serve` would run it."""
+
+    def __init__(self, poller: ImapPoller) -> None:
+        self.poller = poller
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = asyncio.Event()
+            self._ready.set()
+            await self.poller.run(self._stopping)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def __enter__(self) -> RunningPoller:
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> float:
+        """Set `stopping` and wait for `run` to return; returns how long that took."""
+        started = time.monotonic()
+        if self._loop is not None and self._stopping is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the poller did not stop"
+        return time.monotonic() - started
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+# ---- fixtures ---------------------------------------------------------------------------
+
+
+def _require_dovecot() -> None:
+    if not dovecot_available():
+        reason = "Dovecot (dovecot, doveadm) is not installed or cannot run here"
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{reason}, and {REQUIRE_ENV}=1")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    _require_dovecot()
+    with Dovecot(username=SUPPORT) as server:
+        yield server
+
+
+@pytest.fixture
+def desk(gateway: Gateway) -> Desk:
+    return Desk(gateway)
+
+
+def imap_settings(server: Dovecot, **changes: object) -> ImapSettings:
+    settings = ImapSettings(
+        host="127.0.0.1",
+        port=server.port,
+        username=server.username,
+        password=server.password,
+        poll_seconds=1,
+        idle_seconds=30,
+        batch_size=7,
+        timeout_seconds=10,
+    )
+    return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def make_poller(server: Dovecot, receiver: Receiver | Desk, **changes: object) -> ImapPoller:
+    """A poller with short reconnect waits; a `Desk` stands for its real gateway."""
+    if isinstance(receiver, Desk):
+        receiver = receiver.gateway
+    return ImapPoller(
+        imap_settings(server, **changes),
+        receiver,
+        reconnect_initial_seconds=0.05,
+        reconnect_max_seconds=0.5,
+    )
+
+
+# ---- tests ------------------------------------------------------------------------------
+
+
+def test_backlog_of_50_becomes_50_tickets_and_leaves_inbox(dovecot: Dovecot, desk: Desk) -> None:
+    dovecot.append_many("INBOX", [make_mail(f"Richiesta {n}") for n in range(50)])
+
+    handled = make_poller(dovecot, desk).run_once()  # batches of 7
+
+    assert handled == 50
+    assert desk.ticket_subjects() == sorted(f"Richiesta {n}" for n in range(50))
+    assert dovecot.count("INBOX") == 0
+    assert dovecot.count("Processed") == 50
+    rows = desk.inbox()
+    assert len(rows) == 50
+    assert {(r.transport, tuple(r.envelope_to), r.status) for r in rows} == {
+        ("imap", (SUPPORT,), "processed")
+    }
+    assert make_poller(dovecot, desk).run_once() == 0
+
+
+def test_mail_appended_while_idle_is_a_ticket_within_2s(dovecot: Dovecot, desk: Desk) -> None:
+    dovecot.append("INBOX", make_mail("Prima"))
+    with RunningPoller(make_poller(dovecot, desk)):
+        wait_until(lambda: dovecot.count("Processed") == 1, what="the first mail")
+        for n in range(2, 5):
+            dovecot.append("INBOX", make_mail(f"Mentre aspetta {n}"))
+            took = wait_until(
+                lambda want=n: desk.tickets() == want,
+                timeout=2.0,
+                what="the mail appended while idle",
+            )
+            assert took < 2.0
+    assert dovecot.count("INBOX") == 0
+
+
+def test_stopping_interrupts_idle_promptly(dovecot: Dovecot, desk: Desk) -> None:
+    with RunningPoller(make_poller(dovecot, desk)) as running:
+        dovecot.append("INBOX", make_mail("Uno"))
+        wait_until(lambda: dovecot.count("Processed") == 1)
+        assert running.stop() < 2.0
+    assert running.error is None
+
+
+def test_kick_reconnects_without_losing_or_doubling(dovecot: Dovecot, desk: Desk) -> None:
+    with RunningPoller(make_poller(dovecot, desk)) as running:
+        dovecot.append_many("INBOX", [make_mail(f"Prima {n}") for n in range(5)])
+        wait_until(lambda: dovecot.count("Processed") == 5, what="the first five")
+        with capture_logs() as logs:
+            assert dovecot.kick()
+            dovecot.append_many("INBOX", [make_mail(f"Dopo {n}") for n in range(5)])
+            wait_until(lambda: dovecot.count("Processed") == 10, what="mail after the kick")
+        assert running.alive
+    assert desk.tickets() == 10
+    assert len(desk.inbox()) == 10
+    assert dovecot.count("INBOX") == 0
+    assert dovecot.count("Processed") == 10  # no mail moved twice
+    events = [entry["event"] for entry in logs]
+    assert events.count("imap connection lost, reconnecting") == 1, events
+    assert "imap recovered" in events
+
+
+def test_kick_between_commit_and_move_has_no_second_effect(dovecot: Dovecot, desk: Desk) -> None:
+    def kick_on_third(n: int) -> None:
+        if n == 3:
+            dovecot.kick()  # the batch's MOVE, after the sixth mail, then fails
+
+    receiver = Wrapped(desk.gateway, after_process=kick_on_third)
+    dovecot.append_many("INBOX", [make_mail(f"Lotto {n}") for n in range(6)])
+    with RunningPoller(make_poller(dovecot, receiver, batch_size=50)):
+        wait_until(lambda: dovecot.count("Processed") == 6, what="all six moved")
+    assert dovecot.count("INBOX") == 0
+    assert desk.tickets() == 6
+    assert len(desk.inbox()) == 6
+    assert receiver.receives == 6  # remembered UIDs were not fetched and stored again
+    assert receiver.processes == 12  # processed again after the reconnect: no effect
+    assert set(receiver.statuses) == {"processed"}
+
+
+@pytest.mark.parametrize("point", ["before_process", "after_process"])
+def test_crash_between_commit_and_move_then_restart(
+    point: str, dovecot: Dovecot, desk: Desk
+) -> None:
+    def crash(n: int) -> None:
+        raise Crash
+
+    dovecot.append("INBOX", make_mail("Dopo il crash"))
+    with pytest.raises(Crash):
+        make_poller(dovecot, Wrapped(desk.gateway, **{point: crash})).run_once()  # type: ignore[arg-type]
+    assert dovecot.count("INBOX") == 1  # committed, not moved
+    assert len(desk.inbox()) == 1
+
+    assert make_poller(dovecot, desk).run_once() == 1  # the restarted process
+
+    assert desk.ticket_subjects() == ["Dopo il crash"]
+    [row] = desk.inbox()
+    assert row.status == "processed"
+    assert dovecot.count("INBOX") == 0
+    assert dovecot.count("Processed") == 1
+
+
+def test_crash_inside_run_reaches_the_caller(dovecot: Dovecot, desk: Desk) -> None:
+    def crash(n: int) -> None:
+        raise Crash
+
+    dovecot.append("INBOX", make_mail("Crash nel server"))
+    poller = make_poller(dovecot, Wrapped(desk.gateway, after_process=crash))
+    with RunningPoller(poller) as running:
+        wait_until(lambda: not running.alive, what="run to end with the crash")
+    assert isinstance(running.error, Crash)
+    assert dovecot.count("INBOX") == 1
+
+
+def test_quarantined_mail_goes_to_failed(dovecot: Dovecot, desk: Desk) -> None:
+    number = desk.open_ticket("Stampa bloccata")
+    # A technician's address without a reply token: a forged command, quarantined.
+    forged = build_mail(sender=TECHNICIAN, subject=f"[Ticket#{number}]", body="#chiudi\nRisolto.")
+    dovecot.append("INBOX", forged)
+    dovecot.append("INBOX", make_mail("Buona"))
+
+    assert make_poller(dovecot, desk).run_once() == 2
+
+    assert dovecot.count("Failed") == 1
+    assert dovecot.count("Processed") == 1
+    assert dovecot.count("INBOX") == 0
+    statuses = {r.subject: r.status for r in desk.inbox() if r.transport == "imap"}
+    assert statuses == {f"[Ticket#{number}]": "quarantined", "Buona": "processed"}
+
+
+def test_missing_folders_are_created(dovecot: Dovecot, desk: Desk) -> None:
+    dovecot.append("Support", make_mail("In una cartella"))
+    assert "Archivio" not in dovecot.folders()
+    poller = make_poller(
+        dovecot, desk, folder="Support", processed_folder="Archivio", failed_folder="Scartati"
+    )
+    assert poller.run_once() == 1
+    assert {"Support", "Archivio", "Scartati"} <= set(dovecot.folders())
+    assert dovecot.count("Archivio") == 1
+
+
+def test_folder_that_cannot_be_created_is_named_in_the_error(dovecot: Dovecot, desk: Desk) -> None:
+    name = "x" * 300
+    with pytest.raises(ImapFolderError, match=f"IMAP folder '{name}' does not exist"):
+        make_poller(dovecot, desk, failed_folder=name).run_once()
+
+
+def test_uidvalidity_change_forgets_remembered_uids(dovecot: Dovecot, desk: Desk) -> None:
+    """A UID remembered as "stored, not yet moved" must not be trusted once the folder
+    is renumbered: the new UID 1 is another mail and has to be stored itself."""
+    first, second = make_mail("Prima della ricreazione"), make_mail("Dopo la ricreazione")
+    before = 0
+
+    def renumber_on_first(n: int) -> None:
+        nonlocal before
+        if n == 1:
+            before = dovecot.uidvalidity("Support")
+            dovecot.recreate("Support")
+            dovecot.append("Support", second)
+            dovecot.kick()  # the move of the first mail fails: its UID stays remembered
+
+    dovecot.append("Support", first)
+    receiver = Wrapped(desk.gateway, after_process=renumber_on_first)
+    with capture_logs() as logs, RunningPoller(make_poller(dovecot, receiver, folder="Support")):
+        wait_until(lambda: desk.tickets() == 2, what="the mail under the new UIDVALIDITY")
+        wait_until(lambda: dovecot.count("Support") == 0, what="the folder drained")
+    assert dovecot.uidvalidity("Support") != before
+    assert desk.ticket_subjects() == ["Dopo la ricreazione", "Prima della ricreazione"]
+    assert any(e["event"] == "imap uidvalidity changed, rescanning" for e in logs)
+
+
+def test_server_without_move_uses_copy_and_expunge(desk: Desk) -> None:
+    _require_dovecot()
+    with Dovecot(username=SUPPORT, capabilities=BASE_CAPABILITIES + " IDLE") as server:
+        with server.client() as client:
+            assert b"MOVE" not in client.capabilities()
+        server.append_many("INBOX", [make_mail(f"Senza MOVE {n}") for n in range(10)])
+        assert make_poller(server, desk).run_once() == 10
+        assert server.count("INBOX") == 0
+        assert server.count("Processed") == 10
+        with server.client() as client:
+            client.select_folder("INBOX")
+            assert client.search("ALL") == []  # expunged, not just flagged
+    assert desk.tickets() == 10
+
+
+def test_server_without_idle_is_polled(desk: Desk) -> None:
+    _require_dovecot()
+    with Dovecot(username=SUPPORT, capabilities=BASE_CAPABILITIES + " MOVE") as server:
+        with capture_logs() as logs, RunningPoller(make_poller(server, desk, poll_seconds=1)):
+            wait_until(lambda: any(e["event"] == "imap connected" for e in logs))
+            server.append("INBOX", make_mail("Polling"))
+            took = wait_until(lambda: desk.tickets() == 1, timeout=3.0)
+        assert took < 3.0
+        assert server.count("Processed") == 1
+    assert [e["mode"] for e in logs if e["event"] == "imap connected"] == ["poll"]
+
+
+def test_temporary_error_leaves_mail_and_retries(dovecot: Dovecot, desk: Desk) -> None:
+    def refuse_twice(n: int) -> None:
+        if n <= 2:
+            raise TemporaryError("database is busy")
+
+    receiver = Wrapped(desk.gateway, before_receive=refuse_twice)
+    dovecot.append("INBOX", make_mail("Database occupato"))
+    with pytest.raises(StoreError, match="database is busy"):
+        make_poller(dovecot, receiver).run_once()
+    assert dovecot.count("INBOX") == 1
+    assert desk.inbox() == []
+
+    with capture_logs() as logs, RunningPoller(make_poller(dovecot, receiver)):
+        wait_until(lambda: dovecot.count("Processed") == 1, what="the retried mail")
+    assert desk.ticket_subjects() == ["Database occupato"]
+    events = [e["event"] for e in logs]
+    assert events.count("imap could not store mail, leaving it in the mailbox") == 1, events
+
+
+def test_wrong_password_is_reported_once_and_retried_slowly(dovecot: Dovecot, desk: Desk) -> None:
+    with pytest.raises(ImapLoginError, match=SUPPORT):
+        make_poller(dovecot, desk, password="sbagliata").run_once()
+
+    poller = ImapPoller(
+        imap_settings(dovecot, password="sbagliata"),
+        desk.gateway,
+        reconnect_initial_seconds=0.01,
+        reconnect_max_seconds=0.3,
+    )
+    with capture_logs() as logs, RunningPoller(poller):
+        time.sleep(1.0)
+    refused = [e for e in logs if e["event"] == "imap login refused"]
+    assert len(refused) == 1, logs
+    assert refused[0]["log_level"] == "error"
+    assert SUPPORT in refused[0]["error"]
+    assert refused[0]["retry_in"] == 0.3  # the policy's cap, not its first step
+    attempts = dovecot.log().count("auth failed")
+    assert 2 <= attempts <= 6, attempts  # the run_once above, then every 0.3 s: no busy loop
+
+
+def test_stop_cuts_a_delayed_login_short(desk: Desk) -> None:
+    """Servers answer a refused login late (and later after each failure); SIGTERM
+    must not wait for that answer."""
+    _require_dovecot()
+    with Dovecot(username=SUPPORT, auth_failure_delay="5s") as server:
+        poller = make_poller(server, desk, password="sbagliata")
+        with RunningPoller(poller) as running:
+            time.sleep(0.5)  # well inside the 5 s the server holds the refused login
+            assert running.stop() < 1.5
+        assert running.error is None
+
+
+def test_password_from_environment(
+    dovecot: Dovecot, desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MG_TEST_IMAP_PASSWORD", dovecot.password)
+    dovecot.append("INBOX", make_mail("Password da env"))
+    poller = make_poller(dovecot, desk, password="", password_env="MG_TEST_IMAP_PASSWORD")
+    assert poller.run_once() == 1
+
+
+def test_unset_password_variable_is_a_config_error(dovecot: Dovecot, desk: Desk) -> None:
+    with pytest.raises(ConfigError, match="MG_TEST_UNSET_PASSWORD"):
+        make_poller(dovecot, desk, password="", password_env="MG_TEST_UNSET_PASSWORD")
+
+
+@pytest.mark.parametrize("mode", ["tls", "starttls"])
+def test_tls_and_starttls(mode: str, desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    _require_dovecot()
+    with Dovecot(username=SUPPORT, tls=True) as server:
+        # The operator's way to trust a private CA: the standard OpenSSL variable.
+        monkeypatch.setenv("SSL_CERT_FILE", str(server.cert_path))
+        server.append("INBOX", make_mail(f"Via {mode}"))
+        if mode == "tls":
+            poller = make_poller(server, desk, tls=True, port=server.tls_port)
+        else:
+            poller = make_poller(server, desk, starttls=True)
+        assert poller.run_once() == 1
+        assert "TLS" in server.log()
+    assert desk.ticket_subjects() == [f"Via {mode}"]
+
+
+def test_untrusted_certificate_is_refused(desk: Desk) -> None:
+    _require_dovecot()
+    with Dovecot(username=SUPPORT, tls=True) as server:
+        server.append("INBOX", make_mail("Certificato ignoto"))
+        poller = make_poller(server, desk, tls=True, port=server.tls_port)
+        with pytest.raises(ImapConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            poller.run_once()
+        assert server.count("INBOX") == 1
+
+
+def test_sigterm_to_serve_exits_0(
+    dovecot: Dovecot, desk: Desk, config_data: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
+    """`mailgateway serve` with an [[imap]] mailbox: it handles the mail, then stops
+    cleanly on SIGTERM (exit 0) within a few seconds."""
+    if importlib.util.find_spec("mailgateway.server") is None:
+        pytest.skip("mailgateway serve is not available yet")
+    config_data["imap"] = [
+        {
+            "host": "127.0.0.1",
+            "port": dovecot.port,
+            "username": dovecot.username,
+            "password_env": "MG_TEST_IMAP_PASSWORD",
+            "poll_seconds": 1,
+        }
+    ]
+    config_data["log"] = {"level": "info"}
+    config_file: Path = request.getfixturevalue("config_file")
+    dovecot.append("INBOX", make_mail("Via serve"))
+    env = {**os.environ, "MG_TEST_IMAP_PASSWORD": dovecot.password}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailgateway", "--config", str(config_file), "serve"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(
+            lambda: dovecot.count("Processed") == 1 or process.poll() is not None,
+            timeout=30,
+            what="serve to handle the mail",
+        )
+        assert process.poll() is None, process.communicate()[1].decode(errors="replace")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    stderr = err.decode(errors="replace")
+    assert process.returncode == 0, stderr
+    assert time.monotonic() - started < 10
+    assert desk.ticket_subjects() == ["Via serve"]
+    assert "imap poller stopped" in stderr

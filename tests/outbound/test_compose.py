@@ -1,0 +1,314 @@
+"""Composing outbound mail: headers, threading, tokens, templates, encodings."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import replace
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from mailgateway.clock import FixedClock
+from mailgateway.config import Settings
+from mailgateway.errors import PermanentError
+from mailgateway.outbound.compose import capped_references, compose, tagged_subject
+from mailgateway.outbound.intent import MailIntent, MailKind
+from mailgateway.outbound.queue import settings_context
+from mailgateway.reply_token import TokenPurpose, read_reply_address
+
+NUMBER = "2026-000123"
+
+
+def _context(settings: Settings, clock: FixedClock, **extra: Any) -> dict[str, Any]:
+    return (
+        settings_context(settings)
+        | {
+            "number": NUMBER,
+            "tag": f"[Ticket#{NUMBER}]",
+            "subject": "Errore 98,20 su MOCO: perché?",
+            "status": "APERTO",
+            "product": "Multi / Lynfa Studio (Cod. 2)",
+            "request_type": "tecnica",
+            "impact": "difficolta",
+            "group": "tecnica",
+            "account": "Studio Rossi",
+            "account_email": "rossi@studiorossi.it",
+            "person": "Niccolò Bianchi",
+            "person_email": "niccolo@studiorossi.it",
+            "customer": "Niccolò Bianchi",
+            "customer_email": "niccolo@studiorossi.it",
+            "created_at": clock.now(),
+            "due_at": clock.now(),
+            "answered_at": clock.now(),
+            "body": "Quando vado su MPRI esce una maschera di errore cobol.",
+            "refused_attachments": ["schermata errore.png"],
+        }
+        | extra
+    )
+
+
+def _intent(
+    kind: MailKind = MailKind.ACKNOWLEDGMENT, language: str = "it", **fields: Any
+) -> MailIntent:
+    values: dict[str, Any] = {
+        "to": ("niccolo@studiorossi.it",),
+        "ticket_id": 1,
+        "in_reply_to": "CAF1234@mail.studiorossi.it",
+        "references": ("CAF1234@mail.studiorossi.it",),
+    } | fields
+    return MailIntent(kind=kind, language=language, **values)
+
+
+def _reparse(message: EmailMessage) -> EmailMessage:
+    return cast(EmailMessage, message_from_bytes(message.as_bytes(), policy=policy.default))
+
+
+def _text(message: EmailMessage, subtype: str = "plain") -> str:
+    part = message.get_body((subtype,))
+    assert part is not None
+    return cast(str, part.get_content()).replace("\r\n", "\n")
+
+
+def test_acknowledgment_headers(settings: Settings, clock: FixedClock) -> None:
+    message = _reparse(
+        compose(settings, clock, _intent(), _context(settings, clock), ticket_number=NUMBER)
+    )
+
+    assert message["Subject"] == f"[Ticket#{NUMBER}] Errore 98,20 su MOCO: perché?"
+    assert re.fullmatch(r"<mg\.[0-9a-f]{32}@example\.com>", message["Message-ID"])
+    assert message["In-Reply-To"] == "<CAF1234@mail.studiorossi.it>"
+    assert message["References"] == "<CAF1234@mail.studiorossi.it>"
+    assert message["X-Mailgateway-Loop"] == "assistenza@example.com"
+    assert message["Auto-Submitted"] == "auto-replied"
+    assert message["X-Auto-Response-Suppress"] == "All"
+    assert parsedate_to_datetime(message["Date"]) == clock.now()
+    assert message["From"].addresses[0].addr_spec == "assistenza@example.com"
+    assert message["From"].addresses[0].display_name == "Assistenza AM"
+    reply_to = message["Reply-To"].addresses[0].addr_spec
+    token = read_reply_address(reply_to, "assistenza@example.com", "test-secret")
+    assert token is not None
+    assert (token.purpose, token.ticket_number) == (TokenPurpose.CUSTOMER, NUMBER)
+
+
+def test_mail_to_technicians_carries_a_staff_token_and_is_not_automatic(
+    settings: Settings, clock: FixedClock
+) -> None:
+    intent = _intent(MailKind.NEW_TICKET_NOTICE, to=("tecnici@example.com",))
+    message = _reparse(
+        compose(settings, clock, intent, _context(settings, clock), ticket_number=NUMBER)
+    )
+
+    token = read_reply_address(
+        message["Reply-To"].addresses[0].addr_spec, "assistenza@example.com", "test-secret"
+    )
+    assert token is not None and token.purpose is TokenPurpose.STAFF
+    assert message["Auto-Submitted"] is None
+    assert message["X-Mailgateway-Loop"] == "assistenza@example.com"
+    assert message["Subject"] == f"[Ticket#{NUMBER}] Nuovo ticket: Errore 98,20 su MOCO: perché?"
+    assert "#prendi" in _text(message)
+
+
+def test_scheduled_mails_are_auto_generated(settings: Settings, clock: FixedClock) -> None:
+    message = compose(
+        settings, clock, _intent(MailKind.REMINDER), _context(settings, clock), ticket_number=NUMBER
+    )
+    assert message["Auto-Submitted"] == "auto-generated"
+    assert message["X-Auto-Response-Suppress"] == "All"
+
+
+def test_ticketless_mail_has_no_tag_and_no_token(settings: Settings, clock: FixedClock) -> None:
+    intent = _intent(MailKind.UNKNOWN_SENDER, ticket_id=None, to=("ignoto@altrove.it",))
+    context = settings_context(settings) | {"subject": "Richiesta urgente"}
+    message = _reparse(compose(settings, clock, intent, context, ticket_number=None))
+
+    assert message["Subject"] == "Indirizzo non registrato: Richiesta urgente"
+    assert message["Reply-To"] is None
+    assert message["Auto-Submitted"] == "auto-replied"
+    assert "non risulta registrato" in _text(message)
+
+
+def test_references_keep_the_first_and_the_last_ten() -> None:
+    references = [f"id{n}@example.org" for n in range(30)]
+    chain = capped_references("id30@example.org", references)
+    assert chain == ["id0@example.org", *[f"id{n}@example.org" for n in range(21, 31)]]
+    assert capped_references("<a@x>", ["<a@x>", " b@x "]) == ["b@x", "a@x"]
+
+
+def test_long_message_ids_are_folded_between_ids_never_encoded(
+    settings: Settings, clock: FixedClock
+) -> None:
+    ids = [f"{'x' * 150}{n}@mail.example.org" for n in range(5)]
+    intent = _intent(in_reply_to=ids[-1], references=tuple(ids[:-1]))
+    raw = compose(
+        settings, clock, intent, _context(settings, clock), ticket_number=NUMBER
+    ).as_bytes()
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+
+    assert "=?" not in head.split("References:", 1)[1].split("X-Mailgateway", 1)[0]
+    message = message_from_bytes(raw, policy=policy.default)
+    assert message["References"].split() == [f"<{i}>" for i in ids]
+    assert message["In-Reply-To"] == f"<{ids[-1]}>"
+
+
+def test_tag_is_not_repeated() -> None:
+    from mailgateway.config import settings_from_mapping
+
+    settings = settings_from_mapping({})
+    assert tagged_subject(settings, "Re: [Ticket#1] x", "1") == "Re: [Ticket#1] x"
+    assert tagged_subject(settings, " a\n b ", "1") == "[Ticket#1] a b"
+
+
+@pytest.mark.parametrize(
+    ("language", "expected"),
+    [
+        ("it", "La risposta avverrà entro le 24 ore"),
+        ("en", "You will receive an answer within 24 hours"),
+    ],
+)
+def test_accents_headers_and_line_lengths(
+    settings: Settings, clock: FixedClock, language: str, expected: str
+) -> None:
+    subject = "Perché la città è così lenta? Ça va – “citazioni” " + "à" * 80
+    body = "Lunga riga senza a capo: " + "però " * 1200
+    context = _context(
+        settings, clock, subject=subject, body=body, refused_attachments=["fattura n° 3 è.pdf"]
+    )
+    raw = compose(
+        settings, clock, _intent(language=language), context, ticket_number=NUMBER
+    ).as_bytes()
+
+    assert raw.isascii()
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"Subject: [Ticket#2026-000123]\r\n =?utf-8?q?Perch=C3=A9_la_citt=C3=A0" in head
+    message = cast(EmailMessage, message_from_bytes(raw, policy=policy.default))
+    assert message["Subject"] == f"[Ticket#{NUMBER}] {subject}"
+    assert message["Content-Language"] == language
+    text, html = _text(message), _text(message, "html")
+    assert expected in text and expected in html
+    assert "fattura n° 3 è.pdf" in text and "fattura n° 3 è.pdf" in html
+    assert "però però" in text
+
+
+def test_html_is_escaped_and_text_is_not(settings: Settings, clock: FixedClock) -> None:
+    context = _context(
+        settings, clock, body="<script>alert('x')</script> & <b>", refused_attachments=["<img>.png"]
+    )
+    message = _reparse(compose(settings, clock, _intent(), context, ticket_number=NUMBER))
+    html = _text(message, "html")
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "&lt;img&gt;.png" in html
+    assert "<script>alert('x')</script> & <b>" in _text(message)
+
+
+@pytest.mark.parametrize("language", ["it", "en"])
+@pytest.mark.parametrize("kind", list(MailKind))
+def test_every_kind_renders(
+    settings: Settings, clock: FixedClock, kind: MailKind, language: str
+) -> None:
+    context = _context(settings, clock, author="Luca Verdi", reason="rule x", attachments=[])
+    message = _reparse(
+        compose(settings, clock, _intent(kind, language), context, ticket_number=NUMBER)
+    )
+    text, html = _text(message), _text(message, "html")
+    assert message["Subject"].startswith(f"[Ticket#{NUMBER}] ")
+    if kind not in {MailKind.ANSWER, MailKind.UNKNOWN_SENDER, MailKind.REJECTED}:
+        assert NUMBER in text
+    assert f'<html lang="{language}">' in html
+    for rendered in (text, html, message["Subject"]):
+        assert "{{" not in rendered and "{%" not in rendered
+        assert "None" not in rendered
+
+
+def test_admin_template_overrides_the_default(settings: Settings, clock: FixedClock) -> None:
+    admin = Path(settings.rules.path) / "templates" / "it"
+    admin.mkdir(parents=True)
+    (admin / "acknowledgment.txt.j2").write_text(
+        "Ticket {{ number }} aperto, {{ customer }}.\n", encoding="utf-8"
+    )
+    message = _reparse(
+        compose(settings, clock, _intent(), _context(settings, clock), ticket_number=NUMBER)
+    )
+    assert _text(message) == f"Ticket {NUMBER} aperto, Niccolò Bianchi.\n"
+    assert "la ringraziamo" in _text(message, "html")  # the HTML default still applies
+
+
+def test_broken_admin_template_falls_back_to_the_default(
+    settings: Settings, clock: FixedClock
+) -> None:
+    admin = Path(settings.rules.path) / "templates" / "it"
+    admin.mkdir(parents=True)
+    (admin / "acknowledgment.txt.j2").write_text("{% if %}broken", encoding="utf-8")
+    message = _reparse(
+        compose(settings, clock, _intent(), _context(settings, clock), ticket_number=NUMBER)
+    )
+    assert "la ringraziamo per averci contattato" in _text(message)
+
+
+def test_unknown_language_uses_the_desk_language(settings: Settings, clock: FixedClock) -> None:
+    message = _reparse(
+        compose(
+            settings, clock, _intent(language="de"), _context(settings, clock), ticket_number=NUMBER
+        )
+    )
+    assert message["Content-Language"] == "it"
+    assert "Gentile" in _text(message)
+
+
+def _store(settings: Settings, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    path = settings.data_dir / "attachments" / digest[:2] / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return digest
+
+
+def test_answer_carries_the_stored_attachments(settings: Settings, clock: FixedClock) -> None:
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 40
+    digest = _store(settings, pdf)
+    attachments = [
+        {"filename": "procedura però.pdf", "content_type": "application/pdf", "sha256": digest},
+        {
+            "filename": "inoltro.eml",
+            "content_type": "message/rfc822",
+            "sha256": _store(settings, b"From: a@b\r\n\r\nx\r\n"),
+        },
+    ]
+    context = _context(
+        settings, clock, body="Ecco la procedura.", author="Luca Verdi", attachments=attachments
+    )
+    raw = compose(
+        settings, clock, _intent(MailKind.ANSWER), context, ticket_number=NUMBER
+    ).as_bytes()
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    message = cast(EmailMessage, message_from_bytes(raw, policy=policy.default))
+    files = list(message.iter_attachments())
+    assert [f.get_filename() for f in files] == ["procedura però.pdf", "inoltro.eml"]
+    assert files[0].get_content_type() == "application/pdf"
+    assert files[0].get_content() == pdf
+    assert files[1].get_content_type() == "application/octet-stream"
+    assert message["Auto-Submitted"] is None
+    assert "Allegati: procedura però.pdf, inoltro.eml" in _text(message)
+
+
+def test_a_missing_attachment_file_is_an_error(settings: Settings, clock: FixedClock) -> None:
+    context = _context(
+        settings,
+        clock,
+        body="x",
+        attachments=[{"filename": "a.pdf", "content_type": "application/pdf", "sha256": "ab" * 32}],
+    )
+    with pytest.raises(PermanentError, match=r"a\.pdf"):
+        compose(settings, clock, _intent(MailKind.ANSWER), context, ticket_number=NUMBER)
+
+
+def test_date_follows_the_clock(settings: Settings, clock: FixedClock) -> None:
+    clock.advance(days=3, hours=2)
+    message = compose(settings, clock, _intent(), _context(settings, clock), ticket_number=NUMBER)
+    assert parsedate_to_datetime(str(message["Date"])) == clock.now()
+    assert replace(settings).helpdesk.domains[0] in str(message["Message-ID"])

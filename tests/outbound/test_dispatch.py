@@ -1,0 +1,480 @@
+"""The outbox worker against a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+import threading
+import time
+from dataclasses import replace
+from datetime import timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import cast
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgateway.clock import FixedClock
+from mailgateway.config import Settings
+from mailgateway.db.models import OutboxMail, OutboxStatus
+from mailgateway.errors import PermanentError, TemporaryError, UserError
+from mailgateway.outbound.dispatch import (
+    RETRY_POLICY,
+    Dispatcher,
+    dispatch_once,
+    lease_length,
+    retry,
+)
+from mailgateway.outbound.intent import MailIntent, MailKind
+from mailgateway.outbound.queue import enqueue
+from mailgateway.outbound.transports import (
+    MaildirTransport,
+    RelayUnavailableError,
+    SmtpTransport,
+    build_transport,
+)
+from mailgateway.reply_token import TokenPurpose, read_reply_address
+from tests.outbound.conftest import TicketFactory
+from tests.smtp_sink import SmtpSink
+
+
+def _queue(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    clock: FixedClock,
+    count: int = 1,
+    *,
+    to: str = "cliente@studiorossi.it",
+    ticket_id: int | None = None,
+) -> list[int]:
+    """`count` technician answers (not rate-limited) in one transaction."""
+    ids = []
+    with sessions.begin() as session:
+        for n in range(count):
+            intent = MailIntent(
+                kind=MailKind.ANSWER,
+                to=(to,),
+                language="it",
+                ticket_id=ticket_id,
+                context={"body": f"Risposta {n}"},
+            )
+            row = enqueue(session, settings, clock, intent)
+            assert row is not None
+            ids.append(row.id)
+    return ids
+
+
+def _rows(sessions: sessionmaker[Session]) -> list[OutboxMail]:
+    with sessions() as session:
+        return list(session.scalars(select(OutboxMail).order_by(OutboxMail.id)))
+
+
+def _row(sessions: sessionmaker[Session], outbox_id: int) -> OutboxMail:
+    with sessions() as session:
+        row = session.get(OutboxMail, outbox_id)
+        assert row is not None
+        return row
+
+
+def _smtp(settings: Settings) -> SmtpTransport:
+    return SmtpTransport(settings.outbound, local_hostname="example.com")
+
+
+def _message_ids(sink: SmtpSink) -> list[str]:
+    return [str(d.message["Message-ID"]) for d in sink.deliveries]
+
+
+@pytest.mark.parametrize(
+    ("language", "promise", "refused_line"),
+    [
+        (
+            "it",
+            "La risposta avverrà entro le 24 ore",
+            "Non è possibile allegare file alla prima richiesta",
+        ),
+        (
+            "en",
+            "You will receive an answer within 24 hours",
+            "Files cannot be attached to the first request",
+        ),
+    ],
+)
+def test_acknowledgment_through_the_relay(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+    make_ticket: TicketFactory,
+    language: str,
+    promise: str,
+    refused_line: str,
+) -> None:
+    settings = relay_settings
+    subject = "Perché MOCO dà l'errore 98,20 – città di Forlì"
+    ticket = make_ticket(language=language, subject=subject)
+    assert ticket.person is not None
+    intent = MailIntent(
+        kind=MailKind.ACKNOWLEDGMENT,
+        to=(ticket.person.email,),
+        language=language,
+        ticket_id=ticket.id,
+        in_reply_to="CAB123@mail.studiorossi.it",
+        references=("older@mail.studiorossi.it", "CAB123@mail.studiorossi.it"),
+        context={
+            "body": "Quando vado su MPRI compare l'errore: è già successo.",
+            "refused_attachments": ["schermata però.png"],
+        },
+    )
+    with sessions.begin() as session:
+        row = enqueue(session, settings, clock, intent)
+        assert row is not None
+        outbox_id = row.id
+
+    report = dispatch_once(sessions, settings, clock, build_transport(settings))
+
+    assert (report.sent, report.retried, report.failed) == (1, 0, 0)
+    [delivery] = smtp_sink.deliveries
+    assert delivery.mail_from == "assistenza@example.com"
+    assert delivery.rcpt_tos == [ticket.person.email]
+    raw = delivery.raw
+    assert raw.isascii()
+    assert max(len(line) for line in raw.splitlines()) <= 998
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"Subject: [Ticket#" in head and b"=?utf-8?q?" in head
+    message = cast(EmailMessage, message_from_bytes(raw, policy=policy.default))
+    assert message["Subject"] == f"[Ticket#{ticket.number}] {subject}"
+    assert message["In-Reply-To"] == "<CAB123@mail.studiorossi.it>"
+    assert message["References"] == "<older@mail.studiorossi.it> <CAB123@mail.studiorossi.it>"
+    assert message["Auto-Submitted"] == "auto-replied"
+    assert message["X-Mailgateway-Loop"] == "assistenza@example.com"
+    token = read_reply_address(
+        message["Reply-To"].addresses[0].addr_spec,
+        settings.helpdesk.address,
+        settings.helpdesk.secret,
+    )
+    assert token is not None
+    assert (token.purpose, token.ticket_number) == (TokenPurpose.CUSTOMER, ticket.number)
+    for subtype in ("plain", "html"):
+        part = message.get_body((subtype,))
+        assert part is not None
+        content = part.get_content()
+        assert promise in content
+        assert refused_line in content
+        assert "schermata però.png" in content
+        assert "è già successo" in content
+    stored = _row(sessions, outbox_id)
+    assert stored.status == OutboxStatus.SENT and stored.sent_at == clock.now()
+    assert stored.attempts == 1 and stored.claimed_until is None
+
+
+def test_relay_down_then_back_delivers_each_mail_once(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    ids = _queue(sessions, relay_settings, clock, 5)
+    smtp_sink.stop()
+
+    report = dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings))
+
+    assert (report.sent, report.retried, report.deferred) == (0, 1, 4)
+    rows = _rows(sessions)
+    assert all(r.status == OutboxStatus.PENDING for r in rows)
+    assert [r.attempts for r in rows] == [1, 0, 0, 0, 0]
+    assert "unreachable" in (rows[0].last_error or "")
+    assert all(r.next_attempt_at > clock.now() for r in rows)
+    assert all(r.claimed_until is None for r in rows)
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).sent == 0
+
+    smtp_sink.start()
+    clock.current = max(r.next_attempt_at for r in rows)
+    report = dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings))
+    assert report.sent == 5
+    clock.advance(days=3)
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).sent == 0
+
+    assert len(smtp_sink.deliveries) == 5
+    with sessions() as session:
+        expected = {
+            f"<{m}>"
+            for m in session.scalars(select(OutboxMail.message_id).where(OutboxMail.id.in_(ids)))
+        }
+    assert sorted(_message_ids(smtp_sink)) == sorted(expected)
+    assert all(r.status == OutboxStatus.SENT for r in _rows(sessions))
+
+
+def test_a_4xx_answer_is_retried_later(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    [outbox_id] = _queue(sessions, relay_settings, clock)
+    smtp_sink.refuse("451 4.3.0 Mailbox busy, try later", at="DATA", times=1)
+
+    report = dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings))
+
+    assert (report.sent, report.retried) == (0, 1)
+    row = _row(sessions, outbox_id)
+    assert row.status == OutboxStatus.PENDING and row.attempts == 1
+    assert "451 4.3.0 Mailbox busy" in (row.last_error or "")
+    delay = row.next_attempt_at - clock.now()
+    assert timedelta(seconds=30) <= delay <= timedelta(seconds=60)
+    clock.current = row.next_attempt_at
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).sent == 1
+    assert len(smtp_sink.deliveries) == 1
+    row = _row(sessions, outbox_id)
+    assert row.status == OutboxStatus.SENT and row.last_error is None and row.attempts == 2
+
+
+def test_a_5xx_answer_parks_the_mail_and_retry_sends_it(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    [outbox_id] = _queue(sessions, relay_settings, clock)
+    smtp_sink.refuse("550 5.1.1 <cliente@studiorossi.it>: Recipient address rejected", at="RCPT")
+
+    report = dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings))
+
+    assert (report.sent, report.failed) == (0, 1)
+    row = _row(sessions, outbox_id)
+    assert row.status == OutboxStatus.FAILED
+    assert "550 5.1.1 <cliente@studiorossi.it>: Recipient address rejected" in (
+        row.last_error or ""
+    )
+    clock.advance(days=1)
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).sent == 0
+
+    smtp_sink.accept_all()
+    with sessions.begin() as session:
+        retry(session, outbox_id, now=clock.now())
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).sent == 1
+    assert len(smtp_sink.deliveries) == 1
+    assert _row(sessions, outbox_id).status == OutboxStatus.SENT
+
+
+def test_a_refused_data_phase_is_permanent(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    [outbox_id] = _queue(sessions, relay_settings, clock)
+    smtp_sink.refuse("554 5.7.1 Message rejected as spam", at="DATA")
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).failed == 1
+    assert "554 5.7.1 Message rejected as spam" in (_row(sessions, outbox_id).last_error or "")
+
+
+def test_one_refused_mail_does_not_stop_the_batch(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    _queue(sessions, relay_settings, clock, 2)
+    _queue(sessions, relay_settings, clock, 1, to="nessuno@studiorossi.it")
+    _queue(sessions, relay_settings, clock, 2)
+    smtp_sink.refuse("550 5.1.1 No such user", at="RCPT", recipient="nessuno@studiorossi.it")
+
+    report = dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings))
+
+    assert (report.sent, report.failed) == (4, 1)
+    assert [r.status for r in _rows(sessions)] == ["sent", "sent", "failed", "sent", "sent"]
+
+
+def test_a_mail_is_dead_after_max_attempts(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    settings = replace(relay_settings, outbound=replace(relay_settings.outbound, max_attempts=3))
+    [outbox_id] = _queue(sessions, settings, clock)
+    smtp_sink.refuse("421 4.7.0 Try again later", at="DATA")
+    reports = []
+    for _ in range(3):
+        reports.append(dispatch_once(sessions, settings, clock, _smtp(settings)))
+        clock.current = max(clock.now(), _row(sessions, outbox_id).next_attempt_at)
+
+    assert [(r.retried, r.dead) for r in reports] == [(1, 0), (1, 0), (0, 1)]
+    row = _row(sessions, outbox_id)
+    assert row.status == OutboxStatus.DEAD and row.attempts == 3
+    assert "421 4.7.0" in (row.last_error or "")
+
+    smtp_sink.accept_all()
+    with sessions.begin() as session:
+        again = retry(session, outbox_id, now=clock.now())
+        assert again.attempts == 0
+    assert dispatch_once(sessions, settings, clock, _smtp(settings)).sent == 1
+
+
+def test_a_mail_is_dead_after_max_age(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    [outbox_id] = _queue(sessions, relay_settings, clock)
+    smtp_sink.stop()
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).retried == 1
+    clock.advance(hours=relay_settings.outbound.max_age_hours)
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).dead == 1
+    assert _row(sessions, outbox_id).status == OutboxStatus.DEAD
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    delays = [RETRY_POLICY.delay(n).total_seconds() for n in range(1, 12)]
+    assert 30 <= delays[0] <= 60
+    assert 60 <= delays[1] <= 90
+    assert 240 <= delays[3] <= 270
+    assert all(d <= 3600 for d in delays)
+    assert delays[-1] == 3600
+
+
+def test_rows_leased_by_another_dispatcher_wait_for_the_lease(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    [outbox_id] = _queue(sessions, relay_settings, clock)
+    lease = lease_length(relay_settings.outbound)
+    with sessions.begin() as session:
+        session.execute(
+            update(OutboxMail)
+            .where(OutboxMail.id == outbox_id)
+            .values(claimed_until=clock.now() + lease)
+        )
+
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).sent == 0
+    clock.advance(seconds=lease.total_seconds() + 1)
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).sent == 1
+    assert len(smtp_sink.deliveries) == 1
+
+
+def test_two_dispatchers_never_send_one_mail_twice(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    settings = replace(relay_settings, outbound=replace(relay_settings.outbound, batch_size=10))
+    _queue(sessions, settings, clock, 120)
+    reports = []
+
+    def work() -> None:
+        reports.append(dispatch_once(sessions, settings, clock, _smtp(settings)))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sum(r.sent for r in reports) == 120
+    ids = _message_ids(smtp_sink)
+    assert len(ids) == len(set(ids)) == 120
+
+
+def test_shutdown_releases_the_untried_rows(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    _queue(sessions, relay_settings, clock, 4)
+    calls = iter([False, False, True])
+
+    report = dispatch_once(
+        sessions,
+        relay_settings,
+        clock,
+        _smtp(relay_settings),
+        should_stop=lambda: next(calls, True),
+    )
+
+    assert report.sent == 2
+    rows = _rows(sessions)
+    assert [r.status for r in rows] == ["sent", "sent", "pending", "pending"]
+    assert all(r.claimed_until is None for r in rows)
+
+
+def test_retry_refuses_unknown_and_pending_rows(
+    settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+) -> None:
+    [outbox_id] = _queue(sessions, settings, clock)
+    with sessions() as session:
+        with pytest.raises(UserError, match="no outbox mail with ID 424242"):
+            retry(session, 424242)
+        with pytest.raises(UserError, match="only failed or dead"):
+            retry(session, outbox_id)
+
+
+def test_maildir_transport_is_the_default(
+    settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+) -> None:
+    _queue(sessions, settings, clock, 2)
+    transport = build_transport(settings)
+    assert isinstance(transport, MaildirTransport)
+
+    assert dispatch_once(sessions, settings, clock, transport).sent == 2
+
+    box = mailbox.Maildir(settings.outbound.maildir, create=False)
+    messages = [box.get_bytes(key) for key in box.iterkeys()]
+    assert len(messages) == 2
+    assert all(
+        m.startswith(b"Return-Path: <assistenza@example.com>\nX-Envelope-To: cliente@")
+        for m in messages
+    )
+    assert all(b"\r\n" not in m for m in messages)
+
+
+def test_smtp_transport_maps_errors(relay_settings: Settings, smtp_sink: SmtpSink) -> None:
+    transport = _smtp(relay_settings)
+    raw = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: x\r\n\r\nbody\r\n"
+    smtp_sink.refuse("452 4.2.2 Mailbox full", at="RCPT", times=1)
+    with pytest.raises(TemporaryError, match=r"452 4\.2\.2"):
+        transport.send("a@example.com", ["b@example.com"], raw)
+    smtp_sink.refuse("550 5.7.1 Relaying denied", at="RCPT", times=1)
+    with pytest.raises(PermanentError, match=r"550 5\.7\.1 Relaying denied"):
+        transport.send("a@example.com", ["b@example.com"], raw)
+    transport.send("a@example.com", ["b@example.com", "c@example.com"], raw)
+    transport.close()
+    assert smtp_sink.deliveries[-1].rcpt_tos == ["b@example.com", "c@example.com"]
+    smtp_sink.stop()
+    with pytest.raises(RelayUnavailableError):
+        transport.send("a@example.com", ["b@example.com"], raw)
+
+
+def test_dispatcher_runs_until_stopped_and_can_be_woken(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    settings = replace(relay_settings, outbound=replace(relay_settings.outbound, poll_seconds=60.0))
+    dispatcher = Dispatcher(sessions, settings, clock)
+
+    async def scenario() -> None:
+        stopping = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stopping))
+        await asyncio.sleep(0.1)  # first pass: nothing queued yet
+        await asyncio.to_thread(_queue, sessions, settings, clock, 1)
+        dispatcher.wake()
+        deadline = time.monotonic() + 5
+        while not smtp_sink.deliveries and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        stopping.set()
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+    assert len(smtp_sink.deliveries) == 1
