@@ -203,6 +203,11 @@ def render_table(rows: Sequence[Row], notes: Sequence[str]) -> str:
     out = [line(header), "  ".join("-" * w for w in widths)]
     out += [line(cells) for cells in body]
     row_notes = [f"{row.metric}: {row.note}" for row in rows if row.note]
+    if any(row.ratio is not None for row in rows):
+        row_notes.append(
+            "SQLite/peer is SQLite ÷ django-helpdesk: above 1 is better in mails/s, "
+            "worse in ms and MiB"
+        )
     if row_notes or notes:
         out.append("")
     out += [f"* {note}" for note in [*row_notes, *notes]]
@@ -213,7 +218,7 @@ def _fmt(value: float | None) -> str:
     """A number with as many decimals as its size deserves; '—' when absent."""
     if value is None:
         return "—"
-    if value == int(value) and abs(value) >= 1:
+    if value == int(value):
         return f"{int(value)}"
     if abs(value) >= 100:
         return f"{value:.0f}"

@@ -14,8 +14,8 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +126,22 @@ class BenchmarkError(RuntimeError):
     """A measure could not be taken (a command failed, a tool is missing)."""
 
 
+# Runs the measured command as its only child and reports what it cost. Linux carries the
+# resident-set high-water mark of a forked process across exec, so a command forked
+# straight from this (large) runner would report the runner's size as its own peak;
+# forked from this small launcher, its peak is its own.
+_LAUNCHER = """\
+import resource, subprocess, sys, time
+report, command = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+code = subprocess.call(command)
+seconds = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+with open(report, "w") as out:
+    out.write(f"{code} {seconds!r} {peak}")
+"""
+
+
 def run_measured(
     args: Sequence[str | os.PathLike[str]],
     *,
@@ -135,39 +151,44 @@ def run_measured(
 ) -> Measured:
     """Run `args` to completion; return its output, wall time and peak RSS.
 
-    The RSS comes from `os.wait4` on that very child, so it is this process's peak alone,
-    not the maximum over every child this runner ever waited for (which is what
-    `getrusage(RUSAGE_CHILDREN)` would give). Output goes through temporary files so a
-    chatty child cannot block on a full pipe while being timed.
+    A small launcher process runs the command and reports its wall time and
+    `getrusage(RUSAGE_CHILDREN)` peak: the command is the launcher's only child, so that
+    is the command's own peak (see `_LAUNCHER` for why not fork it from here). Output goes
+    through temporary files so a chatty child cannot block on a full pipe while timed.
     """
     with (
         tempfile.TemporaryFile() as out,
         tempfile.TemporaryFile() as err,
         tempfile.TemporaryFile() as inp,
+        tempfile.TemporaryDirectory(prefix="mg-bench-run-") as scratch,
     ):
         if stdin is not None:
             inp.write(stdin)
             inp.seek(0)
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [os.fspath(arg) for arg in args],
+        report = Path(scratch) / "report"
+        launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report)]
+        subprocess.run(
+            [*launcher, *(os.fspath(arg) for arg in args)],
             stdin=inp,
             stdout=out,
             stderr=err,
             env=dict(env) if env is not None else None,
             cwd=cwd,
+            check=False,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        stdout = out.read().decode("utf-8", "replace")
+        stderr = err.read().decode("utf-8", "replace")
+        if not report.exists():
+            raise BenchmarkError(f"could not run {os.fspath(args[0])}: {stderr.strip()}")
+        code, seconds, peak = report.read_text(encoding="ascii").split()
         return Measured(
-            returncode=proc.returncode,
-            stdout=out.read().decode("utf-8", "replace"),
-            stderr=err.read().decode("utf-8", "replace"),
-            seconds=seconds,
-            peak_rss_kib=int(usage.ru_maxrss),
+            returncode=int(code),
+            stdout=stdout,
+            stderr=stderr,
+            seconds=float(seconds),
+            peak_rss_kib=int(peak),
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -114,10 +115,13 @@ def gateway_site(
 ) -> Iterator[GatewaySite]:
     """Yield a ready site under `root`: schema created, the corpus's accounts imported.
 
-    For PostgreSQL a scratch database is created on `postgres` and dropped on exit, also
-    when the benchmark fails half-way.
+    `root` is emptied first: a site left by an earlier run (with `--work`) would hold mail
+    already stored, which the gateway would then skip as duplicates. For PostgreSQL a
+    scratch database is created on `postgres` and dropped on exit, also when the
+    benchmark fails half-way.
     """
-    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
     if backend == "postgresql":
         if postgres is None:
             raise BenchmarkError("a PostgreSQL site needs a server")
@@ -233,19 +237,23 @@ def count_threaded(corpus: Corpus, inbox: Sequence[dict[str, Any]]) -> int:
     `inbox` is `mailgateway inbox list --json`: one row per received mail with its
     Message-ID and the number of the ticket it went to.
     """
-    ticket_of_mail = {row.get("message_id"): row.get("ticket") for row in inbox}
+    ticket_of_mail = {_id_key(row.get("message_id")): row.get("ticket") for row in inbox}
     ticket_of_request = {
-        mail.ticket: ticket_of_mail.get(mail.message_id)
+        mail.ticket: ticket_of_mail.get(_id_key(mail.message_id))
         for mail in corpus.mails
         if mail.kind == "new"
     }
-    return sum(
-        1
-        for mail in corpus.mails
-        if mail.kind == "reply"
-        and ticket_of_mail.get(mail.message_id) is not None
-        and ticket_of_mail.get(mail.message_id) == ticket_of_request.get(mail.ticket)
-    )
+    threaded = 0
+    for mail in corpus.mails:
+        landed = ticket_of_mail.get(_id_key(mail.message_id))
+        if mail.kind == "reply" and landed is not None:
+            threaded += landed == ticket_of_request.get(mail.ticket)
+    return threaded
+
+
+def _id_key(message_id: object) -> str:
+    """A Message-ID compared loosely: with or without angle brackets, any case."""
+    return str(message_id or "").strip().strip("<>").strip().lower()
 
 
 def ingest_latencies(site: GatewaySite, mails: Sequence[bytes]) -> list[float]:

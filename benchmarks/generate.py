@@ -427,6 +427,8 @@ def large_attachment_reply(
 ) -> bytes:
     """Return a reply to the corpus's first request carrying one `size`-byte attachment.
 
+    Replies of different sizes have different Message-IDs, so both may be ingested.
+
     The content is random (so it does not compress, like the PDFs and archives customers
     really send) and base64-encoded, so the mail is about 4/3 of `size`. It threads by
     headers, so it lands on ticket 1 whatever the tag format.

@@ -15,6 +15,16 @@ import structlog
 from mailgateway.config import LogSettings
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time of the write (tests swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(settings: LogSettings) -> None:
     level = getattr(logging, settings.level.upper())
     renderer: structlog.typing.Processor = (
@@ -30,7 +40,7 @@ def configure_logging(settings: LogSettings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr,

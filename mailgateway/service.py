@@ -29,6 +29,7 @@ from mailgateway.db.session import (
 from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent
+from mailgateway.pipeline.parse import ParsedMail, parse_mail
 from mailgateway.pipeline.process import Analysis, Mailer, Pipeline, analyse, process_inbox_mail
 
 log = structlog.get_logger()
@@ -76,6 +77,19 @@ def raw_identity(raw: bytes) -> RawIdentity:
     content.update(body.replace(b"\r\n", b"\n").rstrip())
     key = hashlib.sha256(f"{message_id or ''}\0{content.hexdigest()}".encode()).hexdigest()
     return RawIdentity(message_id, hashlib.sha256(raw).hexdigest(), key)
+
+
+@dataclass(frozen=True)
+class PreparedMail:
+    """A raw mail with the CPU-bound work done (it may be done in another process)."""
+
+    raw: bytes
+    identity: RawIdentity
+    parsed: ParsedMail
+
+
+def prepare_mail(raw: bytes) -> PreparedMail:
+    return PreparedMail(raw, raw_identity(raw), parse_mail(raw))
 
 
 @dataclass(frozen=True)
@@ -128,14 +142,7 @@ class Gateway:
         identity = raw_identity(raw)
         structlog.contextvars.bind_contextvars(
             message_id=identity.message_id, transport=transport)
-        row = InboxMail(
-            received_at=self.clock.now(), transport=transport,
-            envelope_from=(envelope_from or "")[:998] or None,
-            envelope_to=[a[:320] for a in envelope_to][:100],
-            message_id=identity.message_id[:998] if identity.message_id else None,
-            sha256=identity.sha256, dedup_key=identity.dedup_key, size=len(raw), raw=raw,
-            status=InboxStatus.RECEIVED.value,
-        )
+        row = self._inbox_row(raw, identity, transport, envelope_from, envelope_to)
         try:
             with self.sessions.begin() as session:
                 session.add(row)
@@ -152,6 +159,61 @@ class Gateway:
             raise TemporaryError(f"could not store the mail: {exc.__class__.__name__}") from exc
         log.info("mail stored", inbox_id=inbox_id, size=len(raw))
         return Received(inbox_id, duplicate=False)
+
+    def _inbox_row(
+        self, raw: bytes, identity: RawIdentity, transport: str,
+        envelope_from: str | None = None, envelope_to: Sequence[str] = (),
+    ) -> InboxMail:
+        return InboxMail(
+            received_at=self.clock.now(), transport=transport,
+            envelope_from=(envelope_from or "")[:998] or None,
+            envelope_to=[a[:320] for a in envelope_to][:100],
+            message_id=identity.message_id[:998] if identity.message_id else None,
+            sha256=identity.sha256, dedup_key=identity.dedup_key, size=len(raw), raw=raw,
+            status=InboxStatus.RECEIVED.value,
+        )
+
+    def receive_batch(self, mails: Sequence[PreparedMail], transport: str) -> list[Outcome]:
+        """Store and process many mails in one transaction (bulk import).
+
+        Each mail is processed under a savepoint, so one that fails is quarantined
+        alone; the batch commits once, which is what makes an import fast. If the
+        batch cannot commit, nothing of it is stored and the caller may fall back
+        to one mail at a time.
+        """
+        outcomes: list[Outcome] = []
+        with self.sessions.begin() as session:
+            keys = [m.identity.dedup_key for m in mails]
+            seen = set(session.execute(
+                select(InboxMail.dedup_key).where(InboxMail.dedup_key.in_(keys))).scalars())
+            for mail in mails:
+                if mail.identity.dedup_key in seen:
+                    outcomes.append(Outcome("duplicate"))
+                    continue
+                seen.add(mail.identity.dedup_key)
+                outcomes.append(self._store_and_process(session, mail, transport))
+        return outcomes
+
+    def _store_and_process(self, session: Session, mail: PreparedMail, transport: str) -> Outcome:
+        structlog.contextvars.bind_contextvars(
+            message_id=mail.identity.message_id, transport=transport)
+        row = self._inbox_row(mail.raw, mail.identity, transport)
+        session.add(row)
+        session.flush()
+        try:
+            with session.begin_nested():
+                analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed)
+            return Outcome(row.status, type(analysis.decision).__name__)
+        except Exception as exc:  # noqa: BLE001 - one failing mail is quarantined alone
+            if isinstance(exc, OperationalError) and is_transient(exc):
+                raise
+            reason = f"{exc.__class__.__name__}: {exc}"[:2000]
+            log.error("mail quarantined", reason=reason, exc_info=exc)
+            row.status, row.reason = InboxStatus.QUARANTINED.value, reason
+            row.processed_at, row.attempts = self.clock.now(), row.attempts + 1
+            return Outcome(InboxStatus.QUARANTINED.value)
+        finally:
+            structlog.contextvars.unbind_contextvars("ticket", "message_id", "transport")
 
     def _find_duplicate(self, dedup_key: str) -> int | None:
         with self.sessions() as session:

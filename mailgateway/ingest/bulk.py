@@ -1,21 +1,34 @@
 """`mailgateway import`: an archive in bulk, with a progress bar on a terminal.
 
-Each mail is stored, then processed, exactly as if it had arrived by pipe,
-so an import can be stopped and run again: what was stored is not doubled.
+Speed comes from two things. Parsing, the CPU-heavy part, runs in worker
+processes (one per core) while the main process writes the previous batch;
+and each batch of mails is stored and processed in one transaction, each
+mail under its own savepoint so a bad one is quarantined alone. An import
+can be stopped and run again: what was stored is recognised and not doubled.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 
 import structlog
+from sqlalchemy.exc import OperationalError
 
 from mailgateway.errors import TemporaryError
 from mailgateway.ingest.pipe import iter_archive
-from mailgateway.service import Gateway
+from mailgateway.service import Gateway, Outcome, PreparedMail, prepare_mail
 
 log = structlog.get_logger()
+
+BATCH = 200
+_OUTCOMES = {"OpenTicket": "new_ticket", "CustomerReply": "reply", "StaffReply": "reply"}
 
 
 @dataclass
@@ -23,46 +36,93 @@ class ImportReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     failed: int = 0
 
+    def add(self, outcome: Outcome) -> None:
+        key = outcome.status
+        if key == "processed":
+            key = _OUTCOMES.get(outcome.decision or "", "processed")
+        self.outcomes[key] += 1
+
     def summary(self) -> str:
         o = self.outcomes
-        return (f"{sum(o.values())} mails: {o['new_ticket']} new tickets, {o['reply']} replies, "
-                f"{o['ignored']} ignored, {o['quarantined']} quarantined, "
+        return (f"{sum(o.values()) + self.failed} mails: {o['new_ticket']} new tickets, "
+                f"{o['reply']} replies, {o['ignored']} ignored, {o['quarantined']} quarantined, "
                 f"{o['duplicate']} already stored, {self.failed} not stored.")
 
 
-_OUTCOMES = {"OpenTicket": "new_ticket", "CustomerReply": "reply", "StaffReply": "reply"}
+def _batches(source: str) -> Iterator[list[tuple[str, bytes]]]:
+    items = iter_archive(source)
+    while batch := list(islice(items, BATCH)):
+        yield batch
+
+
+def _prepare_batch(raws: list[bytes]) -> list[PreparedMail]:
+    return [prepare_mail(raw) for raw in raws]
+
+
+def _pool() -> Executor | None:
+    """Worker processes for parsing; fresh interpreters (forkserver), so no database
+    connection of this process is ever shared with them."""
+    workers = min(os.cpu_count() or 1, 4)
+    if workers < 2:
+        return None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+
+
+def _submit(pool: Executor | None, batch: list[tuple[str, bytes]]) -> list[Future[Any]]:
+    raws = [raw for _, raw in batch]
+    if pool is None:
+        done: Future[Any] = Future()
+        done.set_result(_prepare_batch(raws))
+        return [done]
+    step = max(1, len(raws) // (2 * (os.cpu_count() or 1)))
+    return [pool.submit(_prepare_batch, raws[i:i + step]) for i in range(0, len(raws), step)]
+
+
+def _store(gateway: Gateway, prepared: list[PreparedMail], report: ImportReport) -> None:
+    try:
+        outcomes = gateway.receive_batch(prepared, "import")
+    except OperationalError as exc:
+        log.warning("batch could not commit; importing one by one", error=str(exc)[:200])
+        outcomes = []
+        for mail in prepared:
+            try:
+                received = gateway.receive(mail.raw, transport="import")
+            except TemporaryError as error:
+                log.error("mail not stored", error=str(error))
+                report.failed += 1
+                continue
+            outcomes.append(Outcome("duplicate") if received.duplicate
+                            else gateway.process_outcome(received.inbox_id))
+    for outcome in outcomes:
+        report.add(outcome)
 
 
 def import_archive(gateway: Gateway, source: str, *, progress: bool = False) -> ImportReport:
     report = ImportReport()
-    items = iter_archive(source)
     bar = None
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         bar = Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[name]}"), transient=True)
+                       transient=True)
         bar.start()
-        task = bar.add_task("import", total=None, name="")
+        task = bar.add_task("import", total=None)
+    pool = _pool()
     try:
-        for name, raw in items:
-            try:
-                received = gateway.receive(raw, transport="import")
-            except TemporaryError as exc:
-                log.error("mail not stored", file=name, error=str(exc))
-                report.failed += 1
-                continue
-            if received.duplicate:
-                report.outcomes["duplicate"] += 1
-            else:
-                outcome = gateway.process_outcome(received.inbox_id)
-                key = outcome.status
-                if outcome.status == "processed":
-                    key = _OUTCOMES.get(outcome.decision or "", "processed")
-                report.outcomes[key] += 1
+        batches = _batches(source)
+        pending = next(batches, None)
+        futures = _submit(pool, pending) if pending else []
+        while pending:
+            following = next(batches, None)
+            next_futures = _submit(pool, following) if following else []
+            prepared = [mail for future in futures for mail in future.result()]
+            _store(gateway, prepared, report)
             if bar is not None:
-                bar.update(task, advance=1, name=name[-40:])
+                bar.update(task, advance=len(prepared))
+            pending, futures = following, next_futures
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.stop()
     return report

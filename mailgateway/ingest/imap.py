@@ -29,8 +29,8 @@ from email.policy import compat32
 from typing import Any
 
 import structlog
-from imapclient import IMAPClient  # type: ignore[import-untyped, unused-ignore]
-from imapclient.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+from imapclient import IMAPClient
+from imapclient.exceptions import (
     IMAPClientAbortError,
     IMAPClientError,
     LoginError,
@@ -235,8 +235,9 @@ class ImapPoller:
         thread = threading.Thread(target=work, name=f"imap-{self.settings.username}", daemon=True)
         thread.start()
         waiter = asyncio.ensure_future(stopping.wait())
+        either: set[asyncio.Future[Any]] = {finished, waiter}
         try:
-            await asyncio.wait({finished, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.stop()
             waiter.cancel()
@@ -335,6 +336,8 @@ class ImapPoller:
             except IMAPClientAbortError:
                 raise
             except IMAPClientError as exc:
+                if client.folder_exists(name):
+                    continue  # created meanwhile by another client: what we wanted
                 raise ImapFolderError(
                     f"IMAP folder {name!r} does not exist on {s.host} and could not be "
                     f"created: {exc}"

@@ -26,7 +26,7 @@ import email
 import email.utils
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.header import decode_header
@@ -102,13 +102,23 @@ class ParsedMail:
     attachments: tuple[Attachment, ...]
     defects: tuple[str, ...]
 
+    _index: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Every stage looks headers up by name; index them once instead of scanning each time.
+        index: dict[str, list[str]] = {}
+        for key, value in self.headers:
+            index.setdefault(key.lower(), []).append(value)
+        object.__setattr__(self, "_index", {k: tuple(v) for k, v in index.items()})
+
     def header(self, name: str) -> str | None:
         """First value of a header, matched case-insensitively, as mail headers are."""
-        return _first(self.headers, name)
+        values = self._index.get(name.lower())
+        return values[0] if values else None
 
     def header_all(self, name: str) -> tuple[str, ...]:
         """Every value of a header in order: Received and friends repeat."""
-        return _all(self.headers, name)
+        return self._index.get(name.lower(), ())
 
 
 def _codec(charset: str | None) -> str | None:
@@ -470,11 +480,12 @@ def _address_map(
 ) -> dict[str, list[tuple[str, str]]]:
     """Address headers read from their raw values: decoding first would split names at commas."""
     found: dict[str, list[tuple[str, str]]] = {}
-    for header, field in _ADDRESS_FIELDS.items():
+    for header, attribute in _ADDRESS_FIELDS.items():
         values = tuple(v for k, v in raw if k.lower() == header)
         eight_bit = any(_SURROGATES.search(v) for v in values)  # mail-parser escapes those
         values = tuple(_unsurrogate(v, None, hint) for v in values)
-        found[header] = _addresses(None if eight_bit or not field else parser, field, values)
+        reader = None if eight_bit or not attribute else parser
+        found[header] = _addresses(reader, attribute, values)
     return found
 
 

@@ -76,11 +76,13 @@ class Analysis:
 
 
 def analyse(
-    session: Session, pipeline: Pipeline, raw: bytes, envelope_from: str | None = None
+    session: Session, pipeline: Pipeline, raw: bytes, envelope_from: str | None = None,
+    parsed: ParsedMail | None = None,
 ) -> Analysis:
-    """Parse, classify, identify, thread and decide; reads the database, writes nothing."""
+    """Parse (unless `parsed` is given), classify, identify, thread and decide;
+    reads the database, writes nothing."""
     settings = pipeline.settings
-    mail = parse_mail(raw)
+    mail = parsed if parsed is not None else parse_mail(raw)
     classification = classify(mail, pipeline.own)
     sender = _identify(session, mail, envelope_from)
     keys = thread_keys(
@@ -106,9 +108,25 @@ def analyse(
     return Analysis(mail, classification, sender, ticket, decision)
 
 
-def process_inbox_mail(session: Session, pipeline: Pipeline, inbox: InboxMail) -> Analysis:
-    """Apply the decision for `inbox` and record its fate on the row."""
-    analysis = analyse(session, pipeline, inbox.raw, inbox.envelope_from)
+def process_inbox_mail(
+    session: Session, pipeline: Pipeline, inbox: InboxMail, parsed: ParsedMail | None = None
+) -> Analysis:
+    """Apply the decision for `inbox` and record its fate on the row.
+
+    Autoflush is off: the stages query a handful of indexed rows and flush
+    explicitly where an id is needed, instead of flushing before every query.
+    """
+    with session.no_autoflush:
+        analysis = _process(session, pipeline, inbox, parsed)
+    session.flush()
+    return analysis
+
+
+def _process(
+    session: Session, pipeline: Pipeline, inbox: InboxMail, parsed: ParsedMail | None
+) -> Analysis:
+    raw = b"" if parsed is not None else inbox.raw
+    analysis = analyse(session, pipeline, raw, inbox.envelope_from, parsed)
     mail, decision = analysis.mail, analysis.decision
     inbox.subject = mail.subject[:1000]
     inbox.sender = analysis.sender.email[:320] or None

@@ -9,7 +9,6 @@ commit and the move).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import make_msgid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +255,7 @@ def test_mail_appended_while_idle_is_a_ticket_within_2s(dovecot: Dovecot, desk: 
         for n in range(2, 5):
             dovecot.append("INBOX", make_mail(f"Mentre aspetta {n}"))
             took = wait_until(
-                lambda want=n: desk.tickets() == want,
+                partial(lambda want: desk.tickets() == want, n),
                 timeout=2.0,
                 what="the mail appended while idle",
             )
@@ -319,7 +319,10 @@ def test_crash_between_commit_and_move_then_restart(
     assert dovecot.count("INBOX") == 1  # committed, not moved
     assert len(desk.inbox()) == 1
 
-    assert make_poller(dovecot, desk).run_once() == 1  # the restarted process
+    with capture_logs() as logs:
+        assert make_poller(dovecot, desk).run_once() == 1  # the restarted process
+    [handled] = [e for e in logs if e["event"] == "imap mail handled"]
+    assert handled["duplicate"] is True
 
     assert desk.ticket_subjects() == ["Dopo il crash"]
     [row] = desk.inbox()
@@ -397,9 +400,13 @@ def test_uidvalidity_change_forgets_remembered_uids(dovecot: Dovecot, desk: Desk
     assert any(e["event"] == "imap uidvalidity changed, rescanning" for e in logs)
 
 
-def test_server_without_move_uses_copy_and_expunge(desk: Desk) -> None:
+@pytest.mark.parametrize("uidplus", [True, False])
+def test_server_without_move_uses_copy_and_expunge(uidplus: bool, desk: Desk) -> None:
+    capabilities = BASE_CAPABILITIES + " IDLE"
+    if not uidplus:
+        capabilities = capabilities.replace(" UIDPLUS", "")
     _require_dovecot()
-    with Dovecot(username=SUPPORT, capabilities=BASE_CAPABILITIES + " IDLE") as server:
+    with Dovecot(username=SUPPORT, capabilities=capabilities) as server:
         with server.client() as client:
             assert b"MOVE" not in client.capabilities()
         server.append_many("INBOX", [make_mail(f"Senza MOVE {n}") for n in range(10)])
@@ -503,7 +510,11 @@ def test_tls_and_starttls(mode: str, desk: Desk, monkeypatch: pytest.MonkeyPatch
             poller = make_poller(server, desk, starttls=True)
         assert poller.run_once() == 1
         assert "TLS" in server.log()
-    assert desk.ticket_subjects() == [f"Via {mode}"]
+        with RunningPoller(poller):  # IDLE over TLS: notices may wait in the TLS buffer
+            wait_until(lambda: server.count("Processed") == 1)
+            server.append("INBOX", make_mail(f"Mentre aspetta via {mode}"))
+            wait_until(lambda: desk.tickets() == 2, timeout=2.0, what="the mail over TLS")
+    assert desk.ticket_subjects() == [f"Mentre aspetta via {mode}", f"Via {mode}"]
 
 
 def test_untrusted_certificate_is_refused(desk: Desk) -> None:
@@ -517,48 +528,52 @@ def test_untrusted_certificate_is_refused(desk: Desk) -> None:
 
 
 def test_sigterm_to_serve_exits_0(
-    dovecot: Dovecot, desk: Desk, config_data: dict[str, Any], request: pytest.FixtureRequest
+    dovecot: Dovecot,
+    desk: Desk,
+    config_data: dict[str, Any],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
-    """`mailgateway serve` with an [[imap]] mailbox: it handles the mail, then stops
-    cleanly on SIGTERM (exit 0) within a few seconds."""
-    if importlib.util.find_spec("mailgateway.server") is None:
-        pytest.skip("mailgateway serve is not available yet")
+    """`mailgateway serve` with an [[imap]] mailbox handles the mail, then stops cleanly
+    on SIGTERM (exit 0) while idling, within a few seconds."""
     config_data["imap"] = [
         {
             "host": "127.0.0.1",
             "port": dovecot.port,
             "username": dovecot.username,
             "password_env": "MG_TEST_IMAP_PASSWORD",
-            "poll_seconds": 1,
         }
     ]
     config_data["log"] = {"level": "info"}
     config_file: Path = request.getfixturevalue("config_file")
     dovecot.append("INBOX", make_mail("Via serve"))
     env = {**os.environ, "MG_TEST_IMAP_PASSWORD": dovecot.password}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mailgateway", "--config", str(config_file), "serve"],
-        cwd=Path(__file__).resolve().parents[2],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailgateway", "--config", str(config_file), "serve"],
+            cwd=Path(__file__).resolve().parents[2],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_until(
             lambda: dovecot.count("Processed") == 1 or process.poll() is not None,
             timeout=30,
             what="serve to handle the mail",
         )
-        assert process.poll() is None, process.communicate()[1].decode(errors="replace")
+        assert process.poll() is None, log.read_text(errors="replace")
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=20)
+        process.wait(timeout=20)
+        stopped_in = time.monotonic() - started
     finally:
         if process.poll() is None:
             process.kill()
-            process.communicate()
-    stderr = err.decode(errors="replace")
-    assert process.returncode == 0, stderr
-    assert time.monotonic() - started < 10
+            process.wait()
+    output_text = log.read_text(errors="replace")
+    assert process.returncode == 0, output_text
+    assert stopped_in < 10, output_text
     assert desk.ticket_subjects() == ["Via serve"]
-    assert "imap poller stopped" in stderr
+    assert "imap poller stopped" in output_text

@@ -1,0 +1,207 @@
+"""How fast the dispatcher empties the outbox into an SMTP relay: mails/s.
+
+The outbox is filled with `n` rendered mails, then one `dispatch_once` sends
+them all, batch after batch, through the real `SmtpTransport` (one SMTP
+session per batch) to an aiosmtpd sink, committing each row as sent. The
+sink runs in a separate process so that its work does not share the
+dispatcher's interpreter lock, as a real relay would not.
+
+    python -m benchmarks.dispatch_bench [--n 2000] [--database-url URL] [--json]
+
+Without --database-url the outbox is a fresh SQLite file; a PostgreSQL URL
+names the server, on which a throwaway database is created and dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import make_url
+
+from benchmarks.smtp_bench import throwaway_database
+from mailgateway.clock import SystemClock
+from mailgateway.config import Settings, settings_from_mapping
+from mailgateway.db.migrate import upgrade
+from mailgateway.db.models import OutboxMail, OutboxStatus
+from mailgateway.db.session import create_db_engine, session_factory
+from mailgateway.log import configure_logging
+from mailgateway.outbound.compose import compose, new_message_id
+from mailgateway.outbound.dispatch import dispatch_once
+from mailgateway.outbound.intent import MailIntent, MailKind
+from mailgateway.outbound.queue import settings_context
+from mailgateway.outbound.transports import SmtpTransport
+
+BODY = (
+    "Buongiorno,\n\nper risolvere l'errore 98,20 su MOCO aggiorni la procedura alla versione "
+    "più recente e riavvii il servizio di stampa. Ci faccia sapere se il problema persiste.\n"
+) * 4
+
+
+def _sink_main(ready: Connection, stop: Connection) -> None:
+    """The relay: accept everything, count what arrived, report the count when told to stop."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    class Counter:
+        received = 0
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            Counter.received += 1
+            return "250 OK"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Counter(), hostname="127.0.0.1", port=port)
+    controller.start()
+    ready.send(port)
+    stop.recv()
+    controller.stop()
+    ready.send(Counter.received)
+
+
+def _fill(settings: Settings, n: int) -> None:
+    """`n` pending answers, rendered once and given distinct Message-IDs."""
+    clock = SystemClock()
+    intent = MailIntent(
+        kind=MailKind.ANSWER, to=("cliente@studiobench.it",), language="it", ticket_id=None
+    )
+    context = settings_context(settings) | {
+        "number": "2026-000001",
+        "subject": "Errore 98,20 su MOCO",
+        "body": BODY,
+        "author": "Luca Verdi",
+    }
+    template = compose(settings, clock, intent, context, ticket_number="2026-000001")
+    first_id = str(template["Message-ID"]).strip("<>")
+    raw = template.as_bytes()
+    now = clock.now()
+    engine = create_db_engine(settings.database)
+    try:
+        with session_factory(engine).begin() as session:
+            rows = []
+            for _ in range(n):
+                message_id = new_message_id(settings)
+                rows.append(
+                    {
+                        "created_at": now,
+                        "kind": intent.kind.value,
+                        "ticket_id": None,
+                        "automatic": False,
+                        "mail_from": settings.helpdesk.address,
+                        "recipients": list(intent.to),
+                        "message_id": message_id,
+                        "raw": raw.replace(first_id.encode(), message_id.encode()),
+                        "status": OutboxStatus.PENDING.value,
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                    }
+                )
+            session.execute(insert(OutboxMail), rows)
+    finally:
+        engine.dispose()
+
+
+def bench_dispatch(settings: Settings, n: int = 2000) -> dict[str, Any]:
+    """Fill the outbox of `settings`' database with `n` mails and time one dispatch pass.
+
+    The database must hold no pending mail of its own: they would be sent to the sink.
+    """
+    engine = create_db_engine(settings.database)
+    try:
+        upgrade(engine)
+        sessions = session_factory(engine)
+        with sessions() as session:
+            pending = session.scalar(
+                select(func.count())
+                .select_from(OutboxMail)
+                .where(OutboxMail.status == OutboxStatus.PENDING)
+            )
+        if pending:
+            raise RuntimeError(
+                f"the outbox already holds {pending} pending mails; "
+                "benchmark on a throwaway database"
+            )
+        _fill(settings, n)
+
+        context = multiprocessing.get_context("spawn")
+        ready_parent, ready_child = context.Pipe()
+        stop_parent, stop_child = context.Pipe()
+        sink = context.Process(target=_sink_main, args=(ready_child, stop_child), daemon=True)
+        sink.start()
+        try:
+            port = ready_parent.recv()
+            outbound = replace(settings.outbound, transport="smtp", host="127.0.0.1", port=port)
+            relay = replace(settings, outbound=outbound)
+            transport = SmtpTransport(outbound, local_hostname=settings.helpdesk.domains[0])
+            started = time.perf_counter()
+            report = dispatch_once(sessions, relay, SystemClock(), transport)
+            elapsed = time.perf_counter() - started
+        finally:
+            stop_parent.send(True)
+            received = ready_parent.recv() if sink.is_alive() else None
+            sink.join(timeout=10)
+        with sessions() as session:
+            sent = session.scalar(
+                select(func.count())
+                .select_from(OutboxMail)
+                .where(OutboxMail.status == OutboxStatus.SENT)
+            )
+    finally:
+        engine.dispose()
+    if report.sent != n or sent != n or received != n:
+        raise RuntimeError(
+            f"expected {n} mails sent, got report={report}, rows={sent}, relay received {received}"
+        )
+    return {
+        "database": make_url(settings.database.url).get_backend_name(),
+        "mails": n,
+        "batch_size": settings.outbound.batch_size,
+        "seconds": round(elapsed, 3),
+        "mails_per_s": round(n / elapsed, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="mails to send (default 2000)")
+    parser.add_argument("--database-url", help="sqlite:///… or postgresql+psycopg://… (server)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    args = parser.parse_args(argv)
+    with (
+        tempfile.TemporaryDirectory(prefix="mg-bench-") as workdir,
+        throwaway_database(args.database_url, Path(workdir)) as url,
+    ):
+        settings = settings_from_mapping(
+            {
+                "helpdesk": {"data_dir": str(Path(workdir) / "var")},
+                "database": {"url": url},
+                "rules": {"path": str(Path(workdir) / "rules")},
+                "log": {"level": "warning"},
+            }
+        )
+        configure_logging(settings.log)
+        report = bench_dispatch(settings, args.n)
+    if args.json:
+        json.dump(report, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        width = max(len(key) for key in report)
+        for key, value in report.items():
+            sys.stdout.write(f"{key:<{width}}  {value}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The benchmark runner's own logic: threading check, statistics, table. No timing asserted."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks.__main__ import render_table
+from benchmarks.core import Row, percentile, run_measured, summarize_error
+from benchmarks.gateway import count_threaded
+from benchmarks.generate import generate_corpus
+
+
+def test_count_threaded_follows_each_reply_to_its_request() -> None:
+    corpus = generate_corpus(30, seed=4)
+    number = {m.ticket: f"2026-{m.ticket:06d}" for m in corpus.mails if m.kind == "new"}
+    # The gateway lists Message-IDs without angle brackets.
+    inbox = [
+        {"message_id": m.message_id.strip("<>"), "ticket": number[m.ticket]} for m in corpus.mails
+    ]
+    assert count_threaded(corpus, inbox) == corpus.replies
+    first_reply = next(i for i, m in enumerate(corpus.mails) if m.kind == "reply")
+    inbox[first_reply]["ticket"] = "2026-999999"
+    assert count_threaded(corpus, inbox) == corpus.replies - 1
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([3.0], 99) == 3.0
+
+
+def test_summarize_error_keeps_the_command_and_the_exception() -> None:
+    error = "mailgateway import exited 1:\nTraceback\n  File x\nValueError: bad mail\n(hint)"
+    assert summarize_error(error) == "mailgateway import exited 1: … ValueError: bad mail"
+
+
+def test_run_measured_reports_output_status_and_memory() -> None:
+    measured = run_measured([sys.executable, "-c", "print('ok'); raise SystemExit(3)"])
+    assert (measured.returncode, measured.stdout.strip()) == (3, "ok")
+    assert measured.peak_rss_kib > 0 and measured.seconds > 0
+
+
+def test_table_shows_missing_values_and_ratios() -> None:
+    rows = [
+        Row("bulk import", "mails/s", 120.0, None, 60.0, note="median of 3"),
+        Row("tickets opened", "count", 25, 25, 25, better="equal"),
+    ]
+    table = render_table(rows, ["PostgreSQL rows skipped: unreachable."])
+    assert "2.00×" in table and "same" in table and "—" in table
+    assert "* PostgreSQL rows skipped: unreachable." in table
