@@ -30,7 +30,8 @@ from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent
 from mailgateway.pipeline.parse import ParsedMail, parse_mail
-from mailgateway.pipeline.process import Analysis, Mailer, Pipeline, analyse, process_inbox_mail
+from mailgateway.pipeline.context import Analysis, Mailer, Pipeline
+from mailgateway.pipeline.process import analyse, process_inbox_mail
 
 log = structlog.get_logger()
 

@@ -1,0 +1,271 @@
+"""The effects of a decision: tickets, messages, attachments, events, outbox rows.
+
+Everything here writes into the caller's session; nothing commits. Each
+function applies one kind of `Decision` and returns the ticket it touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgateway.attachments import safe_filename, store_file
+from mailgateway.db.models import (
+    Account,
+    Attachment,
+    Event,
+    InboxMail,
+    Message,
+    Person,
+    Staff,
+    ThreadRef,
+    Ticket,
+    TicketStatus,
+)
+from mailgateway.outbound.intent import MailIntent, MailKind
+from mailgateway.pipeline import decide as d
+from mailgateway.pipeline.context import Analysis, Pipeline
+from mailgateway.pipeline.identify import Sender
+from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.thread import clean_subject
+from mailgateway.sla import first_response_due
+from mailgateway.tickets import TicketAction, allocate_number, change_status, record_event
+
+log = structlog.get_logger()
+
+
+def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> None:
+    if mail.message_id and session.get(ThreadRef, mail.message_id) is None:
+        session.add(ThreadRef(message_id=mail.message_id[:998], ticket_id=ticket.id))
+
+
+def _keep_attachments(
+    pipeline: Pipeline, mail: ParsedMail, message: Message
+) -> list[str]:
+    """Store what may be kept; return the names of files refused for their size."""
+    limit = pipeline.settings.helpdesk.max_attachment_bytes
+    refused: list[str] = []
+    for part in mail.attachments:
+        name = safe_filename(part.filename, part.content_type)
+        if len(part.payload) > limit:
+            refused.append(name)
+            continue
+        digest = store_file(pipeline.settings.data_dir, part.payload)
+        message.attachments.append(Attachment(
+            filename=name, content_type=part.content_type[:255], size=len(part.payload),
+            sha256=digest))
+    return refused
+
+
+def _customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    primary = ticket.person.email if ticket.person is not None else ticket.account.main_email
+    return (primary,), tuple(w for w in ticket.watchers or () if w != primary)
+
+
+def _language(pipeline: Pipeline, ticket: Ticket | None, account: Account | None = None) -> str:
+    chosen = account.language if account is not None else None
+    if ticket is not None:
+        chosen = ticket.language
+    return chosen or pipeline.settings.helpdesk.language
+
+
+def _thread_ids(
+    mail: ParsedMail, ticket: Ticket | None, to_customer_thread: bool
+) -> tuple[str | None, tuple[str, ...]]:
+    """A mail answers the mail that caused it; a technician's answer is threaded under the
+    customer's first mail instead, the one id the customer's client surely knows."""
+    if to_customer_thread and ticket is not None and ticket.root_message_id:
+        return ticket.root_message_id, (ticket.root_message_id,)
+    refs = tuple(mail.references) + ((mail.message_id,) if mail.message_id else ())
+    return mail.message_id, refs
+
+
+def _mail(
+    session: Session, pipeline: Pipeline, analysis: Analysis, kind: MailKind,
+    to: Sequence[str], ticket: Ticket | None, *, cc: Sequence[str] = (),
+    to_customer_thread: bool = False, **context: Any,
+) -> None:
+    """Queue one mail; automatic ones are never sent in answer to a machine."""
+    intent_to = tuple(a for a in to if a)
+    if not intent_to:
+        return
+    in_reply_to, references = _thread_ids(analysis.mail, ticket, to_customer_thread)
+    intent = MailIntent(
+        kind=kind, to=intent_to, cc=tuple(cc), ticket_id=ticket.id if ticket else None,
+        language=_language(pipeline, ticket), in_reply_to=in_reply_to,
+        references=references, context=context,
+    )
+    if intent.automatic and not analysis.classification.may_auto_answer:
+        log.info("automatic answer suppressed", kind=kind.value,
+                 reason=analysis.classification.reason)
+        return
+    pipeline.mailer(session, intent)
+
+
+def apply_reject(
+    session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.Reject
+) -> Ticket | None:
+    ticket = session.get(Ticket, decision.ticket.id) if decision.ticket else None
+    if ticket is not None:
+        session.add(record_event(ticket, "refused_mail", actor=analysis.sender.email,
+                                 at=pipeline.clock.now(), reason=decision.reason))
+    _mail(session, pipeline, analysis, decision.answer, (analysis.mail.from_addr,), ticket,
+          subject=analysis.mail.subject, reason=decision.reason)
+    return ticket
+
+
+def _unverified_account(session: Session, pipeline: Pipeline, sender: Sender) -> Account:
+    account = Account(name=sender.name or sender.email, main_email=sender.email,
+                      vat_number="", verified=False, created_at=pipeline.clock.now())
+    session.add(account)
+    session.flush()
+    return account
+
+
+def _watchers(session: Session, mail: ParsedMail, account: Account, primary: str) -> list[str]:
+    """Collaborators in Cc who belong to the account follow the ticket."""
+    candidates = [a for a in mail.cc if a != primary]
+    if not candidates:
+        return []
+    persons = session.execute(
+        select(Person.email).where(Person.email.in_(candidates),
+                                   Person.account_id == account.id)).scalars()
+    allowed = set(persons) | ({account.main_email} & set(candidates))
+    return [a for a in candidates if a in allowed]
+
+
+def open_ticket(
+    session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.OpenTicket,
+    inbox: InboxMail,
+) -> Ticket:
+    mail, settings, now = analysis.mail, pipeline.settings, pipeline.clock.now()
+    account = (session.get(Account, decision.account_id) if decision.account_id is not None
+               else _unverified_account(session, pipeline, analysis.sender))
+    assert account is not None
+    person = session.get(Person, decision.person_id) if decision.person_id else None
+    routing = decision.routing
+    subject = clean_subject(mail.subject, settings.helpdesk.ticket_tag) or "(senza oggetto)"
+    ticket = Ticket(
+        number=allocate_number(session, now.year), status=TicketStatus.APERTO.value,
+        subject=subject[:1000], product=routing.product, request_type=routing.request_type,
+        impact=routing.impact, group=routing.group, account=account, person=person,
+        linked_ticket_id=decision.linked_ticket.id if decision.linked_ticket else None,
+        language=account.language or settings.helpdesk.language,
+        rules=list(routing.rules), created_at=now, updated_at=now,
+        root_message_id=mail.message_id[:998] if mail.message_id else None,
+        due_at=first_response_due(now, settings.sla),
+    )
+    ticket.watchers = _watchers(session, mail, account, analysis.sender.email)
+    refused = [safe_filename(a.filename, a.content_type) for a in mail.attachments]
+    message = Message(ticket=ticket, inbox_id=inbox.id, direction="in",
+                      author=analysis.sender.email, body=decision.description,
+                      refused_attachments=refused, created_at=now)
+    session.add_all([ticket, message])
+    session.add(Event(ticket=ticket, at=now, actor=analysis.sender.email, kind="created",
+                      from_status=None, to_status=ticket.status, reason=decision.reason))
+    session.flush()
+    structlog.contextvars.bind_contextvars(ticket=ticket.number)
+    _remember_message_id(session, mail, ticket)
+    to, cc = _customer_recipients(ticket)
+    _mail(session, pipeline, analysis, MailKind.ACKNOWLEDGMENT, to, ticket, cc=cc,
+          refused_attachments=refused, body=decision.description,
+          unverified=not account.verified)
+    _mail(session, pipeline, analysis, MailKind.NEW_TICKET_NOTICE,
+          (settings.group_address(ticket.group),), ticket, body=decision.description,
+          author=analysis.sender.email, refused_attachments=refused,
+          unverified=not account.verified)
+    return ticket
+
+
+def add_customer_reply(
+    session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.CustomerReply,
+    inbox: InboxMail,
+) -> Ticket:
+    now = pipeline.clock.now()
+    ticket = session.get(Ticket, decision.ticket.id)
+    assert ticket is not None
+    structlog.contextvars.bind_contextvars(ticket=ticket.number)
+    message = Message(ticket=ticket, inbox_id=inbox.id, direction="in",
+                      author=analysis.sender.email, body=decision.body, created_at=now)
+    session.add(message)
+    message.refused_attachments = _keep_attachments(pipeline, analysis.mail, message)
+    event = change_status(ticket, TicketAction.CUSTOMER_REPLIED, actor=analysis.sender.email,
+                          at=now, reason=decision.reason)
+    session.add(event or record_event(ticket, "customer_replied", actor=analysis.sender.email,
+                                      at=now, reason=decision.reason))
+    _remember_message_id(session, analysis.mail, ticket)
+    notify = (ticket.assignee.email if ticket.assignee is not None
+              else pipeline.settings.group_address(ticket.group))
+    _mail(session, pipeline, analysis, MailKind.CUSTOMER_REPLY_NOTICE, (notify,), ticket,
+          body=decision.body, author=analysis.sender.email,
+          attachments=_attachment_context(message))
+    return ticket
+
+
+def _attachment_context(message: Message) -> list[dict[str, Any]]:
+    return [{"filename": a.filename, "content_type": a.content_type, "sha256": a.sha256,
+             "size": a.size} for a in message.attachments]
+
+
+def _apply_commands(
+    session: Session, ticket: Ticket, commands: Sequence[d.StaffCommand], actor: str,
+    now: datetime,
+) -> None:
+    for command in commands:
+        if command.name == "assign":
+            wanted = command.argument.lower()
+            staff = session.execute(select(Staff).where(
+                (Staff.email == wanted) | (Staff.name.ilike(wanted)))).scalars().first()
+            if staff is None:
+                session.add(record_event(ticket, "command_refused", actor=actor, at=now,
+                                         reason=f"#assegna: no technician {command.argument!r}"))
+                continue
+            ticket.assignee = staff
+        elif command.name in ("product", "type", "impact"):
+            column = {"product": "product", "type": "request_type", "impact": "impact"}
+            setattr(ticket, column[command.name], command.argument)
+        else:
+            continue
+        session.add(record_event(ticket, command.name, actor=actor, at=now,
+                                 reason=command.argument))
+
+
+def add_staff_reply(
+    session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.StaffReply,
+    inbox: InboxMail,
+) -> Ticket:
+    now, actor = pipeline.clock.now(), analysis.sender.email
+    ticket = session.get(Ticket, decision.ticket.id)
+    assert ticket is not None
+    structlog.contextvars.bind_contextvars(ticket=ticket.number)
+    staff = session.get(Staff, analysis.sender.staff_id)
+    _apply_commands(session, ticket, decision.commands, actor, now)
+    message = None
+    if decision.body:
+        message = Message(ticket=ticket, inbox_id=inbox.id, direction="out", author=actor,
+                          body=decision.body, internal=decision.internal, created_at=now)
+        session.add(message)
+        message.refused_attachments = _keep_attachments(pipeline, analysis.mail, message)
+    for action in decision.actions:
+        if action in (TicketAction.TAKEN, TicketAction.STAFF_ANSWERED) and ticket.assignee is None:
+            ticket.assignee = staff
+        event = change_status(ticket, action, actor=actor, at=now, reason=decision.reason)
+        if event is not None:
+            session.add(event)
+    if decision.internal:
+        session.add(record_event(ticket, "note", actor=actor, at=now, reason=decision.reason))
+    _remember_message_id(session, analysis.mail, ticket)
+    if message is not None and not decision.internal:
+        to, cc = _customer_recipients(ticket)
+        answer = replace(analysis, classification=replace(
+            analysis.classification, may_auto_answer=True))
+        _mail(session, pipeline, answer, MailKind.ANSWER, to, ticket, cc=cc,
+              to_customer_thread=True, body=decision.body, author=staff.name if staff else actor,
+              attachments=_attachment_context(message))
+    return ticket

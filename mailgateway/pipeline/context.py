@@ -1,0 +1,43 @@
+"""What every stage of the pipeline is given, and what the reading stages found."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from mailgateway.clock import Clock
+from mailgateway.config import Settings
+from mailgateway.db.models import OutboxMail
+from mailgateway.outbound.intent import MailIntent
+from mailgateway.pipeline import decide as d
+from mailgateway.pipeline.classify import Classification, OwnMarks
+from mailgateway.pipeline.identify import Sender
+from mailgateway.pipeline.parse import ParsedMail
+
+Mailer = Callable[[Session, MailIntent], OutboxMail | None]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The configuration every stage reads, and where outbound mail goes."""
+
+    settings: Settings
+    clock: Clock
+    mailer: Mailer
+
+    @property
+    def own(self) -> OwnMarks:
+        return OwnMarks(self.settings.helpdesk.domains, self.settings.helpdesk.address)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the pure stages found about one mail: what `rules test` prints."""
+
+    mail: ParsedMail
+    classification: Classification
+    sender: Sender
+    ticket: d.TicketRef | None
+    decision: d.Decision
