@@ -29,8 +29,8 @@ from mailgateway.db.session import (
 from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent
-from mailgateway.pipeline.parse import ParsedMail, parse_mail
 from mailgateway.pipeline.context import Analysis, Mailer, Pipeline
+from mailgateway.pipeline.parse import ParsedMail, parse_mail
 from mailgateway.pipeline.process import analyse, process_inbox_mail
 
 log = structlog.get_logger()
@@ -205,7 +205,7 @@ class Gateway:
             with session.begin_nested():
                 analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed)
             return Outcome(row.status, type(analysis.decision).__name__)
-        except Exception as exc:  # noqa: BLE001 - one failing mail is quarantined alone
+        except Exception as exc:
             if isinstance(exc, OperationalError) and is_transient(exc):
                 raise
             reason = f"{exc.__class__.__name__}: {exc}"[:2000]
