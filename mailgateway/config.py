@@ -109,6 +109,7 @@ class OutboundSettings:
     max_attempts: int = 12
     max_age_hours: int = 48
     batch_size: int = 100
+    connections: int = 4
     poll_seconds: float = 2.0
     auto_answer_limit: int = 10
     auto_answer_window_minutes: int = 10

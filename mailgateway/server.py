@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -32,9 +33,13 @@ class Processor:
     and every few seconds, so mail stored before a crash is processed once.
     """
 
-    def __init__(self, gateway: Gateway, idle_seconds: float = 5.0) -> None:
+    def __init__(
+        self, gateway: Gateway, idle_seconds: float = 5.0,
+        on_processed: Callable[[], None] | None = None,
+    ) -> None:
         self.gateway = gateway
         self.idle_seconds = idle_seconds
+        self.on_processed = on_processed
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -47,7 +52,8 @@ class Processor:
         self._loop = asyncio.get_running_loop()
         while not stopping.is_set():
             self._wake.clear()
-            await asyncio.to_thread(self.gateway.process_pending)
+            if await asyncio.to_thread(self.gateway.process_pending) and self.on_processed:
+                self.on_processed()  # what was processed may have queued mail
             wake = asyncio.ensure_future(self._wake.wait())
             stop = asyncio.ensure_future(stopping.wait())
             await asyncio.wait({wake, stop}, timeout=self.idle_seconds,
@@ -57,8 +63,11 @@ class Processor:
 
 
 def build_components(settings: Settings, gateway: Gateway, clock: Clock) -> list[Component]:
-    processor = Processor(gateway)
-    components: list[Component] = [processor]
+    from mailgateway.outbound.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(gateway.sessions, settings, clock)
+    processor = Processor(gateway, on_processed=dispatcher.wake)
+    components: list[Component] = [processor, dispatcher]
     if settings.smtp.enabled:
         from mailgateway.ingest.smtp import SmtpListener
 
@@ -67,9 +76,6 @@ def build_components(settings: Settings, gateway: Gateway, clock: Clock) -> list
         from mailgateway.ingest.imap import ImapPoller
 
         components += [ImapPoller(mailbox, gateway) for mailbox in settings.imap]
-    from mailgateway.outbound.dispatch import Dispatcher
-
-    components.append(Dispatcher(gateway.sessions, settings, clock))
     return components
 
 

@@ -13,10 +13,10 @@ import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 
 import structlog
 from sqlalchemy.exc import OperationalError

@@ -8,20 +8,8 @@ answers act on the ticket). Every mail names the helpdesk in
 `X-Mailgateway-Loop` so our own mail coming back is recognised; automatic
 ones say so (`Auto-Submitted`, RFC 3834) so other robots do not answer them.
 
-The texts come from Jinja2 templates, `<language>/<kind>.{subject,txt,html}.j2`.
-An admin overrides any of them with a file of the same relative path under
-`<rules.path>/templates/`; a broken override is logged and the packaged
-default is used, because a template typo must not stop tickets from opening.
-
-Template context (all optional except `kind`, `language`, `helpdesk`):
-`number`, `tag`, `subject`, `status`, `product`, `request_type`, `impact`,
-`group`, `account`, `account_email`, `person`, `person_email`, `assignee`,
-`created_at`, `due_at`, `answered_at`, `first_response_hours`,
-`reminder_days`, `autoclose_days`, `days_left`, and from the caller `body`,
-`refused_attachments` (names), `attachments` (dicts with `filename`,
-`content_type`, `sha256`), `author`, `reason`, `similar` (dicts with
-`number`, `subject`). Filters: `quote`, `excerpt`, `datetime`, `label`,
-`html_text`.
+The texts come from the templates (`render.py`); ANSWER mails carry the
+technician's stored files.
 
 Bodies are quoted-printable and headers RFC 2047-encoded (policy SMTP), so
 no line of the result exceeds 998 octets whatever the texts contain.
@@ -30,47 +18,20 @@ no line of the result exceeds 998 octets whatever the texts contain.
 from __future__ import annotations
 
 import email.policy
-import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
-
-import structlog
-from jinja2 import (
-    BaseLoader,
-    ChoiceLoader,
-    Environment,
-    FileSystemLoader,
-    Template,
-    TemplateError,
-    TemplateNotFound,
-    pass_context,
-    select_autoescape,
-)
-from jinja2.runtime import Context
-from markupsafe import Markup, escape
 
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.errors import PermanentError
 from mailgateway.outbound.intent import MailIntent, MailKind
+from mailgateway.outbound.render import RenderedMail, choose_language, render
 from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
-
-
-def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
-    """A logger bound at call time, so the configuration made at start-up applies."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
-    return logger.bind(transport="outbound", **values)
-
-PACKAGED_TEMPLATES = Path(__file__).parent / "templates"
-LANGUAGES = ("it", "en")
 
 # Mails that go to technicians carry a staff token: answering them may act on the ticket.
 STAFF_KINDS = frozenset(
@@ -82,37 +43,6 @@ GENERATED_KINDS = frozenset({MailKind.REMINDER, MailKind.AUTOCLOSE})
 REFERENCES_HEAD = 1  # the thread's first message: what clients thread on
 REFERENCES_TAIL = 10  # and the most recent ones
 _MAX_ID_LENGTH = 900  # longer ids could not be folded under 998 octets
-
-LABELS: Mapping[str, Mapping[str, Mapping[str, str]]] = {
-    "it": {
-        "status": {
-            "APERTO": "Aperto",
-            "IN_GESTIONE": "In gestione",
-            "RISPOSTO": "In attesa di risposta",
-            "CHIUSO": "Chiuso",
-        },
-        "request_type": {
-            "tecnica": "Assistenza tecnica",
-            "commerciale": "Assistenza commerciale",
-            "amministrativa": "Assistenza amministrativa",
-        },
-        "impact": {"bloccato": "Sono bloccato", "difficolta": "Riesco a lavorare, con difficoltà"},
-    },
-    "en": {
-        "status": {
-            "APERTO": "Open",
-            "IN_GESTIONE": "In progress",
-            "RISPOSTO": "Awaiting your reply",
-            "CHIUSO": "Closed",
-        },
-        "request_type": {
-            "tecnica": "Technical support",
-            "commerciale": "Sales",
-            "amministrativa": "Administration",
-        },
-        "impact": {"bloccato": "I am blocked", "difficolta": "I can work, with difficulty"},
-    },
-}
 
 
 class _MessageIdListHeader(UnstructuredHeader, BaseHeader):
@@ -197,13 +127,6 @@ POLICY = email.policy.SMTP.clone(header_factory=_header_registry())
 
 
 @dataclass(frozen=True)
-class RenderedMail:
-    subject: str
-    text: str
-    html: str
-
-
-@dataclass(frozen=True)
 class AttachmentFile:
     filename: str
     content_type: str
@@ -251,147 +174,7 @@ def token_purpose(kind: MailKind) -> TokenPurpose:
     return TokenPurpose.STAFF if kind in STAFF_KINDS else TokenPurpose.CUSTOMER
 
 
-def choose_language(settings: Settings, requested: str | None) -> str:
-    """The requested language when templates exist for it, else the desk's default."""
-    if requested and requested in LANGUAGES:
-        return requested
-    if requested and (_admin_dir(settings) / requested).is_dir():
-        return requested
-    return settings.helpdesk.language
 
-
-# --- templates -------------------------------------------------------------
-
-
-def _quote(text: Any) -> str:
-    lines = str(text or "").splitlines()
-    return "\n".join(f"> {line}" if line.strip() else ">" for line in lines)
-
-
-def _excerpt(text: Any, lines: int = 15, chars: int = 1200) -> str:
-    """The start of a text, for a brief quote; marks the cut with […]."""
-    value = str(text or "").strip()
-    kept = value.splitlines()[:lines]
-    short = "\n".join(kept)
-    if len(short) > chars:
-        short = short[:chars].rsplit(" ", 1)[0]
-    return short + ("\n[…]" if short != value else "")
-
-
-# Spelled out here rather than taken from the process locale, which servers rarely set.
-_MONTHS_IT = (
-    "gennaio", "febbraio", "marzo", "aprile", "maggio", "giugno",
-    "luglio", "agosto", "settembre", "ottobre", "novembre", "dicembre",
-)
-_MONTHS_EN = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
-)
-
-
-@pass_context
-def _format_datetime(context: Context, value: Any) -> str:
-    if not isinstance(value, datetime):
-        return "" if value is None else str(value)
-    local = value.astimezone(ZoneInfo(context.get("timezone") or "UTC"))
-    if context.get("language") == "it":
-        month = _MONTHS_IT[local.month - 1]
-        return f"{local.day} {month} {local.year} alle ore {local:%H:%M}"
-    return f"{local.day} {_MONTHS_EN[local.month - 1]} {local.year}, {local:%H:%M}"
-
-
-@pass_context
-def _label(context: Context, value: Any, field: str) -> str:
-    labels = LABELS.get(context.get("language") or "it", LABELS["it"])
-    return labels.get(field, {}).get(str(value), "" if value is None else str(value))
-
-
-def _html_text(value: Any) -> Markup:
-    """Plain text shown in HTML: escaped, line breaks kept."""
-    return Markup("<br>\n").join(escape(line) for line in str(value or "").splitlines())
-
-
-def _build_environment(loader: BaseLoader) -> Environment:
-    env = Environment(
-        loader=loader,
-        autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters.update(
-        quote=_quote,
-        excerpt=_excerpt,
-        datetime=_format_datetime,
-        label=_label,
-        html_text=_html_text,
-    )
-    return env
-
-
-def _admin_dir(settings: Settings) -> Path:
-    return Path(settings.rules.path) / "templates"
-
-
-def _admin_signature(admin: Path) -> tuple[tuple[str, int], ...]:
-    """Changes when an override file is added or removed, so a new one is seen at once."""
-    try:
-        dirs = [admin, *(Path(e.path) for e in os.scandir(admin) if e.is_dir())]
-        return tuple((str(d), d.stat().st_mtime_ns) for d in dirs)
-    except OSError:
-        return ()
-
-
-@lru_cache(maxsize=8)
-def _environment(admin: str | None, signature: tuple[tuple[str, int], ...]) -> Environment:
-    packaged = FileSystemLoader(PACKAGED_TEMPLATES)
-    if admin is None:
-        return _build_environment(packaged)
-    return _build_environment(ChoiceLoader([FileSystemLoader(admin), packaged]))
-
-
-def template_environment(settings: Settings) -> Environment:
-    """Admin templates first, packaged defaults second; edited files reload by mtime."""
-    admin = _admin_dir(settings)
-    signature = _admin_signature(admin)
-    return _environment(str(admin) if signature else None, signature)
-
-
-def _template(env: Environment, language: str, kind: MailKind, part: str) -> Template:
-    name = f"{language}/{kind.value}.{part}.j2"
-    if part == "subject":
-        try:
-            return env.get_template(name)
-        except TemplateNotFound:
-            return env.from_string("{{ subject }}")
-    return env.get_template(name)
-
-
-def _render_with(
-    env: Environment, language: str, kind: MailKind, context: Mapping[str, Any]
-) -> RenderedMail:
-    values = {**context, "language": language, "kind": kind.value}
-    return RenderedMail(
-        subject=_template(env, language, kind, "subject").render(values),
-        text=_template(env, language, kind, "txt").render(values),
-        html=_template(env, language, kind, "html").render(values),
-    )
-
-
-def render(settings: Settings, intent: MailIntent, context: Mapping[str, Any]) -> RenderedMail:
-    """Subject, text and HTML of `intent`, in its language (the desk's when unknown)."""
-    language = choose_language(settings, intent.language)
-    env = template_environment(settings)
-    try:
-        try:
-            return _render_with(env, language, intent.kind, context)
-        except TemplateNotFound:
-            return _render_with(env, settings.helpdesk.language, intent.kind, context)
-    except TemplateError as exc:
-        _log().error("admin_template_failed", kind=intent.kind.value, error=str(exc))
-        packaged = _environment(None, ())
-        fallback = language if language in LANGUAGES else settings.helpdesk.language
-        return _render_with(packaged, fallback, intent.kind, context)
 
 
 # --- attachments -----------------------------------------------------------

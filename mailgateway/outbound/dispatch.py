@@ -8,12 +8,16 @@ under the write lock every transaction takes (BEGIN IMMEDIATE). Only rows
 whose lease is absent or expired are claimable, so a dispatcher that died
 mid-batch delays its rows by one lease, never loses them.
 
-**At most one mail sent twice per crash.** A row is marked `sent` in its own
-commit right after the transport accepted it. The only window in which a
-mail can go out twice is between the relay's acceptance and that commit:
-one send. Widening it (committing per batch) would trade duplicates for
-speed; the batch is sent over one SMTP session instead, which is where the
-speed was.
+**At most one mail sent twice per crash and sending thread.** A row is
+marked `sent` in its own commit right after the transport accepted it. The
+only window in which a mail can go out twice is between the relay's
+acceptance and that commit: one send. Widening it (committing per batch)
+would trade duplicates for speed; the speed comes instead from sending a
+batch over a few SMTP sessions kept open (`outbound.connections` sending
+threads, each with its own session), and on SQLite from queueing the
+threads' commits in-process rather than letting them collide on its lock.
+A batch stops before its lease can run out, so no other dispatcher can
+claim a row this one is still sending.
 
 Outcomes: accepted → `sent`; `TemporaryError` → `attempts + 1` and a later
 `next_attempt_at` (exponential backoff with jitter), or `dead` once
@@ -26,13 +30,17 @@ spending its attempts. `retry()` puts a failed or dead row back in the queue.
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, Retrying, stop_after_attempt, stop_after_delay
 from tenacity.stop import stop_base
@@ -89,7 +97,12 @@ RETRY_POLICY = RetryPolicy(wait=wait_exponential_jitter(multiplier=30, max=3600,
 
 def lease_length(settings: OutboundSettings) -> timedelta:
     """How long a claim holds; a batch stops early rather than outlive it."""
-    return timedelta(seconds=max(300, 10 * settings.timeout_seconds))
+    return timedelta(seconds=max(600, 20 * settings.timeout_seconds))
+
+
+def _send_margin(settings: OutboundSettings) -> timedelta:
+    """The longest one send may take: each SMTP step may use the whole timeout."""
+    return timedelta(seconds=10 * settings.timeout_seconds)
 
 
 # --- one pass ------------------------------------------------------------------
@@ -178,6 +191,16 @@ def _set(session: Session, ids: Sequence[int], **values: Any) -> None:
     session.commit()
 
 
+_OUTBOX = cast(Table, OutboxMail.__table__)
+# Built once: marking a row sent is the one statement run for every mail.
+_MARK_SENT = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row_id"))
+    .values(status=OutboxStatus.SENT.value, attempts=bindparam("attempts"),
+            sent_at=bindparam("sent_at"), last_error=None, claimed_until=None)
+)
+
+
 def _after_temporary(
     session: Session, settings: Settings, now: datetime, mail: _Claimed, error: str
 ) -> tuple[str, datetime]:
@@ -199,39 +222,88 @@ def _send_one(
     clock: Clock,
     transport: MailTransport,
     mail: _Claimed,
-    report: DispatchReport,
-) -> datetime | None:
-    """Send one claimed row and record the outcome; returns an instant when the relay is down."""
+    writing: AbstractContextManager[Any],
+) -> tuple[str, datetime | None]:
+    """Send one claimed row and commit its outcome: the report field to count, and
+    the instant to postpone the rest of the batch to when the relay is down."""
     bound = _log(outbox_id=mail.id, ticket=mail.ticket, message_id=mail.message_id)
     relay_down = False
     try:
         transport.send(mail.mail_from, mail.recipients, mail.raw)
     except PermanentError as exc:
-        _set(session, [mail.id], status=OutboxStatus.FAILED, attempts=mail.attempts + 1,
-             last_error=str(exc), claimed_until=None)
-        report.failed += 1
+        with writing:
+            _set(session, [mail.id], status=OutboxStatus.FAILED, attempts=mail.attempts + 1,
+                 last_error=str(exc), claimed_until=None)
         bound.error("outbound_mail_failed", error=str(exc))
-        return None
+        return "failed", None
     except TemporaryError as exc:
         error, relay_down = str(exc), isinstance(exc, RelayUnavailableError)
     except Exception as exc:  # a bug or an unmapped library error: retry, never lose the row
         bound.exception("outbound_mail_crashed")
         error = f"{type(exc).__name__}: {exc}"
     else:
-        now = clock.now()
-        _set(session, [mail.id], status=OutboxStatus.SENT, attempts=mail.attempts + 1,
-             sent_at=now, last_error=None, claimed_until=None)
-        report.sent += 1
+        params = {"row_id": mail.id, "attempts": mail.attempts + 1, "sent_at": clock.now()}
+        with writing:
+            session.execute(_MARK_SENT, params)
+            session.commit()
         bound.debug("outbound_mail_sent", recipients=mail.recipients)
-        return None
-    status, next_at = _after_temporary(session, settings, clock.now(), mail, error)
+        return "sent", None
+    with writing:
+        status, next_at = _after_temporary(session, settings, clock.now(), mail, error)
     if status == OutboxStatus.DEAD:
-        report.dead += 1
         bound.error("outbound_mail_dead", error=error, attempts=mail.attempts + 1)
-    else:
-        report.retried += 1
-        bound.warning("outbound_mail_deferred", error=error, next_attempt_at=next_at.isoformat())
-    return next_at if relay_down else None
+        return "dead", None
+    bound.warning("outbound_mail_deferred", error=error, next_attempt_at=next_at.isoformat())
+    return "retried", next_at if relay_down else None
+
+
+@dataclass
+class _Batch:
+    """One claimed batch, worked through by one or more sending threads."""
+
+    mails: deque[_Claimed]
+    lease_until: datetime
+    margin: timedelta
+    should_stop: Callable[[], bool] | None
+    report: DispatchReport
+    writing: AbstractContextManager[Any]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    relay_back_at: datetime | None = None
+    stopped: bool = False
+
+    def take(self, clock: Clock) -> _Claimed | None:
+        """The next mail to send, or None when done, stopping, or the relay is down."""
+        with self.lock:
+            if self.relay_back_at is not None or self.stopped or not self.mails:
+                return None
+            if (self.should_stop and self.should_stop()) or (
+                clock.now() >= self.lease_until - self.margin
+            ):
+                self.stopped = True
+                return None
+            return self.mails.popleft()
+
+    def record(self, outcome: str, relay_back_at: datetime | None) -> None:
+        with self.lock:
+            setattr(self.report, outcome, getattr(self.report, outcome) + 1)
+            if relay_back_at is not None and self.relay_back_at is None:
+                self.relay_back_at = relay_back_at
+
+
+def _work(
+    sessions: sessionmaker[Session], settings: Settings, clock: Clock,
+    transport: MailTransport, batch: _Batch,
+) -> None:
+    """One sending thread: take mails from the batch until it is done."""
+    with sessions() as session:
+        while (mail := batch.take(clock)) is not None:
+            batch.record(*_send_one(session, settings, clock, transport, mail, batch.writing))
+
+
+def sending_connections(settings: OutboundSettings) -> int:
+    """SMTP sessions used in parallel within a batch: the relay's answer latency,
+    not our CPU, bounds one session."""
+    return max(1, settings.connections)
 
 
 def dispatch_once(
@@ -241,35 +313,51 @@ def dispatch_once(
     transport: MailTransport,
     *,
     should_stop: Callable[[], bool] | None = None,
+    connections: int | None = None,
 ) -> DispatchReport:
     """Send everything due now, batch after batch, then return what happened.
 
-    Stops early when `should_stop()` turns true (shutdown) or the relay is
-    unreachable; rows it claimed but did not try are released at once.
+    A batch is sent over `connections` parallel sessions of the transport
+    (each sending thread keeps its own), because a relay answers one session
+    at a time. Stops early when `should_stop()` turns true (shutdown) or the
+    relay is unreachable; claimed rows not tried are released or postponed.
     """
     report = DispatchReport()
     lease = lease_length(settings.outbound)
-    margin = timedelta(seconds=2 * settings.outbound.timeout_seconds)
+    margin = _send_margin(settings.outbound)
+    workers = connections or sending_connections(settings.outbound)
     try:
-        with sessions() as session:
+        with sessions() as session, ThreadPoolExecutor(workers, "outbox") as pool:
+            # SQLite takes one writer at a time and makes the others sleep-poll for the
+            # lock; queueing the sending threads' commits here is much faster.
+            sqlite = session.get_bind().dialect.name == "sqlite"
+            writing: AbstractContextManager[Any] = threading.Lock() if sqlite else nullcontext()
             while True:
                 now = clock.now()
-                lease_until = now + lease
-                batch = _claim(session, settings, now, lease_until)
+                claimed = _claim(session, settings, now, now + lease)
                 session.commit()
-                if not batch:
+                if not claimed:
                     return report
-                for index, mail in enumerate(batch):
-                    if (should_stop and should_stop()) or clock.now() >= lease_until - margin:
-                        _set(session, [m.id for m in batch[index:]], claimed_until=None)
-                        return report
-                    relay_back_at = _send_one(session, settings, clock, transport, mail, report)
-                    if relay_back_at is not None:
-                        rest = [m.id for m in batch[index + 1 :]]
-                        if rest:
-                            _set(session, rest, claimed_until=None, next_attempt_at=relay_back_at)
-                            report.deferred += len(rest)
-                        return report
+                batch = _Batch(deque(claimed), now + lease, margin, should_stop, report, writing)
+                threads = min(workers, len(claimed))
+                if threads == 1:
+                    _work(sessions, settings, clock, transport, batch)
+                else:
+                    running = [pool.submit(_work, sessions, settings, clock, transport, batch)
+                               for _ in range(threads)]
+                    for future in running:
+                        future.result()
+                rest = [mail.id for mail in batch.mails]
+                if batch.relay_back_at is not None:
+                    if rest:
+                        _set(session, rest, claimed_until=None,
+                             next_attempt_at=batch.relay_back_at)
+                        report.deferred += len(rest)
+                    return report
+                if batch.stopped:
+                    if rest:
+                        _set(session, rest, claimed_until=None)
+                    return report
     finally:
         transport.close()
         if report.sent or report.retried or report.failed or report.dead:

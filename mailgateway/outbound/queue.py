@@ -11,6 +11,8 @@ escaped loop detection, or a customer's script, gets a handful of answers
 and then silence instead of an endless exchange. The count is read in the
 caller's transaction, so on PostgreSQL two transactions racing for the same
 address may each pass the last free slot; the limit is a brake, not a quota.
+An automatic mail is never addressed to the helpdesk itself (that would be
+a loop); `recipients` of the row is To then Cc, without duplicates.
 """
 
 from __future__ import annotations
@@ -130,9 +132,12 @@ def enqueue(
             raise ValueError(f"ticket id {intent.ticket_id} does not exist")
     bound = _log(ticket=ticket.number if ticket else None, kind=intent.kind.value)
     seen: set[str] = set()
-    to = [a for a in _unique(intent.to, seen) if not _is_own_address(settings, a)]
-    cc = [a for a in _unique(intent.cc, seen) if not _is_own_address(settings, a)]
+    to, cc = _unique(intent.to, seen), _unique(intent.cc, seen)
     if intent.automatic:
+        # An automatic answer to ourselves would be a loop; a notice to the desk's own
+        # address (a group without one) is deliberate, and comes back marked as ours.
+        to = [a for a in to if not _is_own_address(settings, a)]
+        cc = [a for a in cc if not _is_own_address(settings, a)]
         blocked = _over_limit(session, settings, now, to + cc)
         if blocked:
             bound.warning("auto_answer_rate_limited", recipients=sorted(blocked))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import mailbox
 import smtplib
 import ssl
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -60,16 +61,18 @@ def _is_temporary(code: int) -> bool:
 
 
 class SmtpTransport:
-    """Sends over one SMTP session reused for consecutive mails.
+    """Sends over SMTP sessions kept open between mails, one per sending thread.
 
-    The session is opened on the first send and kept until `close()` or an
-    error, so a batch costs one connect/EHLO/AUTH instead of one per mail.
+    A session is opened on a thread's first send and kept until `close()` or
+    an error, so a batch costs one connect/EHLO/AUTH per thread instead of
+    one per mail; the dispatcher's threads share one transport.
     """
 
     def __init__(self, settings: OutboundSettings, local_hostname: str | None = None) -> None:
         self._settings = settings
         self._local_hostname = local_hostname
-        self._connection: smtplib.SMTP | None = None
+        self._lock = threading.Lock()
+        self._sessions: dict[int, smtplib.SMTP] = {}
 
     def _connect(self) -> smtplib.SMTP:
         s = self._settings
@@ -107,13 +110,30 @@ class SmtpTransport:
             raise RelayUnavailableError(f"relay {s.host}:{s.port} unreachable: {exc}") from exc
         return connection
 
+    def _session(self) -> smtplib.SMTP:
+        key = threading.get_ident()
+        with self._lock:
+            connection = self._sessions.get(key)
+        if connection is None:
+            connection = self._connect()
+            with self._lock:
+                self._sessions[key] = connection
+        return connection
+
+    def _drop(self, connection: smtplib.SMTP, *, polite: bool) -> None:
+        """Forget this thread's session; QUIT it when it may still be usable."""
+        with self._lock:
+            self._sessions.pop(threading.get_ident(), None)
+        _quit(connection, polite=polite)
+
     def send(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
-        if self._connection is None:
-            self._connection = self._connect()
+        connection = self._session()
         try:
-            refused = self._connection.sendmail(mail_from, recipients, raw)
+            refused = connection.sendmail(mail_from, recipients, raw)
         except smtplib.SMTPRecipientsRefused as exc:
-            self._reset()
+            # smtplib has reset the transaction; the session stays usable if still connected.
+            if connection.sock is None:
+                self._drop(connection, polite=False)
             answers = "; ".join(
                 f"{rcpt}: {_answer(code, msg)}" for rcpt, (code, msg) in exc.recipients.items()
             )
@@ -121,13 +141,13 @@ class SmtpTransport:
                 raise TemporaryError(f"recipients deferred: {answers}") from exc
             raise PermanentError(f"recipients refused: {answers}") from exc
         except smtplib.SMTPResponseException as exc:
-            self.close()
+            self._drop(connection, polite=True)
             answer = _answer(exc.smtp_code, exc.smtp_error)
             if _is_temporary(exc.smtp_code):
                 raise TemporaryError(f"relay deferred the mail: {answer}") from exc
             raise PermanentError(f"relay refused the mail: {answer}") from exc
         except (OSError, smtplib.SMTPException) as exc:
-            self.close()
+            self._drop(connection, polite=False)
             raise TemporaryError(f"connection to the relay lost: {exc}") from exc
         if refused:
             # Delivered to the others; a per-recipient retry would need a row per recipient.
@@ -136,20 +156,22 @@ class SmtpTransport:
                 refused={rcpt: _answer(code, msg) for rcpt, (code, msg) in refused.items()},
             )
 
-    def _reset(self) -> None:
-        """After a refused transaction smtplib has sent RSET; drop the session if that failed."""
-        connection = self._connection
-        if connection is not None and connection.sock is None:
-            self._connection = None
-
     def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        try:
+        """QUIT every session; call when no thread is sending."""
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for connection in sessions:
+            _quit(connection, polite=True)
+
+
+def _quit(connection: smtplib.SMTP, *, polite: bool) -> None:
+    try:
+        if polite:
             connection.quit()
-        except (OSError, smtplib.SMTPException):
-            connection.close()
+    except (OSError, smtplib.SMTPException):
+        pass
+    finally:
+        connection.close()
 
 
 class MaildirTransport:
@@ -162,17 +184,21 @@ class MaildirTransport:
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
         self._maildir: mailbox.Maildir | None = None
+        self._lock = threading.Lock()  # Maildir's unique names are not unique across threads
 
     def send(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
         envelope = f"Return-Path: <{mail_from}>\nX-Envelope-To: {', '.join(recipients)}\n"
-        try:
-            if self._maildir is None:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                self._maildir = mailbox.Maildir(self._path, create=True)
-            self._maildir.add(envelope.encode() + raw.replace(b"\r\n", b"\n"))
-        except OSError as exc:
-            # A full disk or a wrong path fails every mail alike: like a relay that is down.
-            raise RelayUnavailableError(f"cannot write to Maildir {self._path}: {exc}") from exc
+        with self._lock:
+            try:
+                if self._maildir is None:
+                    self._path.parent.mkdir(parents=True, exist_ok=True)
+                    self._maildir = mailbox.Maildir(self._path, create=True)
+                self._maildir.add(envelope.encode() + raw.replace(b"\r\n", b"\n"))
+            except OSError as exc:
+                # A full disk or a wrong path fails every mail alike: like a relay that is down.
+                raise RelayUnavailableError(
+                    f"cannot write to Maildir {self._path}: {exc}"
+                ) from exc
 
     def close(self) -> None:
         self._maildir = None

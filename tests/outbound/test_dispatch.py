@@ -9,8 +9,6 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 from email import message_from_bytes, policy
-from email.message import EmailMessage
-from typing import cast
 
 import pytest
 from sqlalchemy import select, update
@@ -143,7 +141,7 @@ def test_acknowledgment_through_the_relay(
     assert max(len(line) for line in raw.splitlines()) <= 998
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert b"Subject: [Ticket#" in head and b"=?utf-8?q?" in head
-    message = cast(EmailMessage, message_from_bytes(raw, policy=policy.default))
+    message = message_from_bytes(raw, policy=policy.default)
     assert message["Subject"] == f"[Ticket#{ticket.number}] {subject}"
     assert message["In-Reply-To"] == "<CAB123@mail.studiorossi.it>"
     assert message["References"] == "<older@mail.studiorossi.it> <CAB123@mail.studiorossi.it>"
@@ -178,7 +176,7 @@ def test_relay_down_then_back_delivers_each_mail_once(
     ids = _queue(sessions, relay_settings, clock, 5)
     smtp_sink.stop()
 
-    report = dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings))
+    report = dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings), connections=1)
 
     assert (report.sent, report.retried, report.deferred) == (0, 1, 4)
     rows = _rows(sessions)
@@ -478,3 +476,26 @@ def test_dispatcher_runs_until_stopped_and_can_be_woken(
 
     asyncio.run(scenario())
     assert len(smtp_sink.deliveries) == 1
+
+
+def test_parallel_sessions_lose_nothing_when_the_relay_is_down(
+    relay_settings: Settings, clock: FixedClock, sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    _queue(sessions, relay_settings, clock, 12)
+    smtp_sink.stop()
+
+    report = dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings), connections=4)
+
+    assert report.sent == 0
+    assert 1 <= report.retried <= 4 and report.retried + report.deferred == 12
+    rows = _rows(sessions)
+    assert all(r.status == OutboxStatus.PENDING and r.claimed_until is None for r in rows)
+    assert sum(r.attempts for r in rows) == report.retried
+
+    smtp_sink.start()
+    clock.current = max(r.next_attempt_at for r in rows)
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings),
+                         connections=4).sent == 12
+    ids = _message_ids(smtp_sink)
+    assert len(ids) == len(set(ids)) == 12

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import cast
 
 import pytest
 from sqlalchemy import func, select
@@ -24,7 +23,7 @@ def _count(sessions: sessionmaker[Session]) -> int:
 
 
 def _parse(raw: bytes) -> EmailMessage:
-    return cast(EmailMessage, message_from_bytes(raw, policy=policy.default))
+    return message_from_bytes(raw, policy=policy.default)
 
 
 def test_enqueue_writes_the_row_and_its_thread_ref(
@@ -185,10 +184,11 @@ def test_a_limited_cc_is_dropped_and_the_mail_still_goes(
         assert _parse(row.raw)["Cc"] is None
 
 
-def test_our_own_address_is_never_mailed(
+def test_no_automatic_answer_to_our_own_address(
     settings: Settings,
     clock: FixedClock,
     sessions: sessionmaker[Session],
+    make_ticket: TicketFactory,
 ) -> None:
     intent = MailIntent(
         kind=MailKind.UNKNOWN_SENDER,
@@ -198,6 +198,19 @@ def test_our_own_address_is_never_mailed(
     with sessions.begin() as session:
         assert enqueue(session, settings, clock, intent) is None
     assert _count(sessions) == 0
+
+    # A notice to the desk's own address (no group address configured) is deliberate.
+    ticket = make_ticket()
+    notice = MailIntent(
+        kind=MailKind.NEW_TICKET_NOTICE,
+        to=(settings.group_address(None),),
+        language="it",
+        ticket_id=ticket.id,
+        context={"body": "x"},
+    )
+    with sessions.begin() as session:
+        row = enqueue(session, settings, clock, notice)
+        assert row is not None and row.recipients == ["assistenza@example.com"]
 
 
 def test_a_ticketless_mail_has_no_thread_ref(
