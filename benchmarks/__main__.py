@@ -27,7 +27,7 @@ from benchmarks.suite import BENCHMARKS
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 _QUICK = {"n": 40, "repeat": 1, "ingest_sample": 5}
-_FULL = {"n": 1000, "repeat": 3, "ingest_sample": 50}
+_FULL = {"n": 500, "repeat": 3, "ingest_sample": 50}
 
 
 def build_parser(benchmarks: Sequence[Benchmark]) -> argparse.ArgumentParser:

@@ -106,13 +106,18 @@ class Benchmark:
 
 @dataclass(frozen=True)
 class Measured:
-    """A finished subprocess: exit code, output, wall time and the child's peak RSS."""
+    """A finished command: exit code, output, wall time, peak RSS and CPU time.
+
+    A command that starts processes of its own (worker pools) is measured with them: the
+    peak is that of its largest process, the CPU time the sum over all of them.
+    """
 
     returncode: int
     stdout: str
     stderr: str
     seconds: float
     peak_rss_kib: int
+    cpu_seconds: float = 0.0
 
     def check(self, what: str) -> Measured:
         """Return self, or raise with the command's stderr if it failed."""
@@ -126,19 +131,34 @@ class BenchmarkError(RuntimeError):
     """A measure could not be taken (a command failed, a tool is missing)."""
 
 
-# Runs the measured command as its only child and reports what it cost. Linux carries the
-# resident-set high-water mark of a forked process across exec, so a command forked
-# straight from this (large) runner would report the runner's size as its own peak;
-# forked from this small launcher, its peak is its own.
+# Runs the measured command and reports what it cost, its descendants included.
+# * Linux carries the resident-set high-water mark of a forked process across exec, so a
+#   command forked straight from this (large) runner would report the runner's size as its
+#   own peak; forked from this small launcher, its peak is its own.
+# * A command may leave helpers behind (multiprocessing's forkserver outlives the pool and
+#   is never waited for); as a child subreaper the launcher inherits and reaps them, so
+#   their CPU time is counted too. It waits for them a bounded time only.
 _LAUNCHER = """\
-import resource, subprocess, sys, time
+import ctypes, os, resource, subprocess, sys, time
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+except (AttributeError, OSError):
+    pass
 report, command = sys.argv[1], sys.argv[2:]
 started = time.perf_counter()
 code = subprocess.call(command)
 seconds = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        break
+    if pid == 0:
+        time.sleep(0.01)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(report, "w") as out:
-    out.write(f"{code} {seconds!r} {peak}")
+    out.write(f"{code} {seconds!r} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime!r}")
 """
 
 
@@ -152,8 +172,8 @@ def run_measured(
     """Run `args` to completion; return its output, wall time and peak RSS.
 
     A small launcher process runs the command and reports its wall time and
-    `getrusage(RUSAGE_CHILDREN)` peak: the command is the launcher's only child, so that
-    is the command's own peak (see `_LAUNCHER` for why not fork it from here). Output goes
+    `getrusage(RUSAGE_CHILDREN)`: the command is the launcher's only child, so those are
+    the command's own peak and CPU time (see `_LAUNCHER` for why not fork it from here). Output goes
     through temporary files so a chatty child cannot block on a full pipe while timed.
     """
     with (
@@ -182,13 +202,14 @@ def run_measured(
         stderr = err.read().decode("utf-8", "replace")
         if not report.exists():
             raise BenchmarkError(f"could not run {os.fspath(args[0])}: {stderr.strip()}")
-        code, seconds, peak = report.read_text(encoding="ascii").split()
+        code, seconds, peak, cpu = report.read_text(encoding="ascii").split()
         return Measured(
             returncode=int(code),
             stdout=stdout,
             stderr=stderr,
             seconds=float(seconds),
             peak_rss_kib=int(peak),
+            cpu_seconds=float(cpu),
         )
 
 

@@ -28,10 +28,10 @@ Two things are adjusted so the comparison measures mail processing and nothing e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-import sys
 import venv
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,8 @@ from benchmarks.generate import write_directory
 
 PIP_REQUIREMENT = "django-helpdesk>=2.6,<2.7"
 QUEUE_SLUG = "bench"
-_READY_MARKER = ".bench-ready"
+_VENV_MARKER = ".venv-ready"
+_SITE_MARKER = ".site-ready"
 
 
 def peer_tag(ordinal: int) -> str:
@@ -64,6 +65,7 @@ class PeerResult:
     tickets: int
     followups: int
     peak_rss_kib: int = 0
+    cpu_seconds: float = 0.0
     left_over: int = 0
     version: str = ""
 
@@ -77,51 +79,51 @@ class DjangoHelpdesk:
     """A django-helpdesk installation under `workdir`, reused across runs.
 
     `workdir/venv` holds the venv, `workdir/site` the project and a migrated template
-    database; each run gets its own directory under `workdir/runs`. Installing is skipped
-    when a previous run left a complete installation (the marker file is written last).
+    database; each run gets its own directory under `workdir/runs`, removed afterwards.
     """
 
-    def __init__(self, workdir: Path, *, base_python: str = sys.executable) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir.resolve()
-        self.base_python = base_python
         self.venv = self.workdir / "venv"
         self.site = self.workdir / "site"
         self.python = self.venv / "bin" / "python"
         self._runs = 0
 
     def install(self) -> str:
-        """Create the venv, install django-helpdesk, migrate a template database.
+        """Create the venv and install django-helpdesk, then build the project; return
+        the installed version.
 
-        Return the installed version.
+        Each step is skipped when a previous run completed it (its marker is written
+        last); the project is rebuilt when this module's project files changed.
         """
-        marker = self.workdir / _READY_MARKER
-        if marker.exists():
-            return marker.read_text(encoding="utf-8").strip()
-        shutil.rmtree(self.venv, ignore_errors=True)
+        venv_marker = self.workdir / _VENV_MARKER
+        site_marker = self.workdir / _SITE_MARKER
+        if not venv_marker.exists():
+            shutil.rmtree(self.venv, ignore_errors=True)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            venv.EnvBuilder(with_pip=True, clear=True).create(self.venv)
+            pip: list[str | os.PathLike[str]] = [self.python, "-m", "pip", "install", "-q"]
+            run_measured([*pip, "--disable-pip-version-check", PIP_REQUIREMENT]).check(
+                f"pip install {PIP_REQUIREMENT!r}"
+            )
+            venv_marker.write_text("ok\n", encoding="utf-8")
+        fingerprint = hashlib.sha256((_SETTINGS + _URLS + _DRIVER).encode()).hexdigest()[:16]
+        if site_marker.exists():
+            version, _, built = site_marker.read_text(encoding="utf-8").partition(" ")
+            if built.strip() == fingerprint:
+                return version
         shutil.rmtree(self.site, ignore_errors=True)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        venv.EnvBuilder(with_pip=True, clear=True).create(self.venv)
-        run_measured(
-            [
-                self.python,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                PIP_REQUIREMENT,
-            ],
-        ).check(f"pip install {PIP_REQUIREMENT!r}")
         self.site.mkdir(parents=True)
         (self.site / "bench_settings.py").write_text(_SETTINGS, encoding="utf-8")
         (self.site / "bench_urls.py").write_text(_URLS, encoding="utf-8")
         (self.site / "driver.py").write_text(_DRIVER, encoding="utf-8")
         template = self.site / "template"
         template.mkdir()
-        self._driver("setup", self._env(template / "db.sqlite3", template / "mail", template))
-        version = self._driver("version", self._env(template / "db.sqlite3", template, template))
-        marker.write_text(version.strip() + "\n", encoding="utf-8")
-        return version.strip()
+        env = self._env(template / "db.sqlite3", template / "mail", template / "media")
+        self._driver("setup", env)
+        version = self._driver("version", env).strip()
+        site_marker.write_text(f"{version} {fingerprint}\n", encoding="utf-8")
+        return version
 
     def run(self, mails: list[bytes]) -> PeerResult:
         """Process `mails` with `get_email` on a fresh copy of the database; time it."""
@@ -147,6 +149,7 @@ class DjangoHelpdesk:
             tickets=counts["tickets"],
             followups=counts["followups"] - counts["tickets"],
             peak_rss_kib=measured.peak_rss_kib,
+            cpu_seconds=measured.cpu_seconds,
             left_over=left_over,
             version=version,
         )
@@ -246,6 +249,7 @@ urlpatterns = [path("helpdesk/", include("helpdesk.urls"))]
 
 _DRIVER = '''\
 """setup | get_email | count | version, for the benchmark; paths come from the environment."""
+import hashlib
 import json
 import os
 import sys

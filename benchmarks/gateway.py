@@ -205,6 +205,7 @@ class ImportResult:
     threaded: int
     peak_rss_kib: int
     statuses: dict[str, int]
+    cpu_seconds: float = 0.0
     summary: str = ""
 
     @property
@@ -227,6 +228,7 @@ def timed_import(site: GatewaySite, corpus: Corpus, mails: int | None = None) ->
         threaded=count_threaded(Corpus(mails=list(chosen), accounts=corpus.accounts), inbox),
         peak_rss_kib=measured.peak_rss_kib,
         statuses=dict(Counter(str(row.get("status")) for row in inbox)),
+        cpu_seconds=measured.cpu_seconds,
         summary=measured.stdout.strip(),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from benchmarks.__main__ import render_table
 from benchmarks.core import Row, percentile, run_measured, summarize_error
@@ -39,6 +40,32 @@ def test_run_measured_reports_output_status_and_memory() -> None:
     measured = run_measured([sys.executable, "-c", "print('ok'); raise SystemExit(3)"])
     assert (measured.returncode, measured.stdout.strip()) == (3, "ok")
     assert measured.peak_rss_kib > 0 and measured.seconds > 0
+
+
+POOL_SCRIPT = """
+import multiprocessing, time
+from concurrent.futures import ProcessPoolExecutor
+
+def burn(_):
+    started = time.process_time()
+    while time.process_time() - started < 0.15:
+        pass
+    return time.process_time() - started
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        print(sum(pool.map(burn, range(4))))
+"""
+
+
+def test_run_measured_counts_the_workers_a_command_leaves_behind(tmp_path: Path) -> None:
+    # multiprocessing's forkserver is never waited for by the command itself.
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT, encoding="utf-8")
+    measured = run_measured([sys.executable, script]).check("pool script")
+    worker_cpu = float(measured.stdout)
+    assert measured.cpu_seconds >= worker_cpu
 
 
 def test_table_shows_missing_values_and_ratios() -> None:
