@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from sqlalchemy import Engine, select
@@ -57,13 +58,27 @@ class RawIdentity:
     dedup_key: str
 
 
+def _update_normalised(digest: Any, body: memoryview, chunk: int = 1 << 20) -> None:
+    """Hash `body` with CRLF read as LF, a chunk at a time: a 25 MB mail is not copied."""
+    carry = b""
+    for offset in range(0, len(body), chunk):
+        piece = carry + bytes(body[offset:offset + chunk])
+        carry = b"\r" if piece.endswith(b"\r") else b""
+        digest.update(piece[:-1].replace(b"\r\n", b"\n") if carry else
+                      piece.replace(b"\r\n", b"\n"))
+    digest.update(carry)
+
+
 def raw_identity(raw: bytes) -> RawIdentity:
     """Message-ID plus a hash of the content without the trace headers that MTAs and
     mail stores add on the way; computed on bytes (no MIME parsing) so the SMTP
     listener can answer fast."""
-    raw = raw.lstrip(b"\r\n")
-    split = _HEADER_END.search(raw)
-    head, body = (raw[:split.start()], raw[split.end():]) if split else (raw, b"")
+    start = 0
+    while start < len(raw) and raw[start] in b"\r\n":
+        start += 1
+    split = _HEADER_END.search(raw, start)
+    body_start = split.end() if split else len(raw)
+    head = raw[start:split.start()] if split else raw[start:]
     match = _MESSAGE_ID.search(head)
     message_id = None
     if match:
@@ -75,7 +90,10 @@ def raw_identity(raw: bytes) -> RawIdentity:
         if name not in _TRACE_HEADERS:
             content.update(b" ".join(line.split()) + b"\n")
     content.update(b"\0")
-    content.update(body.replace(b"\r\n", b"\n").rstrip())
+    end = len(raw)
+    while end > body_start and raw[end - 1] in b" \t\r\n":
+        end -= 1
+    _update_normalised(content, memoryview(raw)[body_start:end])
     key = hashlib.sha256(f"{message_id or ''}\0{content.hexdigest()}".encode()).hexdigest()
     return RawIdentity(message_id, hashlib.sha256(raw).hexdigest(), key)
 
