@@ -86,6 +86,8 @@ class ImapSettings:
     poll_seconds: int = 60
     batch_size: int = 50
     timeout_seconds: int = 30
+    reconnect_initial_seconds: float = 1.0
+    reconnect_max_seconds: float = 300.0
 
     def resolved_password(self) -> str:
         """The password, from the environment variable when one is named."""
@@ -225,7 +227,31 @@ def _build(cls: type[Any], table: Any, prefix: str) -> Any:
     return cls(**values)
 
 
+IMAP_IDLE_LIMIT = 1740  # servers may drop an IDLE after 30 minutes (RFC 2177)
+
+
+def check_imap_settings(mailbox: ImapSettings, key: str) -> None:
+    """Refuse a mailbox that cannot work, naming the key."""
+    if not mailbox.username:
+        raise ConfigError(f"{key}.username is required for an IMAP mailbox.")
+    if mailbox.tls and mailbox.starttls:
+        raise ConfigError(f"{key}.tls and {key}.starttls exclude each other; choose one.")
+    if mailbox.folder in (mailbox.processed_folder, mailbox.failed_folder):
+        raise ConfigError(f"{key}.processed_folder and {key}.failed_folder must differ from "
+                          f"{key}.folder ({mailbox.folder!r}).")
+    if mailbox.poll_seconds < 1:
+        raise ConfigError(f"{key}.poll_seconds must be at least 1 (polling must not spin).")
+    if not 1 <= mailbox.idle_seconds <= IMAP_IDLE_LIMIT:
+        raise ConfigError(f"{key}.idle_seconds must be between 1 and {IMAP_IDLE_LIMIT}, "
+                          f"not {mailbox.idle_seconds}.")
+    if not 0 < mailbox.reconnect_initial_seconds <= mailbox.reconnect_max_seconds:
+        raise ConfigError(f"{key}.reconnect_initial_seconds must be positive and at most "
+                          f"{key}.reconnect_max_seconds.")
+
+
 def _check(settings: Settings) -> None:
+    for index, mailbox in enumerate(settings.imap):
+        check_imap_settings(mailbox, f"imap[{index}]")
     if not _ADDRESS.match(settings.helpdesk.address):
         raise ConfigError(
             f"helpdesk.address must be an e-mail address, not {settings.helpdesk.address!r}."

@@ -23,10 +23,11 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from imapclient import IMAPClient
 
@@ -35,6 +36,7 @@ DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
 MAIL_USER = "mgtest"
 REQUIRE_ENV = "MAILGATEWAY_REQUIRE_SERVERS"
 _EX_NOUSER = 68  # doveadm kick: no session matched
+T = TypeVar("T")
 
 # What Dovecot 2.3 advertises after login, minus MOVE and IDLE: the variants a
 # test builds from this exercise the COPY/EXPUNGE and polling code paths.
@@ -67,6 +69,15 @@ def _mail_user() -> str | None:
     if result.returncode not in (0, 9):  # 9: the user appeared meanwhile
         return None
     return MAIL_USER
+
+
+def _close(client: IMAPClient) -> None:
+    """Log out, or at least close the socket when the session is already gone."""
+    try:
+        client.logout()
+    except Exception:
+        with contextlib.suppress(Exception):
+            client.shutdown()
 
 
 def free_port() -> int:
@@ -211,6 +222,21 @@ class Dovecot:
             raise RuntimeError(f"doveadm kick failed: {result.stderr.strip()}")
         return True
 
+    def sessions(self, user: str | None = None) -> int:
+        """How many IMAP sessions `user` (default: the test user) has open right now."""
+        who = self.doveadm("who", "-1", user or self.username).stdout
+        return sum(
+            1 for line in who.splitlines() if line.strip() and not line.startswith("username")
+        )
+
+    def wait_disconnected(self, user: str | None = None, timeout: float = 10.0) -> None:
+        """Return once `user` has no session left (a kick takes effect asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while self.sessions(user):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{user or self.username} still has IMAP sessions")
+            time.sleep(0.02)
+
     def connect(self) -> IMAPClient:
         """A new logged-in client on the plain listener."""
         client = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=10)
@@ -229,8 +255,7 @@ class Dovecot:
         try:
             yield client
         finally:
-            with contextlib.suppress(Exception):
-                client.logout()
+            _close(client)
 
     def _shared_client(self) -> IMAPClient:
         """One long-lived client for appends, so bulk appends do not log in each time."""
@@ -240,8 +265,7 @@ class Dovecot:
 
     def close_client(self) -> None:
         if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.logout()
+            _close(self._client)
             self._client = None
 
     def append(self, folder: str, raw: bytes) -> None:
@@ -260,31 +284,41 @@ class Dovecot:
                 return
             except (OSError, IMAPClient.AbortError):
                 # A kick aimed at the poller also drops this connection: log in again.
-                with contextlib.suppress(Exception):
-                    client.shutdown()
+                _close(client)
                 self._client = None
                 if attempt == 2:
                     raise
 
+    def _read(self, query: Callable[[IMAPClient], T]) -> T:
+        """Run a read-only `query` on a fresh session; once more if a kick cut it."""
+        for attempt in (1, 2):
+            try:
+                with self.client() as client:
+                    return query(client)
+            except (OSError, IMAPClient.AbortError):
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def uids(self, folder: str) -> list[int]:
         """The UIDs of the (not deleted) messages in `folder`; empty when it does not exist."""
-        with self.client() as client:
+
+        def query(client: IMAPClient) -> list[int]:
             if not client.folder_exists(folder):
                 return []
             client.select_folder(folder, readonly=True)
             return sorted(client.search("UNDELETED"))
 
+        return self._read(query)
+
     def count(self, folder: str) -> int:
         return len(self.uids(folder))
 
     def folders(self) -> list[str]:
-        with self.client() as client:
-            return sorted(name for _flags, _sep, name in client.list_folders())
+        return self._read(lambda c: sorted(name for _flags, _sep, name in c.list_folders()))
 
     def uidvalidity(self, folder: str) -> int:
-        with self.client() as client:
-            status = client.folder_status(folder, [b"UIDVALIDITY"])
-            return int(status[b"UIDVALIDITY"])
+        return self._read(lambda c: int(c.folder_status(folder, [b"UIDVALIDITY"])[b"UIDVALIDITY"]))
 
     def recreate(self, folder: str) -> None:
         """Delete and create `folder` again: its UIDVALIDITY changes and UIDs restart at 1."""

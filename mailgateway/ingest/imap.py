@@ -37,17 +37,11 @@ from imapclient.exceptions import (
 )
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter, wait_fixed
 
-from mailgateway.config import ImapSettings
+from mailgateway.config import ImapSettings, check_imap_settings
 from mailgateway.errors import ConfigError, PermanentError, TemporaryError
 from mailgateway.ingest import Received, Receiver
 
-__all__ = [
-    "ImapConnectionError",
-    "ImapFolderError",
-    "ImapLoginError",
-    "ImapPoller",
-    "StoreError",
-]
+__all__ = ["ImapConnectionError", "ImapFolderError", "ImapLoginError", "ImapPoller", "StoreError"]
 
 _log = structlog.get_logger(__name__)
 
@@ -55,6 +49,7 @@ QUARANTINED = "quarantined"
 # Upper bound on the bytes one FETCH brings into memory (a single larger mail still passes).
 _MAX_BATCH_BYTES = 64 * 1024 * 1024
 _BODY = b"BODY[]"
+# RFC 2177: servers may log out a client idle for 30 minutes; re-issue IDLE before that.
 
 
 class ImapConnectionError(TemporaryError):
@@ -164,15 +159,7 @@ class ImapPoller:
     ) -> None:
         """`reconnect_*` override the settings' backoff bounds (first wait, cap); the cap
         is also the interval between attempts after a refused login."""
-        if not settings.username:
-            raise ConfigError("imap.username is required for an IMAP mailbox.")
-        if settings.tls and settings.starttls:
-            raise ConfigError("imap.tls and imap.starttls exclude each other; choose one.")
-        if settings.folder in (settings.processed_folder, settings.failed_folder):
-            raise ConfigError(
-                f"imap.processed_folder and imap.failed_folder must differ from "
-                f"imap.folder ({settings.folder!r})."
-            )
+        check_imap_settings(settings, "imap")
         self._password = settings.resolved_password()
         if settings.password_env and not self._password:
             raise ConfigError(
@@ -181,16 +168,15 @@ class ImapPoller:
         self.settings = settings
         self._receiver = receiver
         self._idle_check_seconds = idle_check_seconds
-        # Read with defaults: settings objects made before these keys existed still work.
-        self._reconnect_initial = float(
+        self._reconnect_initial = (
             reconnect_initial_seconds
             if reconnect_initial_seconds is not None
-            else getattr(settings, "reconnect_initial_seconds", 1.0)
+            else settings.reconnect_initial_seconds
         )
-        self._reconnect_max = float(
+        self._reconnect_max = (
             reconnect_max_seconds
             if reconnect_max_seconds is not None
-            else getattr(settings, "reconnect_max_seconds", 300.0)
+            else settings.reconnect_max_seconds
         )
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -323,8 +309,11 @@ class ImapPoller:
             with contextlib.suppress(Exception):
                 client.shutdown()
             raise
-        with contextlib.suppress(Exception):
+        try:
             client.logout()
+        except Exception:  # the session is gone already; just release the socket
+            with contextlib.suppress(Exception):
+                client.shutdown()
 
     def _ensure_folders(self, client: IMAPClient) -> None:
         s = self.settings
@@ -354,13 +343,12 @@ class ImapPoller:
         idle = self.settings.idle and client.has_capability("IDLE")
         self._log.info("imap connected", mode="idle" if idle else "poll")
         while not self._stop.is_set():
-            # Drain until a pass finds nothing: notices of mail that arrived meanwhile
-            # came with our own commands' answers, and IDLE would not repeat them.
-            while self._drain(client, self._stop) and not self._stop.is_set():
-                pass
-            ready()  # a full drain worked: the outage, if any, is over
-            if self._stop.is_set():
-                break
+            handled = self._drain(client, self._stop)
+            ready()  # a drain worked: the outage, if any, is over
+            if handled or self._stop.is_set():
+                # Drain until a pass finds nothing: notices of mail that arrived meanwhile
+                # came with our own commands' answers, and IDLE would not repeat them.
+                continue
             if idle:
                 self._idle(client)
             else:

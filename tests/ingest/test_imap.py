@@ -9,6 +9,7 @@ commit and the move).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from sqlalchemy import func, select
 from structlog.testing import capture_logs
 
@@ -190,6 +192,17 @@ def _require_dovecot() -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _every_log_level() -> Iterator[None]:
+    """These tests read the poller's info lines; a test before may have set a higher level."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
 @pytest.fixture
 def dovecot() -> Iterator[Dovecot]:
     _require_dovecot()
@@ -279,6 +292,7 @@ def test_kick_reconnects_without_losing_or_doubling(dovecot: Dovecot, desk: Desk
             assert dovecot.kick()
             dovecot.append_many("INBOX", [make_mail(f"Dopo {n}") for n in range(5)])
             wait_until(lambda: dovecot.count("Processed") == 10, what="mail after the kick")
+            wait_until(lambda: any(e["event"] == "imap recovered" for e in logs))
         assert running.alive
     assert desk.tickets() == 10
     assert len(desk.inbox()) == 10
@@ -293,6 +307,7 @@ def test_kick_between_commit_and_move_has_no_second_effect(dovecot: Dovecot, des
     def kick_on_third(n: int) -> None:
         if n == 3:
             dovecot.kick()  # the batch's MOVE, after the sixth mail, then fails
+            dovecot.wait_disconnected()
 
     receiver = Wrapped(desk.gateway, after_process=kick_on_third)
     dovecot.append_many("INBOX", [make_mail(f"Lotto {n}") for n in range(6)])
@@ -383,12 +398,15 @@ def test_uidvalidity_change_forgets_remembered_uids(dovecot: Dovecot, desk: Desk
     before = 0
 
     def renumber_on_first(n: int) -> None:
+        # Runs in the poller's thread between commit and move, so the poller cannot
+        # reconnect before the folder is renumbered.
         nonlocal before
         if n == 1:
             before = dovecot.uidvalidity("Support")
-            dovecot.recreate("Support")
-            dovecot.append("Support", second)
             dovecot.kick()  # the move of the first mail fails: its UID stays remembered
+            dovecot.wait_disconnected()
+            dovecot.recreate("Support")
+            dovecot.append("Support", second)  # UID 1 again, under a new UIDVALIDITY
 
     dovecot.append("Support", first)
     receiver = Wrapped(desk.gateway, after_process=renumber_on_first)
@@ -397,7 +415,8 @@ def test_uidvalidity_change_forgets_remembered_uids(dovecot: Dovecot, desk: Desk
         wait_until(lambda: dovecot.count("Support") == 0, what="the folder drained")
     assert dovecot.uidvalidity("Support") != before
     assert desk.ticket_subjects() == ["Dopo la ricreazione", "Prima della ricreazione"]
-    assert any(e["event"] == "imap uidvalidity changed, rescanning" for e in logs)
+    [changed] = [e for e in logs if e["event"] == "imap uidvalidity changed, rescanning"]
+    assert changed["forgotten"] == 1
 
 
 @pytest.mark.parametrize("uidplus", [True, False])
@@ -492,9 +511,21 @@ def test_password_from_environment(
     assert poller.run_once() == 1
 
 
-def test_unset_password_variable_is_a_config_error(dovecot: Dovecot, desk: Desk) -> None:
-    with pytest.raises(ConfigError, match="MG_TEST_UNSET_PASSWORD"):
-        make_poller(dovecot, desk, password="", password_env="MG_TEST_UNSET_PASSWORD")
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"password": "", "password_env": "MG_TEST_UNSET_PASSWORD"}, "MG_TEST_UNSET_PASSWORD"),
+        ({"tls": True, "starttls": True}, "imap.tls and imap.starttls"),
+        ({"processed_folder": "INBOX"}, "must differ from imap.folder"),
+        ({"poll_seconds": 0}, "imap.poll_seconds"),
+        ({"idle_seconds": 3600}, "imap.idle_seconds"),
+    ],
+)
+def test_unusable_settings_are_refused_at_start(
+    changes: dict[str, object], message: str, dovecot: Dovecot, desk: Desk
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_poller(dovecot, desk, **changes)
 
 
 @pytest.mark.parametrize("mode", ["tls", "starttls"])
