@@ -13,6 +13,8 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailgateway.attachments import safe_filename, store_file
@@ -41,8 +43,13 @@ log = structlog.get_logger()
 
 
 def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> None:
-    if mail.message_id and session.get(ThreadRef, mail.message_id) is None:
-        session.add(ThreadRef(message_id=mail.message_id[:998], ticket_id=ticket.id))
+    """Replies may reference this mail; the first ticket to know an id keeps it."""
+    if not mail.message_id:
+        return
+    insert = (postgresql_insert if session.get_bind().dialect.name == "postgresql"
+              else sqlite_insert)
+    session.execute(insert(ThreadRef).values(message_id=mail.message_id[:998],
+                                             ticket_id=ticket.id).on_conflict_do_nothing())
 
 
 def _keep_attachments(

@@ -7,10 +7,10 @@ forged; `staff_authority` says whether the mail also proves it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mailgateway.db.models import Account, Person, Staff
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.reply_token import ReplyToken, TokenPurpose
 
@@ -32,22 +32,33 @@ class Sender:
     staff_id: int | None = None
 
 
-def identify(
-    email: str,
-    name: str,
-    *,
-    staff: Staff | None,
-    person: Person | None,
-    account: Account | None,
-) -> Sender:
-    """Classify the sender address; a technician wins over a customer with the same address."""
-    if staff is not None and staff.active:
-        return Sender(SenderKind.STAFF, email, staff.name, staff_id=staff.id)
-    if person is not None:
-        return Sender(SenderKind.PERSON, email, person.name or name,
-                      account_id=person.account_id, person_id=person.id)
-    if account is not None:
-        return Sender(SenderKind.ACCOUNT, email, account.name or name, account_id=account.id)
+@dataclass(frozen=True)
+class DirectoryMatch:
+    """One directory row holding the sender's address."""
+
+    kind: SenderKind        # STAFF, PERSON or ACCOUNT
+    id: int
+    name: str
+    account_id: int | None  # the person's account, or the account itself
+    active: bool = True
+
+
+_PRECEDENCE = (SenderKind.STAFF, SenderKind.PERSON, SenderKind.ACCOUNT)
+
+
+def identify(email: str, name: str, matches: Iterable[DirectoryMatch]) -> Sender:
+    """Classify the sender address; a technician wins over a customer with the same address,
+    a registered person over an account's main address."""
+    found = {m.kind: m for m in matches if m.active}
+    for kind in _PRECEDENCE:
+        match = found.get(kind)
+        if match is None:
+            continue
+        return Sender(
+            kind, email, match.name or name, account_id=match.account_id,
+            person_id=match.id if kind == SenderKind.PERSON else None,
+            staff_id=match.id if kind == SenderKind.STAFF else None,
+        )
     return Sender(SenderKind.UNKNOWN, email, name)
 
 

@@ -9,9 +9,10 @@ leaves either all of a mail's effects or none.
 from __future__ import annotations
 
 from email.utils import parseaddr
+from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import CompoundSelect, literal, null, select, true, union_all
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import Account, InboxMail, InboxStatus, Person, Staff, ThreadRef, Ticket
@@ -19,7 +20,13 @@ from mailgateway.pipeline import apply
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.classify import classify
 from mailgateway.pipeline.context import Analysis, Pipeline
-from mailgateway.pipeline.identify import Sender, identify, staff_authority
+from mailgateway.pipeline.identify import (
+    DirectoryMatch,
+    Sender,
+    SenderKind,
+    identify,
+    staff_authority,
+)
 from mailgateway.pipeline.parse import ParsedMail, parse_mail
 from mailgateway.pipeline.quote import strip_quotes
 from mailgateway.pipeline.route import route_new_ticket
@@ -121,12 +128,22 @@ def _bare(value: str | None) -> str:
 def _identify(session: Session, mail: ParsedMail, envelope_from: str | None) -> Sender:
     email = sender_address(mail, envelope_from)
     if not email:
-        return identify("", mail.from_name, staff=None, person=None, account=None)
-    staff = session.execute(select(Staff).where(Staff.email == email)).scalar_one_or_none()
-    person = session.execute(select(Person).where(Person.email == email)).scalar_one_or_none()
-    account = session.execute(
-        select(Account).where(Account.main_email == email)).scalar_one_or_none()
-    return identify(email, mail.from_name, staff=staff, person=person, account=account)
+        return identify("", mail.from_name, ())
+    return identify(email, mail.from_name, _directory_matches(session, email))
+
+
+def _directory_matches(session: Session, email: str) -> list[DirectoryMatch]:
+    """Every directory row with this address, in one round trip."""
+    query: CompoundSelect[Any] = union_all(
+        select(literal(SenderKind.STAFF.value), Staff.id, Staff.name, null(), Staff.active)
+        .where(Staff.email == email),
+        select(literal(SenderKind.PERSON.value), Person.id, Person.name, Person.account_id,
+               true()).where(Person.email == email),
+        select(literal(SenderKind.ACCOUNT.value), Account.id, Account.name, Account.id,
+               true()).where(Account.main_email == email),
+    )
+    return [DirectoryMatch(SenderKind(kind), id_, name, account_id, bool(active))
+            for kind, id_, name, account_id, active in session.execute(query).all()]
 
 
 def _ref(ticket: Ticket, found_by: str) -> d.TicketRef:
