@@ -34,12 +34,12 @@ from sqlalchemy.orm import sessionmaker
 
 from mailgateway.config import Settings, SmtpSettings
 from mailgateway.db.models import InboxMail, InboxStatus, Ticket
-from mailgateway.errors import TemporaryError
+from mailgateway.errors import ConfigError, TemporaryError
 from mailgateway.ingest import Received, Receiver
 from mailgateway.ingest.smtp import SmtpListener, message_id_of
 from mailgateway.server import Processor
 from mailgateway.service import Gateway
-from tests.conftest import write_toml
+from tests.conftest import skip_or_fail, write_toml
 from tests.mails import CUSTOMER, PERSON, build_mail, register_desk
 
 HOST = "127.0.0.1"
@@ -399,9 +399,8 @@ def test_swaks_as_an_independent_client(
 ) -> None:
     swaks = shutil.which("swaks")
     if swaks is None:
-        if os.environ.get("MAILGATEWAY_REQUIRE_SERVERS") == "1":
-            pytest.fail("swaks is required (MAILGATEWAY_REQUIRE_SERVERS=1) but not installed")
-        pytest.skip("swaks is not installed")
+        skip_or_fail("swaks is not installed (apt-get install swaks)")
+        return
     mail = tmp_path / "mail.eml"
     mail.write_bytes(build_mail(sender=PERSON, subject="Da swaks: MPRI si chiude"))
     command = [swaks, "--server", f"{HOST}:{served.port}", "--to", SUPPORT, "--from", PERSON]
@@ -561,6 +560,19 @@ def test_sessions_over_the_limit_get_421(receiver: RecordingReceiver) -> None:
         second.quit()
     finally:
         server.stop()
+
+
+def test_zero_lifts_a_limit(receiver: RecordingReceiver) -> None:
+    unlimited = smtp_settings(max_sessions=0, max_recipients=0, idle_timeout_seconds=0)
+    server = RunningListener(unlimited, receiver).start()
+    try:
+        with server.smtp() as smtp:
+            recipients = [f"r{i}@example.com" for i in range(60)]
+            assert smtp.sendmail(CUSTOMER, recipients, make_mail("senza limiti")) == {}
+            assert smtp.noop()[0] == 250
+    finally:
+        server.stop()
+    assert len(receiver.mails[0].envelope_to) == 60
 
 
 def test_idle_sessions_are_closed_after_the_timeout(receiver: RecordingReceiver) -> None:
@@ -777,6 +789,20 @@ def test_sigterm_stops_serve_cleanly_with_exit_0(
     with pytest.raises(OSError):
         socket.create_connection((HOST, port), timeout=2).close()
     assert count(desk, InboxMail) == 1
+
+
+def test_configuration_mistakes_are_named(receiver: RecordingReceiver, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"smtp\.require_starttls"):
+        SmtpListener(smtp_settings(require_starttls=True), receiver)
+    missing = str(tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match=r"smtp\.tls_cert"):
+        SmtpListener(smtp_settings(tls_cert=missing, tls_key=missing), receiver)
+
+
+def test_a_port_in_use_is_one_clear_error(running: RunningListener) -> None:
+    taken = RunningListener(smtp_settings(port=running.port), RecordingReceiver())
+    with pytest.raises(ConfigError, match=rf"smtp\.port .*:{running.port} cannot be listened on"):
+        taken.start()
 
 
 def test_message_id_of_reads_folded_headers_and_ignores_the_body() -> None:
