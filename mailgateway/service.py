@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +26,7 @@ from mailgateway.db.session import (
     is_postgresql,
     is_transient,
     session_factory,
+    write_lock,
 )
 from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
@@ -132,6 +133,7 @@ class Gateway:
         self.clock: Clock = clock or SystemClock()
         self.engine = engine or create_db_engine(settings.database)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.writing = write_lock(self.engine)
         if mailer is None:
             from mailgateway.outbound.queue import enqueue
 
@@ -161,12 +163,11 @@ class Gateway:
         identity = raw_identity(raw)
         structlog.contextvars.bind_contextvars(
             message_id=identity.message_id, transport=transport)
-        row = self._inbox_row(raw, identity, transport, envelope_from, envelope_to)
+        values = self._inbox_values(raw, identity, transport, envelope_from, envelope_to)
         try:
-            with self.sessions.begin() as session:
-                session.add(row)
-                session.flush()
-                inbox_id = row.id
+            with self.writing, self.sessions.begin() as session:
+                inbox_id = session.execute(
+                    insert(InboxMail).values(values).returning(InboxMail.id)).scalar_one()
         except IntegrityError:
             existing = self._find_duplicate(identity.dedup_key)
             if existing is None:
@@ -179,18 +180,19 @@ class Gateway:
         log.info("mail stored", inbox_id=inbox_id, size=len(raw))
         return Received(inbox_id, duplicate=False)
 
-    def _inbox_row(
+    def _inbox_values(
         self, raw: bytes, identity: RawIdentity, transport: str,
         envelope_from: str | None = None, envelope_to: Sequence[str] = (),
-    ) -> InboxMail:
-        return InboxMail(
-            received_at=self.clock.now(), transport=transport,
-            envelope_from=(envelope_from or "")[:998] or None,
-            envelope_to=[a[:320] for a in envelope_to][:100],
-            message_id=identity.message_id[:998] if identity.message_id else None,
-            sha256=identity.sha256, dedup_key=identity.dedup_key, size=len(raw), raw=raw,
-            status=InboxStatus.RECEIVED.value,
-        )
+    ) -> dict[str, Any]:
+        """The inbox row's columns; the null sender of bounces stays "" (not None)."""
+        return {
+            "received_at": self.clock.now(), "transport": transport,
+            "envelope_from": envelope_from[:998] if envelope_from is not None else None,
+            "envelope_to": [a[:320] for a in envelope_to][:100],
+            "message_id": identity.message_id[:998] if identity.message_id else None,
+            "sha256": identity.sha256, "dedup_key": identity.dedup_key, "size": len(raw),
+            "raw": raw, "status": InboxStatus.RECEIVED.value, "attempts": 0,
+        }
 
     def receive_batch(self, mails: Sequence[PreparedMail], transport: str) -> list[Outcome]:
         """Store and process many mails in one transaction (bulk import).
@@ -201,7 +203,7 @@ class Gateway:
         to one mail at a time.
         """
         outcomes: list[Outcome] = []
-        with self.sessions.begin() as session:
+        with self.writing, self.sessions.begin() as session:
             keys = [m.identity.dedup_key for m in mails]
             seen = set(session.execute(
                 select(InboxMail.dedup_key).where(InboxMail.dedup_key.in_(keys))).scalars())
@@ -216,7 +218,7 @@ class Gateway:
     def _store_and_process(self, session: Session, mail: PreparedMail, transport: str) -> Outcome:
         structlog.contextvars.bind_contextvars(
             message_id=mail.identity.message_id, transport=transport)
-        row = self._inbox_row(mail.raw, mail.identity, transport)
+        row = InboxMail(**self._inbox_values(mail.raw, mail.identity, transport))
         session.add(row)
         session.flush()
         try:
@@ -266,7 +268,16 @@ class Gateway:
     def _process(self, inbox_id: int) -> Outcome:
         structlog.contextvars.bind_contextvars(inbox_id=inbox_id)
         try:
-            with self.sessions.begin() as session:
+            # Parsing, the slow pure part, happens outside the write transaction.
+            with self.writing, self.sessions() as session:
+                raw = session.execute(select(InboxMail.raw).where(
+                    InboxMail.id == inbox_id, InboxMail.status == InboxStatus.RECEIVED.value)
+                ).scalar_one_or_none()
+            if raw is None:
+                return Outcome(self._status(inbox_id))
+            parsed = parse_mail(raw)
+            del raw
+            with self.writing, self.sessions.begin() as session:
                 row = self._claim(session, inbox_id)
                 if row is None:
                     return Outcome(InboxStatus.RECEIVED.value)  # another worker holds it
@@ -274,7 +285,7 @@ class Gateway:
                     message_id=row.message_id, transport=row.transport)
                 if row.status != InboxStatus.RECEIVED.value:
                     return Outcome(row.status)
-                analysis = process_inbox_mail(session, self.pipeline, row)
+                analysis = process_inbox_mail(session, self.pipeline, row, parsed)
                 return Outcome(row.status, type(analysis.decision).__name__)
         except OperationalError as exc:
             if is_transient(exc):
@@ -286,11 +297,19 @@ class Gateway:
             structlog.contextvars.unbind_contextvars(
                 "inbox_id", "ticket", "message_id", "transport")
 
+    def _status(self, inbox_id: int) -> str:
+        with self.sessions() as session:
+            status = session.execute(
+                select(InboxMail.status).where(InboxMail.id == inbox_id)).scalar_one_or_none()
+        if status is None:
+            raise UserError(f"There is no received mail with ID {inbox_id}.")
+        return status
+
     def _quarantine(self, inbox_id: int, exc: Exception) -> Outcome:
         """Keep the mail with the reason it failed, visible and re-processable."""
         reason = f"{exc.__class__.__name__}: {exc}"[:2000]
         log.error("mail quarantined", reason=reason, exc_info=exc)
-        with self.sessions.begin() as session:
+        with self.writing, self.sessions.begin() as session:
             row = session.get(InboxMail, inbox_id)
             if row is None:
                 raise exc
@@ -320,7 +339,7 @@ class Gateway:
 
     def retry(self, inbox_id: int) -> str:
         """Re-run a quarantined mail through the pipeline (after a fix or a new rule)."""
-        with self.sessions.begin() as session:
+        with self.writing, self.sessions.begin() as session:
             row = session.get(InboxMail, inbox_id)
             if row is None:
                 raise UserError(f"There is no received mail with ID {inbox_id}.")

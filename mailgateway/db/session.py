@@ -8,6 +8,8 @@ instead of failing half-way with a stale snapshot. PostgreSQL uses row locks
 
 from __future__ import annotations
 
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,37 @@ def is_transient(exc: BaseException) -> bool:
     sqlstate = getattr(exc.orig, "sqlstate", None)
     return sqlstate in _TRANSIENT_SQLSTATES or (
         sqlstate is None and "connection" in text and exc.__class__.__name__ == "OperationalError")
+
+
+class FairLock:
+    """A first-come, first-served lock for SQLite's single writer within one process.
+
+    SQLite makes a blocked writer poll with growing sleeps (up to 100 ms), so a
+    listener thread could wait many turns behind the processor. Queueing the
+    writers here in arrival order bounds each wait to the transactions ahead.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._condition:
+            turn = self._next
+            self._next += 1
+            while turn != self._serving:
+                self._condition.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._condition:
+            self._serving += 1
+            self._condition.notify_all()
+
+
+def write_lock(engine: Engine) -> AbstractContextManager[None]:
+    """What a writer holds around a transaction: the fair lock on SQLite, nothing elsewhere."""
+    return FairLock() if engine.dialect.name == "sqlite" else nullcontext()
 
 
 def is_postgresql(engine: Engine) -> bool:

@@ -80,19 +80,6 @@ def _tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
     return context
 
 
-def _commit_threads(receiver: Receiver) -> int:
-    """How many commits may run at once: one on SQLite, `_COMMIT_THREADS` elsewhere.
-
-    SQLite admits one writer at a time and makes the others poll with growing
-    sleeps (1, 2, 5 … 100 ms); queueing them here in order instead roughly halves
-    the p99 time-to-250. A database server commits in parallel, and one commit
-    waiting for its fsync must not hold up the others.
-    """
-    engine = getattr(receiver, "engine", None)
-    dialect = getattr(getattr(engine, "dialect", None), "name", None)
-    return 1 if dialect == "sqlite" else _COMMIT_THREADS
-
-
 class _Handler:
     """aiosmtpd hooks: recipient check and commit, shared by every session of a listener."""
 
@@ -278,7 +265,7 @@ class SmtpListener:
         self._changed = asyncio.Event()
         self.draining = False
         self._committers = ThreadPoolExecutor(
-            _commit_threads(self.receiver), thread_name_prefix="smtp-commit"
+            _COMMIT_THREADS, thread_name_prefix="smtp-commit"
         )
         try:
             server = await loop.create_server(

@@ -8,6 +8,7 @@ leaves either all of a mail's effects or none.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from email.utils import parseaddr
 from typing import Any
 
@@ -43,6 +44,9 @@ def analyse(
     settings = pipeline.settings
     mail = parsed if parsed is not None else parse_mail(raw)
     classification = classify(mail, pipeline.own)
+    if envelope_from == "" and classification.may_auto_answer:
+        # The null sender (MAIL FROM:<>) is how machines say "do not answer me".
+        classification = replace(classification, may_auto_answer=False)
     sender = _identify(session, mail, envelope_from)
     keys = thread_keys(
         mail.subject, (*mail.to, *mail.cc, *mail.header_all("Delivered-To")),

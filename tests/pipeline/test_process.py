@@ -325,3 +325,10 @@ def test_ticket_numbers_unique_under_concurrency(desk: Gateway) -> None:
 
 def test_tag_format_is_configurable() -> None:
     assert format_tag("[Ticket#{number}]", "2026-000007") == "[Ticket#2026-000007]"
+
+
+def test_null_envelope_sender_is_never_answered(desk: Gateway) -> None:
+    received = desk.receive(build_mail(sender="stranger@nowhere.test"), transport="smtp",
+                            envelope_from="")
+    assert desk.process(received.inbox_id) == "ignored"
+    assert count(desk, OutboxMail) == 0
