@@ -267,8 +267,10 @@ def _check(settings: Settings) -> None:
     for name, group in settings.groups.items():
         if not _ADDRESS.match(group.address):
             raise ConfigError(f"groups.{name}.address must be an e-mail address.")
-    if settings.smtp.tls_cert and not settings.smtp.tls_key:
-        raise ConfigError("smtp.tls_key is required when smtp.tls_cert is set.")
+    if bool(settings.smtp.tls_cert) != bool(settings.smtp.tls_key):
+        raise ConfigError("smtp.tls_cert and smtp.tls_key must be set together.")
+    if settings.smtp.require_starttls and not settings.smtp.tls_cert:
+        raise ConfigError("smtp.require_starttls needs smtp.tls_cert and smtp.tls_key.")
     if settings.scheduler.reminder_days >= settings.scheduler.autoclose_days:
         raise ConfigError("scheduler.reminder_days must be smaller than scheduler.autoclose_days.")
 
