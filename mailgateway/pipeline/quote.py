@@ -48,31 +48,41 @@ Known, deliberate differences from the fixtures: a mail that is all quote return
 mail-parser-reply's pl_1_2, which opens with a header block); valedictions are kept where
 mail-parser-reply strips them (five of its cases); a quote marked "Richard>" followed by text is
 taken for an inline answer (trimmer embedded_email_1).
+
+The words and line shapes the scan looks for, in every language, are in `quote_patterns`; this
+module is the scan.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["strip_quotes"]
+from mailgateway.pipeline import quote_patterns as patterns
+from mailgateway.pipeline.quote_patterns import (
+    MAX_HEADER_LINE,
+    ends_quote,
+    header_role,
+    inline_header_roles,
+    inspectable,
+    is_blank,
+    is_quoted,
+    is_rule,
+    is_signature_start,
+)
 
-_MAX_HEADER_LINE = 400
-"""Quote headers are short; longer lines are never pattern-matched (keeps the work linear)."""
+# The regexes are used as `patterns.X`, never imported by name: CPython compiles `X.match(…)` on
+# a name bound by `from … import` as an attribute load that builds a bound method on every call
+# (it takes such a name for a module), which made strip_quotes 2% slower on the corpus.
+
+__all__ = ["strip_quotes"]
 
 _ATTRIBUTION_SPAN = 4
 """An attribution wraps over at most this many lines."""
 
 _HEADER_WINDOW = 9
 """Lines looked at, from a "From:" line, to find the rest of an Outlook header block."""
-
-_WRAP_SUSPECT = 60
-"""A quoted line at least this long, ending mid-sentence, may have been wrapped by a client."""
-
-_MAX_SIGNATURE_WORDS = 10
-"""A "Sent from my …" line longer than this is a sentence, not a client's signature."""
 
 
 class _Kind(Enum):
@@ -93,171 +103,8 @@ class _Marker:
     kind: _Kind
 
 
-# --- line shapes --------------------------------------------------------------------------------
-
-_QUOTED = re.compile(r"^[ \t]*(?:>|[A-Za-z]{1,10}>(?=\s|$))")
-_WRAPPED_CLOSE = re.compile(
-    r"^[ \t]*>[ \t]*(?:wrote|schrieb|a écrit|ha scritto)?[ \t]*[:：][ \t]*$", re.I
-)
-"""A wrapped attribution's last line (">:", "> wrote:"): it only looks quoted."""
-_ADDRESS_FRAGMENT = re.compile(r"^[ \t]*(?:<|>|mailto:|\S+@\S+[ \t]*$)")
-_BARE_QUOTE = re.compile(r"^[ \t]*(?:>[ \t]*)+$")
-_SEPARATOR_ONLY = re.compile(r"^[-_=*~#+.·•ᐧ–—\s\u200b]*$")
-_UNDERSCORE_RULE = re.compile(r"^[ \t]*_{7,}[ \t]*$")
-_DASH_RULE = re.compile(r"^[ \t]*[*_]*-{4,}[ \t]*[*_]*[ \t]*$")
-_DASHED_TITLE = re.compile(
-    r"^[ \t]*[*_]*-{3,}[ \t]*[^\W\d_][\w' ]{0,40}?[ \t]*-{3,}[ \t]*[*_]*[ \t]*$"
-)
-"""A "----- Original Nachricht ----" rule in a wording not listed, seen right above headers."""
-_SIGNATURE_DELIMITER = re.compile(r"^(?:--|__)[ \t]*$")
-_DASH_NAME = re.compile(
-    r"^-(?=[A-ZÀ-ÖØ-Þ])[^\W\d_][\w.'’-]*(?:[ \t]+[^\W\d_][\w.'’-]*){0,2}[ \t]*$"
-)
-"""A closing "-Abhishek Kona"; a list item ("- backup", "-backup") is not one."""
-
-_ORIGINAL_PHRASES = (
-    r"original message|messaggio originale|ursprüngliche nachricht|original-?nachricht"
-    r"|mail original|message original"
-    r"|message d'origine|mensaje original|mensagem original|oorspronkelijk bericht"
-    r"|origineel bericht|oprindelig meddelelse|opprinnelig melding|originalmeddelande"
-    r"|ursprungligt meddelande|wiadomość oryginalna|oryginalna wiadomość"
-    r"|исходное сообщение|původní zpráva|alkuperäinen viesti|eredeti üzenet"
-)
-_FORWARD_PHRASES = (
-    r"forwarded message|messaggio inoltrato|weitergeleitete nachricht|message transféré"
-    r"|mensaje reenviado|mensagem encaminhada|doorgestuurd bericht|videresendt meddelelse"
-    r"|videresendt melding|vidarebefordrat meddelande|wiadomość przekazana"
-    r"|przekazana wiadomość|пересылаемое сообщение|přeposlaná zpráva"
-)
-_ORIGINAL_SEPARATOR = re.compile(
-    rf"^[ \t]*[*_]*[-=_]{{2,}}[ \t]*(?:{_ORIGINAL_PHRASES})[ \t]*[-=_]*[ \t]*[*_]*[ \t]*$",
-    re.IGNORECASE,
-)
-_FORWARD_SEPARATOR = re.compile(
-    rf"^[ \t]*[*_]*(?:[-=_]{{2,}}[ \t]*(?:{_FORWARD_PHRASES})[ \t]*[-=_]*"
-    r"|(?:begin forwarded message|inizio messaggio inoltrato|messaggio inoltrato"
-    r"|anfang der weitergeleiteten nachricht|début du message (?:réexpédié|transféré)"
-    r"|(?:comienzo|inicio) del mensaje reenviado|início da mensagem reencaminhada"
-    r"|begin doorgestuurd bericht|videresendt besked)[ \t]*:?)[ \t]*[*_]*[ \t]*$",
-    re.IGNORECASE,
-)
-
-# --- Outlook-style header blocks ----------------------------------------------------------------
-
-_FROM_KEYS = ("from", "da", "von", "de", "van", "från", "fra", "od", "от", "lähettäjä", "feladó",
-              "kimden", "差出人", "发件人", "寄件者")  # fmt: skip
-_DATE_KEYS = ("sent", "date", "inviato", "data", "gesendet", "datum", "envoyé", "envoyé le",
-              "enviado", "enviado el", "enviada", "fecha", "verzonden", "skickat", "sendt",
-              "wysłano", "wysłane", "отправлено", "дата", "odesláno", "lähetetty", "elküldve",
-              "gönderildi", "送信日時", "发送时间", "日期")  # fmt: skip
-_TO_KEYS = ("to", "a", "an", "à", "para", "aan", "till", "til", "do", "кому", "komu",
-            "vastaanottaja", "címzett", "kime", "宛先", "收件人")  # fmt: skip
-_SUBJECT_KEYS = ("subject", "oggetto", "ogg", "betreff", "objet", "asunto", "assunto",
-                 "onderwerp", "ämne", "emne", "temat", "тема", "předmět", "aihe", "tárgy", "konu",
-                 "件名", "主题", "主旨")  # fmt: skip
-_HEADER_ROLES: dict[str, str] = {
-    **dict.fromkeys(_FROM_KEYS, "from"),
-    **dict.fromkeys(_DATE_KEYS, "date"),
-    **dict.fromkeys(_TO_KEYS, "to"),
-    **dict.fromkeys(_SUBJECT_KEYS, "subject"),
-    **dict.fromkeys(("cc", "ccn", "bcc", "kopia", "копия", "kopie"), "cc"),
-    **dict.fromkeys(("reply-to", "risposta", "antwort", "répondre", "responder"), "reply-to"),
-}
-_HEADER_KEY_RE = "|".join(sorted(map(re.escape, _HEADER_ROLES), key=len, reverse=True))
-_HEADER_LINE = re.compile(r"^[ \t]*[*_]{0,2}([^\W\d_]+(?:[ -][^\W\d_]+)?)[*_]{0,2}[ \t]*[:：]")
-_INLINE_HEADER = re.compile(rf"(?:^|\s)[*_]{{0,2}}({_HEADER_KEY_RE})[*_]{{0,2}}[ \t]*[:：]", re.I)
-
-# --- attributions ("On … wrote:") ---------------------------------------------------------------
-
-_VERB_AT_END = re.compile(
-    r"(?:^|[\s\"'>)\]»])(?:wrote|writes|ha scritto|hanno scritto|scrisse|schrieb|a écrit"
-    r"|a ecrit|escribió|escribio|escreveu|geschreven|schreef|skrev|napisał(?:\(a\)|a)?"
-    r"|napisal|написал(?:\(а\)|а)?|пише|написав|napsal(?:\(a\)|a)?|kirjoitti|írta|yazdı"
-    r"|έγραψε|写道|寫道)[ \t\u00a0]*[:：]?[ \t\u00a0]*(?:-{2,}[ \t]*)?$",
-    re.IGNORECASE,
-)
-_VERB_INSIDE = re.compile(
-    r"(?:^|\s)(?:schrieb|skrev|schreef|napisał|napisal|написал|пише|napsal|kirjoitti"
-    r"|escribió|a écrit|ha scritto|wrote)(?=\s|$|:)",
-    re.IGNORECASE,
-)
-_OPENER = re.compile(
-    r"^[ \t]*(?:-{2,}[ \t]*)?(?:(?:On|Il|Am|Le|El|Em|Op|Den|Dnia|W dniu|Dne|At|Kl\.)\b|\d)",
-)
-_DATE_LED = re.compile(r"^[ \t]*\d{4}[-/.年]|^[ \t]*\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b")
-_GMT_STAMP = re.compile(r"\bGMT[+-]\d")
-_STAMP = re.compile(r"@|\d{1,2}[:.]\d{2}")
-"""An address or a time: what tells "Il 3 feb alle 10:12 Mario ha scritto:" from a sentence."""
-_ADDRESS_AT_END = re.compile(r"@[\w.\-]+>?[ \t]*[:：]?[ \t]*$")
-
-# --- signatures from mail clients ---------------------------------------------------------------
-
-_POSSESSIVE_SIGNATURE = re.compile(
-    r"^(?:sent from my|inviato dal mio|inviato da mio|envoyé de mon|envoyé depuis mon"
-    r"|envoyé à partir de mon|von meinem|gesendet von meinem|enviado desde mi|enviado do meu"
-    r"|enviado de meu|enviado desde o meu|verzonden vanaf mijn|verstuurd vanaf mijn"
-    r"|verzonden met mijn|sendt fra min|skickat från min|wysłane z mojego"
-    r"|diese nachricht wurde von meinem)\b",
-)
-_SENT_WITH = re.compile(
-    r"^(?:sent|inviato|envoyé|gesendet|enviado|verzonden|verstuurd|sendt|skickat|wysłane)"
-    r" (?:from|da|dal|con|with|via|using|by|de|depuis|avec|von|mit|desde|do|vanaf|met|fra"
-    r"|från|med|z)\b",
-)
-_GET_APP = re.compile(
-    r"^(?:get|ottieni|scarica|download|obtenir|obtener|descargar|baixe|hol dir)\W+outlook\b"
-    r"|^outlook für (?:ios|android)|^(?:從我的|发自我的|來自我的)",
-)
-_APP_TOKENS = frozenset(
-    ("iphone", "ipad", "ipod", "android", "outlook", "mail", "mailbox", "yahoo", "gmail",
-     "blackberry", "samsung", "galaxy", "huawei", "xiaomi", "smartphone", "mobile", "mobil",
-     "cellulare", "telefono", "phone", "tablet", "device", "dispositivo", "airmail", "spark",
-     "libero", "tiscali", "virgilio", "protonmail", "proton", "windows", "aquamail", "bluemail",
-     "edison", "hey", "superhuman", "thunderbird", "posta", "email", "e-mail")
-)  # fmt: skip
-"""Words that make "Inviato da …" / "Sent from …" a mail client's line rather than a sentence."""
-
-
 def _normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _is_blank(line: str) -> bool:
-    return not line.strip()
-
-
-def _is_quoted(line: str) -> bool:
-    return _QUOTED.match(line) is not None and _WRAPPED_CLOSE.match(line) is None
-
-
-def _inspectable(line: str) -> bool:
-    """Short, non-blank, unquoted: the only lines that may be part of a quote header."""
-    return len(line) <= _MAX_HEADER_LINE and not _is_blank(line) and not _is_quoted(line)
-
-
-def _is_mobile_signature(line: str) -> bool:
-    """A client's own sign-off ("Inviato da iPhone"), not a sentence that starts the same way."""
-    if len(line) > _MAX_HEADER_LINE:
-        return False
-    words = line.strip(" \t()<>[]").lower().split()
-    if not words or len(words) > _MAX_SIGNATURE_WORDS:
-        return False
-    lowered = " ".join(words)
-    if _POSSESSIVE_SIGNATURE.match(lowered) or _GET_APP.match(lowered):
-        return True
-    if _SENT_WITH.match(lowered):
-        tokens = re.findall(r"[\w-]+", " ".join(words[2:7]))
-        return any(token in _APP_TOKENS for token in tokens)
-    return False
-
-
-def _is_signature_start(line: str) -> bool:
-    """Where an author's signature, or a list footer under it, begins."""
-    return bool(
-        _SIGNATURE_DELIMITER.match(line)
-        or _UNDERSCORE_RULE.match(line)
-        or _is_mobile_signature(line)
-    )
 
 
 # --- markers ------------------------------------------------------------------------------------
@@ -265,7 +112,7 @@ def _is_signature_start(line: str) -> bool:
 
 def _next_content(lines: Sequence[str], index: int) -> int:
     """Index of the first non-blank line at or after `index` (len(lines) when none)."""
-    while index < len(lines) and _is_blank(lines[index]):
+    while index < len(lines) and is_blank(lines[index]):
         index += 1
     return index
 
@@ -276,16 +123,16 @@ def _quote_follows(lines: Sequence[str], index: int, *, pipes: bool = False) -> 
     if following >= len(lines):
         return False
     line = lines[following]
-    return _is_quoted(line) or (pipes and line.lstrip().startswith("|"))
+    return is_quoted(line) or (pipes and line.lstrip().startswith("|"))
 
 
 def _header_roles(lines: Sequence[str], start: int) -> set[str]:
     """Distinct header roles (from, date, to, …) in the window that starts at a "From:" line."""
     roles: set[str] = set()
     for line in lines[start : start + _HEADER_WINDOW]:
-        if len(line) > _MAX_HEADER_LINE or _is_quoted(line):
+        if len(line) > MAX_HEADER_LINE or is_quoted(line):
             break
-        role = _header_role(line)
+        role = header_role(line)
         if role:
             roles.add(role)
     return roles
@@ -294,42 +141,26 @@ def _header_roles(lines: Sequence[str], start: int) -> set[str]:
 def _preceded_by_rule(lines: Sequence[str], index: int) -> bool:
     """True when the nearest non-blank line above is a separator rule or "Original Message"."""
     index -= 1
-    while index >= 0 and _is_blank(lines[index]):
+    while index >= 0 and is_blank(lines[index]):
         index -= 1
     if index < 0:
         return False
-    return _is_rule(lines[index])
-
-
-def _header_role(line: str) -> str | None:
-    """The role ("from", "date", …) of a header line such as "Inviato: lunedì …", if it is one."""
-    match = _HEADER_LINE.match(line)
-    return _HEADER_ROLES.get(match.group(1).lower()) if match else None
-
-
-def _is_rule(line: str) -> bool:
-    """A line that introduces a header block: a rule, or "-----Messaggio originale-----"."""
-    return len(line) <= _MAX_HEADER_LINE and bool(
-        _UNDERSCORE_RULE.match(line)
-        or _DASH_RULE.match(line)
-        or _ORIGINAL_SEPARATOR.match(line)
-        or _DASHED_TITLE.match(line)
-    )
+    return is_rule(lines[index])
 
 
 def _header_block(lines: Sequence[str], index: int) -> _Marker | None:
     """An Outlook header block ("Da:/Inviato:/A:/Oggetto:") starting at `index`, if any."""
     line = lines[index]
-    if _header_role(line) != "from":
+    if header_role(line) != "from":
         return None
-    inline = {_HEADER_ROLES[m.group(1).lower()] for m in _INLINE_HEADER.finditer(line)}
+    inline = inline_header_roles(line)
     roles = _header_roles(lines, index) | inline
     # A date is what separates "Da: 01/02 A: 28/02 Oggetto: estratto" in a request from a header.
     enough = 2 if _preceded_by_rule(lines, index) else 3
     if "date" not in roles or len(roles) < enough:
         return None
     end = index + 1
-    while end < len(lines) and end < index + _HEADER_WINDOW and not _is_blank(lines[end]):
+    while end < len(lines) and end < index + _HEADER_WINDOW and not is_blank(lines[end]):
         end += 1
     return _Marker(_back_over_rules(lines, index), end, _Kind.HEADERS)
 
@@ -338,8 +169,8 @@ def _back_over_rules(lines: Sequence[str], index: int) -> int:
     """Move a header block's start up over the blank lines and rules that introduce it."""
     start = index
     probe = index - 1
-    while probe >= 0 and (_is_blank(lines[probe]) or _is_rule(lines[probe])):
-        if not _is_blank(lines[probe]):
+    while probe >= 0 and (is_blank(lines[probe]) or is_rule(lines[probe])):
+        if not is_blank(lines[probe]):
             start = probe
         probe -= 1
     return start
@@ -355,20 +186,20 @@ def _continues_above(prefix: str) -> bool:
 def _attribution_start(lines: Sequence[str], verb_line: int, prefix: str) -> int:
     """First line of an attribution whose verb is on `verb_line`, after `prefix`: that line,
     unless it continues an earlier one; then the nearest opener ("On", "Il", a date) above."""
-    if _OPENER.match(lines[verb_line]) or not _continues_above(prefix):
+    if patterns.OPENER.match(lines[verb_line]) or not _continues_above(prefix):
         return verb_line
     above = verb_line - 1
-    alone = not prefix.strip() and above >= 0 and _inspectable(lines[above])
+    alone = not prefix.strip() and above >= 0 and inspectable(lines[above])
     fallback = above if alone else verb_line
     index = above
     while index >= 0 and verb_line - index <= _ATTRIBUTION_SPAN:
         line = lines[index]
-        if _is_blank(line) and _ADDRESS_FRAGMENT.match(lines[index + 1]):
+        if is_blank(line) and patterns.ADDRESS_FRAGMENT.match(lines[index + 1]):
             index -= 1  # Some clients break "<address>" onto lines of its own after a blank.
             continue
-        if not _inspectable(line):
+        if not inspectable(line):
             break
-        if _OPENER.match(line):
+        if patterns.OPENER.match(line):
             return index
         index -= 1
     return fallback
@@ -377,18 +208,18 @@ def _attribution_start(lines: Sequence[str], verb_line: int, prefix: str) -> int
 def _verb(lines: Sequence[str], end: int) -> tuple[int, str] | None:
     """Where the attribution verb ending at line `end` is: its line and the text before it."""
     line = lines[end]
-    own_verb = _VERB_AT_END.search(line)
+    own_verb = patterns.VERB_AT_END.search(line)
     if own_verb:
         return end, line[: own_verb.start()]
-    previous = lines[end - 1] if end > 0 and _inspectable(lines[end - 1]) else ""
-    if previous and _VERB_AT_END.search(f"{previous} {line}"):
+    previous = lines[end - 1] if end > 0 and inspectable(lines[end - 1]) else ""
+    if previous and patterns.VERB_AT_END.search(f"{previous} {line}"):
         return end, ""  # the verb itself wraps: "… ha" / "scritto:"
     if not line.rstrip().endswith((":", "：")):
         return None
     for index in range(end, max(end - _ATTRIBUTION_SPAN, -1), -1):
-        if not _inspectable(lines[index]):
+        if not inspectable(lines[index]):
             break
-        inside = _VERB_INSIDE.search(lines[index])
+        inside = patterns.VERB_INSIDE.search(lines[index])
         if inside:
             return index, lines[index][: inside.start()]
     return None
@@ -402,7 +233,7 @@ def _attribution(lines: Sequence[str], end: int) -> _Marker | None:
         return _dated_attribution(lines, end)
     start = _attribution_start(lines, *found)
     window = " ".join(lines[start : end + 1])
-    if _STAMP.search(window) or _quote_follows(lines, end + 1):
+    if patterns.STAMP.search(window) or _quote_follows(lines, end + 1):
         return _Marker(start, end + 1, _Kind.ATTRIBUTION)
     return None
 
@@ -410,18 +241,18 @@ def _attribution(lines: Sequence[str], end: int) -> _Marker | None:
 def _dated_attribution(lines: Sequence[str], end: int) -> _Marker | None:
     """Gmail's verb-less forms: "2016-10-24 15:36 GMT+02:00 Name <a@b>:", "2013/7/20 Name <a@b>"."""
     line = lines[end]
-    if _DATE_LED.match(line) and _GMT_STAMP.search(line):
+    if patterns.DATE_LED.match(line) and patterns.GMT_STAMP.search(line):
         return _Marker(end, end + 1, _Kind.ATTRIBUTION)
-    if not _ADDRESS_AT_END.search(line):
+    if not patterns.ADDRESS_AT_END.search(line):
         return None
     for start in range(end, max(end - 2, -1), -1):
-        if not _inspectable(lines[start]):
+        if not inspectable(lines[start]):
             break
-        if _DATE_LED.match(lines[start]):
+        if patterns.DATE_LED.match(lines[start]):
             closed = line.rstrip().endswith((":", "："))
             if (
                 closed
-                or _GMT_STAMP.search(lines[start])
+                or patterns.GMT_STAMP.search(lines[start])
                 or _quote_follows(lines, end + 1, pipes=True)
             ):
                 return _Marker(start, end + 1, _Kind.ATTRIBUTION)
@@ -432,11 +263,11 @@ def _dated_attribution(lines: Sequence[str], end: int) -> _Marker | None:
 def _marker_at(lines: Sequence[str], index: int) -> _Marker | None:
     """The marker that starts, or (for an attribution) ends, at line `index`."""
     line = lines[index]
-    if not _inspectable(line):
+    if not inspectable(line):
         return None
-    if _FORWARD_SEPARATOR.match(line):
+    if patterns.FORWARD_SEPARATOR.match(line):
         return _Marker(index, index + 1, _Kind.FORWARD)
-    if _ORIGINAL_SEPARATOR.match(line):
+    if patterns.ORIGINAL_SEPARATOR.match(line):
         return _Marker(_back_over_rules(lines, index), index + 1, _Kind.SEPARATOR)
     return _header_block(lines, index) or _attribution(lines, index)
 
@@ -459,15 +290,15 @@ def _markers(lines: Sequence[str], start: int) -> Iterator[_Marker]:
 
 
 def _has_content(lines: Sequence[str], start: int, end: int) -> bool:
-    return any(not _is_blank(line) for line in lines[start:end])
+    return any(not is_blank(line) for line in lines[start:end])
 
 
 def _after_quote(lines: Sequence[str], index: int) -> int:
     """Index just past the quote block that starts at the next non-blank line, if quoted."""
     position = _next_content(lines, index)
     last_quoted = index - 1
-    while position < len(lines) and (_is_quoted(lines[position]) or _is_blank(lines[position])):
-        if _is_quoted(lines[position]):
+    while position < len(lines) and (is_quoted(lines[position]) or is_blank(lines[position])):
+        if is_quoted(lines[position]):
             last_quoted = position
         position += 1
     return last_quoted + 1
@@ -483,22 +314,10 @@ def _answers_inline(lines: Sequence[str], marker: _Marker, following: _Marker | 
         return False
     line = lines[answer]
     return (
-        _ends_quote(lines[answer - 1])
-        and not _is_signature_start(line)
-        and not _SEPARATOR_ONLY.match(line)
+        ends_quote(lines[answer - 1])
+        and not is_signature_start(line)
+        and not patterns.SEPARATOR_ONLY.match(line)
     )
-
-
-def _ends_quote(line: str) -> bool:
-    """True when the line above an unquoted line closes the quote rather than being wrapped.
-
-    A client that wraps a long quoted line leaves the continuation unquoted; an answer written
-    under a short or finished quoted line is the author's own text.
-    """
-    if _is_blank(line) or _BARE_QUOTE.match(line):
-        return True
-    content = line.rstrip()
-    return len(content) < _WRAP_SUSPECT or content.endswith((".", "?", "!", ":", ";", ")"))
 
 
 def _inline_region(
@@ -518,13 +337,13 @@ def _inline_region(
 
 def _cut_signature(lines: Sequence[str]) -> list[str]:
     for index, line in enumerate(lines):
-        if not _is_quoted(line) and _is_signature_start(line):
+        if not is_quoted(line) and is_signature_start(line):
             return list(lines[:index])
     return list(lines)
 
 
 def _drop_trailing_quotes(lines: list[str]) -> list[str]:
-    while lines and (_is_quoted(lines[-1]) or _SEPARATOR_ONLY.match(lines[-1])):
+    while lines and (is_quoted(lines[-1]) or patterns.SEPARATOR_ONLY.match(lines[-1])):
         lines.pop()
     return lines
 
@@ -532,7 +351,7 @@ def _drop_trailing_quotes(lines: list[str]) -> list[str]:
 def _trim_tail(lines: list[str]) -> list[str]:
     """Drop trailing blank, quoted and separator-only lines, and a closing "-Name" signature."""
     lines = _drop_trailing_quotes(lines)
-    if lines and _DASH_NAME.match(lines[-1]) and _has_content(lines, 0, len(lines) - 1):
+    if lines and patterns.DASH_NAME.match(lines[-1]) and _has_content(lines, 0, len(lines) - 1):
         lines.pop()
         lines = _drop_trailing_quotes(lines)
     return lines

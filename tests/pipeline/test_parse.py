@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mailgateway.pipeline.parse import ParsedMail, decode_bytes, html_to_text, parse_mail
+from mailgateway.pipeline.decode import decode_bytes, html_to_text
+from mailgateway.pipeline.parse import ParsedMail, parse_mail
 from tests.corpus import corpus_dir, corpus_file, corpus_mails
 
 needs_corpus = pytest.mark.skipif(not corpus_mails(), reason="shared corpus not present")
