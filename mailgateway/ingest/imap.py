@@ -11,7 +11,8 @@ The poller is blocking (imapclient) and runs in its own thread; `run` bridges
 it to the server's event loop. Waits are short and check a stop flag, so
 SIGTERM ends an IDLE within about a second. Every network or protocol failure
 becomes a reconnect with exponential backoff and jitter, logged once per
-outage; a refused login is retried at the slowest rate of the same policy.
+outage; a refused login is retried at the slowest rate of the same policy
+(both in `mailgateway.retry`).
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from imapclient.exceptions import (
     IMAPClientError,
     LoginError,
 )
-from tenacity import RetryCallState, Retrying, wait_exponential_jitter, wait_fixed
 
 from mailgateway.config import ImapSettings, check_imap_settings
 from mailgateway.errors import ConfigError, PermanentError, TemporaryError
 from mailgateway.ingest import Received, Receiver
+from mailgateway.retry import Backoff, Outage
 
 __all__ = ["ImapConnectionError", "ImapFolderError", "ImapLoginError", "ImapPoller", "StoreError"]
 
@@ -77,49 +78,7 @@ class _FolderState:
     stored: dict[int, int] = field(default_factory=dict)
 
 
-class _Outage:
-    """Backoff across one outage: tenacity's wait policies, one log line per outage."""
-
-    def __init__(self, initial: float, maximum: float, log: Any) -> None:
-        self._wait = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
-        # A refused login will not fix itself in seconds: retry at the policy's cap.
-        self._slow = wait_fixed(maximum)
-        self._state = RetryCallState(Retrying(), None, (), {})
-        self._log = log
-        self._since: float | None = None
-        self._kind: str | None = None
-
-    def failed(self, kind: str, error: BaseException, *, slow: bool = False) -> float:
-        """Record one failed attempt; return how long to wait before the next one."""
-        first = self._since is None
-        self._state.attempt_number = 1 if first else self._state.attempt_number + 1
-        delay = (self._slow if slow else self._wait)(self._state)
-        fields = {"error": str(error), "retry_in": round(delay, 2)}
-        if first or kind != self._kind:
-            if slow or kind == "unexpected":
-                self._log.error(f"imap {kind}", exc_info=kind == "unexpected", **fields)
-            else:
-                self._log.warning(f"imap {kind}", **fields)
-        else:
-            self._log.debug(f"imap {kind} again", attempt=self._state.attempt_number, **fields)
-        if first:
-            self._since = time.monotonic()
-        self._kind = kind
-        return delay
-
-    def recovered(self) -> None:
-        """The connection works again: log the outage's end and start the next one afresh."""
-        if self._since is not None:
-            self._log.info(
-                "imap recovered",
-                attempts=self._state.attempt_number,
-                outage_seconds=round(time.monotonic() - self._since, 1),
-            )
-        self._since = None
-        self._kind = None
-
-
-def _after_failure(outage: _Outage, error: Exception) -> float:
+def _after_failure(outage: Outage, error: Exception) -> float:
     """Log the failure (once per outage) and return the wait before reconnecting."""
     if isinstance(error, StoreError):
         return outage.failed("could not store mail, leaving it in the mailbox", error)
@@ -129,7 +88,7 @@ def _after_failure(outage: _Outage, error: Exception) -> float:
         return outage.failed("folder unusable", error, slow=True)
     if isinstance(error, ImapConnectionError):
         return outage.failed("connection lost, reconnecting", error)
-    return outage.failed("unexpected", error)
+    return outage.failed("unexpected", error, unexpected=True)
 
 
 def _message_id(raw: bytes) -> str | None:
@@ -168,15 +127,17 @@ class ImapPoller:
         self.settings = settings
         self._receiver = receiver
         self._idle_check_seconds = idle_check_seconds
-        self._reconnect_initial = (
-            reconnect_initial_seconds
-            if reconnect_initial_seconds is not None
-            else settings.reconnect_initial_seconds
-        )
-        self._reconnect_max = (
-            reconnect_max_seconds
-            if reconnect_max_seconds is not None
-            else settings.reconnect_max_seconds
+        self._backoff = Backoff(
+            initial=(
+                reconnect_initial_seconds
+                if reconnect_initial_seconds is not None
+                else settings.reconnect_initial_seconds
+            ),
+            maximum=(
+                reconnect_max_seconds
+                if reconnect_max_seconds is not None
+                else settings.reconnect_max_seconds
+            ),
         )
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -254,7 +215,7 @@ class ImapPoller:
 
     def serve_forever(self) -> None:
         """Drain, wait for mail, repeat; reconnect after any failure, until `stop()`."""
-        outage = _Outage(self._reconnect_initial, self._reconnect_max, self._log)
+        outage = Outage(self._backoff, self._log, name="imap")
         while not self._stop.is_set():
             try:
                 with self._imap_errors(), self._connected() as client:

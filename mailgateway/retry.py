@@ -1,0 +1,136 @@
+"""Retry timing shared by the components that reconnect or resend.
+
+Two pieces, so every component waits and reports the same way:
+
+`Backoff` is the policy: tenacity's exponential wait with jitter, capped. It
+answers "how long after the N-th consecutive failure" and never sleeps, so a
+caller waits however suits it (a stop flag's `wait`, a row's next attempt time)
+and tests need no clock.
+
+`Outage` is the bookkeeping around it: it counts the failures of one outage,
+asks the backoff for each wait, and logs the outage once when it starts (and
+when its kind changes) and once when it ends; the repeats in between are debug
+lines only, so a server down for an hour does not flood the log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from tenacity import RetryCallState, Retrying, wait_exponential_jitter, wait_fixed
+from tenacity.wait import wait_base
+
+__all__ = ["Backoff", "Outage"]
+
+
+def _call_state(attempt: int) -> RetryCallState:
+    """A tenacity call state for evaluating a wait policy outside tenacity's loop."""
+    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = attempt
+    return state
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """About `initial`, 2×, 4×, … seconds between attempts, never more than `maximum`.
+
+    Every wait adds a random part of up to `jitter` seconds (by default `initial`)
+    so clients that failed together do not all come back at the same moment.
+    """
+
+    initial: float
+    maximum: float
+    jitter: float | None = None
+
+    @property
+    def wait(self) -> wait_base:
+        """The policy as a tenacity wait object, for callers that evaluate it themselves."""
+        jitter = self.initial if self.jitter is None else self.jitter
+        return wait_exponential_jitter(multiplier=self.initial, max=self.maximum, jitter=jitter)
+
+    @property
+    def slowest(self) -> wait_base:
+        """The cap as a fixed wait: for failures that will not fix themselves in seconds."""
+        return wait_fixed(self.maximum)
+
+    def delay(self, attempt: int, *, slow: bool = False) -> float:
+        """Seconds to wait after the `attempt`-th consecutive failure (counted from 1).
+
+        `slow` skips the ramp and returns the cap: a refused login, say, is retried
+        at the policy's slowest rate from the start.
+        """
+        return (self.slowest if slow else self.wait)(_call_state(attempt))
+
+
+class Outage:
+    """Consecutive failures of one component, from the first to the recovery.
+
+    Log lines are named after the component: `"<name> <kind>"` when an outage
+    starts or its kind changes (a warning; an error when it needs a person, i.e.
+    `slow` or `unexpected`), `"<name> <kind> again"` at debug level for the
+    repeats, and `"<name> recovered"` once at the end, with the attempts made
+    and how long the outage lasted.
+    """
+
+    def __init__(
+        self,
+        backoff: Backoff,
+        log: structlog.typing.FilteringBoundLogger,
+        *,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backoff = backoff
+        self._log = log
+        self._name = name
+        self._clock = clock
+        self._attempts = 0
+        self._since: float | None = None
+        self._kind: str | None = None
+
+    @property
+    def ongoing(self) -> bool:
+        """True between a failure and the next `recovered`."""
+        return self._since is not None
+
+    @property
+    def attempts(self) -> int:
+        """Failed attempts in the current (or, once recovered, the last) outage."""
+        return self._attempts
+
+    def failed(
+        self, kind: str, error: BaseException, *, slow: bool = False, unexpected: bool = False
+    ) -> float:
+        """Record one failed attempt; return how long to wait before the next one.
+
+        `slow` waits at the backoff's cap; `unexpected` also logs the traceback.
+        """
+        first = self._since is None
+        self._attempts = 1 if first else self._attempts + 1
+        delay = self.backoff.delay(self._attempts, slow=slow)
+        fields = {"error": str(error), "retry_in": round(delay, 2)}
+        if first or kind != self._kind:
+            if slow or unexpected:
+                self._log.error(f"{self._name} {kind}", exc_info=unexpected, **fields)
+            else:
+                self._log.warning(f"{self._name} {kind}", **fields)
+        else:
+            self._log.debug(f"{self._name} {kind} again", attempt=self._attempts, **fields)
+        if first:
+            self._since = self._clock()
+        self._kind = kind
+        return delay
+
+    def recovered(self) -> None:
+        """It works again: log the outage's end (if there was one); the next starts afresh."""
+        if self._since is not None:
+            self._log.info(
+                f"{self._name} recovered",
+                attempts=self._attempts,
+                outage_seconds=round(self._clock() - self._since, 1),
+            )
+        self._since = None
+        self._kind = None
