@@ -79,7 +79,7 @@ def _ingest(args: argparse.Namespace, app: App) -> int:
     except TemporaryError as exc:
         print(f"Could not store the mail, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    status = app.gateway.process(received.inbox_id)
+    status = app.gateway.process_outcome(received.inbox_id, raw).status
     print(f"Mail {received.inbox_id} {'already stored' if received.duplicate else 'stored'}:"
           f" {status}.", file=sys.stderr)
     return 0

@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock, SystemClock
 from mailgateway.config import Settings
-from mailgateway.db.models import InboxMail, InboxStatus, OutboxMail
+from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus, OutboxMail
 from mailgateway.db.session import (
     create_db_engine,
+    insert_raw,
     is_postgresql,
     is_transient,
     session_factory,
@@ -168,6 +169,7 @@ class Gateway:
             with self.writing, self.sessions.begin() as session:
                 inbox_id = session.execute(
                     insert(InboxMail).values(values).returning(InboxMail.id)).scalar_one()
+                insert_raw(session, inbox_id, raw)
         except IntegrityError:
             existing = self._find_duplicate(identity.dedup_key)
             if existing is None:
@@ -191,7 +193,7 @@ class Gateway:
             "envelope_to": [a[:320] for a in envelope_to][:100],
             "message_id": identity.message_id[:998] if identity.message_id else None,
             "sha256": identity.sha256, "dedup_key": identity.dedup_key, "size": len(raw),
-            "raw": raw, "status": InboxStatus.RECEIVED.value, "attempts": 0,
+            "status": InboxStatus.RECEIVED.value, "attempts": 0,
         }
 
     def receive_batch(self, mails: Sequence[PreparedMail], transport: str) -> list[Outcome]:
@@ -221,6 +223,7 @@ class Gateway:
         row = InboxMail(**self._inbox_values(mail.raw, mail.identity, transport))
         session.add(row)
         session.flush()
+        session.add(InboxRaw(inbox_id=row.id, raw=mail.raw))
         try:
             with session.begin_nested():
                 analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed)
@@ -246,11 +249,12 @@ class Gateway:
         """Process one stored mail once; a failure quarantines it with the reason."""
         return self.process_outcome(inbox_id).status
 
-    def process_outcome(self, inbox_id: int) -> Outcome:
-        """Like `process`, also saying what was decided (for import summaries)."""
+    def process_outcome(self, inbox_id: int, raw: bytes | None = None) -> Outcome:
+        """Like `process`, also saying what was decided (for import summaries).
+        `raw`, when the caller still has the stored bytes, saves reading them back."""
         for attempt in range(5):
             try:
-                return self._process(inbox_id)
+                return self._process(inbox_id, raw)
             except OperationalError as exc:  # database busy or gone: retry, then leave it
                 if not is_transient(exc):
                     raise
@@ -265,16 +269,19 @@ class Gateway:
             query = query.with_for_update(skip_locked=True)
         return session.execute(query).scalar_one_or_none()
 
-    def _process(self, inbox_id: int) -> Outcome:
+    def _process(self, inbox_id: int, raw: bytes | None = None) -> Outcome:
         structlog.contextvars.bind_contextvars(inbox_id=inbox_id)
         try:
             # Parsing, the slow pure part, happens outside the write transaction.
-            with self.writing, self.sessions() as session:
-                raw = session.execute(select(InboxMail.raw).where(
-                    InboxMail.id == inbox_id, InboxMail.status == InboxStatus.RECEIVED.value)
-                ).scalar_one_or_none()
             if raw is None:
-                return Outcome(self._status(inbox_id))
+                with self.writing, self.sessions() as session:
+                    raw = session.execute(
+                        select(InboxRaw.raw).join(InboxMail, InboxMail.id == InboxRaw.inbox_id)
+                        .where(InboxMail.id == inbox_id,
+                               InboxMail.status == InboxStatus.RECEIVED.value)
+                    ).scalar_one_or_none()
+                if raw is None:
+                    return Outcome(self._status(inbox_id))
             parsed = parse_mail(raw)
             del raw
             with self.writing, self.sessions.begin() as session:
@@ -352,6 +359,6 @@ class Gateway:
         """What the pipeline would decide for `raw`; writes nothing."""
         with self.sessions() as session:
             try:
-                return analyse(session, self.pipeline, raw)
+                return analyse(session, self.pipeline, parse_mail(raw))
             finally:
                 session.rollback()

@@ -225,7 +225,6 @@ class InboxMail(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     dedup_key: Mapped[str] = mapped_column(String(64), unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    raw: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     status: Mapped[str] = mapped_column(String(16), default=InboxStatus.RECEIVED)
     reason: Mapped[str | None] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(Text)
@@ -233,6 +232,16 @@ class InboxMail(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     processed_at: Mapped[datetime | None]
+
+
+class InboxRaw(Base):
+    """The bytes of an inbox mail, kept apart from its status: SQLite rewrites a whole
+    row on UPDATE, so a 30 MB mail inline would be copied at every change of state."""
+
+    __tablename__ = "inbox_raw"
+    inbox_id: Mapped[int] = mapped_column(
+        ForeignKey("inbox.id", ondelete="CASCADE"), primary_key=True, autoincrement=False)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class OutboxMail(Base):

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, func, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -105,6 +105,24 @@ class FairLock:
 def write_lock(engine: Engine) -> AbstractContextManager[None]:
     """What a writer holds around a transaction: the fair lock on SQLite, nothing elsewhere."""
     return FairLock() if engine.dialect.name == "sqlite" else nullcontext()
+
+
+def insert_raw(session: Session, inbox_id: int, raw: bytes, chunk: int = 1 << 20) -> None:
+    """Store a mail's bytes. On SQLite they are streamed into the row a chunk at a
+    time (incremental blob I/O): binding a 30 MB value makes SQLite build the whole
+    record in memory, twice the mail's size on top of the caller's copy."""
+    from mailgateway.db.models import InboxRaw
+
+    if session.get_bind().dialect.name != "sqlite" or len(raw) <= chunk:
+        session.execute(insert(InboxRaw).values(inbox_id=inbox_id, raw=raw))
+        return
+    session.execute(insert(InboxRaw).values(inbox_id=inbox_id, raw=func.zeroblob(len(raw))))
+    connection = session.connection().connection.driver_connection
+    assert connection is not None
+    view = memoryview(raw)
+    with connection.blobopen("inbox_raw", "raw", inbox_id) as blob:
+        for offset in range(0, len(raw), chunk):
+            blob.write(view[offset:offset + chunk])
 
 
 def is_postgresql(engine: Engine) -> bool:

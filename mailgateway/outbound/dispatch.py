@@ -50,6 +50,7 @@ from mailgateway.clock import Clock
 from mailgateway.config import OutboundSettings, Settings
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
 from mailgateway.errors import PermanentError, TemporaryError, UserError
+from mailgateway.outbound.queue import purge_auto_answers
 from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
 
 
@@ -332,6 +333,8 @@ def dispatch_once(
             # lock; queueing the sending threads' commits here is much faster.
             sqlite = session.get_bind().dialect.name == "sqlite"
             writing: AbstractContextManager[Any] = threading.Lock() if sqlite else nullcontext()
+            # The rate limiter's expired rows go here, in the first claim's commit.
+            purge_auto_answers(session, settings, clock.now())
             while True:
                 now = clock.now()
                 claimed = _claim(session, settings, now, now + lease)

@@ -11,6 +11,8 @@ escaped loop detection, or a customer's script, gets a handful of answers
 and then silence instead of an endless exchange. The count is read in the
 caller's transaction, so on PostgreSQL two transactions racing for the same
 address may each pass the last free slot; the limit is a brake, not a quota.
+Rows past the window are only ignored here; the dispatcher deletes them once
+a pass (`purge_auto_answers`), so queueing a mail costs one query, not two.
 An automatic mail is never addressed to the helpdesk itself (that would be
 a loop); `recipients` of the row is To then Cc, without duplicates.
 """
@@ -20,11 +22,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, Table, bindparam, delete, func, insert, select
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
@@ -95,24 +97,49 @@ def _unique(addresses: Iterable[str], seen: set[str]) -> list[str]:
     return kept
 
 
+_AUTO_ANSWERS = cast(Table, AutoAnswer.__table__)
+# Built once: these run for every mail queued.
+_COUNT_RECENT = (
+    select(_AUTO_ANSWERS.c.recipient, func.count())
+    .where(
+        _AUTO_ANSWERS.c.recipient.in_(bindparam("keys", expanding=True)),
+        _AUTO_ANSWERS.c.at > bindparam("cutoff"),
+    )
+    .group_by(_AUTO_ANSWERS.c.recipient)
+)
+_OUTBOX = cast(Table, OutboxMail.__table__)
+_INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id)
+_INSERT_THREAD_REF = insert(cast(Table, ThreadRef.__table__))
+_INSERT_AUTO_ANSWER = insert(_AUTO_ANSWERS)
+
+
 def _over_limit(
     session: Session, settings: Settings, now: datetime, recipients: list[str]
 ) -> set[str]:
-    """Recipients who already had `auto_answer_limit` automatic mails in the window."""
+    """Recipients who already had `auto_answer_limit` automatic mails in the window.
+
+    Only counts: rows older than the window are ignored here and deleted by
+    `purge_auto_answers`, once per dispatcher pass rather than once per mail.
+    """
     keys = [r.lower() for r in recipients]
+    if not keys:
+        return set()
     cutoff = now - timedelta(minutes=settings.outbound.auto_answer_window_minutes)
-    session.execute(
-        delete(AutoAnswer)
-        .where(AutoAnswer.recipient.in_(keys), AutoAnswer.at <= cutoff)
-        .execution_options(synchronize_session=False)
-    )
-    counts = session.execute(
-        select(AutoAnswer.recipient, func.count())
-        .where(AutoAnswer.recipient.in_(keys), AutoAnswer.at > cutoff)
-        .group_by(AutoAnswer.recipient)
-    ).all()
+    params = {"keys": keys, "cutoff": cutoff}
+    counts = session.connection().execute(_COUNT_RECENT, params).all()
     limit = settings.outbound.auto_answer_limit
     return {recipient for recipient, count in counts if count >= limit}
+
+
+def purge_auto_answers(session: Session, settings: Settings, now: datetime) -> int:
+    """Forget the automatic answers older than the limiter's window; the caller commits."""
+    cutoff = now - timedelta(minutes=settings.outbound.auto_answer_window_minutes)
+    result = session.execute(
+        delete(AutoAnswer)
+        .where(AutoAnswer.at <= cutoff)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount if isinstance(result, CursorResult) else 0
 
 
 def enqueue(
@@ -122,7 +149,8 @@ def enqueue(
 
     Runs in the caller's transaction and does not commit. Raises when the
     mail cannot be built (a stored attachment missing), so the caller's
-    change rolls back rather than going out without its mail.
+    change rolls back rather than going out without its mail. The rows are
+    written at once; the caller's own pending changes are left to its flush.
     """
     now = clock.now()
     ticket: Ticket | None = None
@@ -152,28 +180,51 @@ def enqueue(
         context.update(ticket_context(settings, ticket))
     context.update(intent.context)
     effective = replace(intent, to=tuple(to), cc=tuple(cc))
-    message = compose(
+    mail = compose(
         settings, clock, effective, context, ticket_number=ticket.number if ticket else None
     )
-    message_id = str(message["Message-ID"]).strip("<>")
-    row = OutboxMail(
-        created_at=now,
-        kind=intent.kind.value,
-        ticket_id=intent.ticket_id,
-        automatic=intent.automatic,
-        mail_from=settings.helpdesk.address,
-        recipients=to + cc,
-        message_id=message_id,
-        raw=message.as_bytes(),
-        status=OutboxStatus.PENDING,
-        attempts=0,
-        next_attempt_at=now,
-    )
-    session.add(row)
+    values: dict[str, Any] = {
+        "created_at": now,
+        "kind": intent.kind.value,
+        "ticket_id": intent.ticket_id,
+        "automatic": intent.automatic,
+        "mail_from": settings.helpdesk.address,
+        "recipients": to + cc,
+        "message_id": mail.message_id,
+        "raw": mail.raw,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "claimed_until": None,
+        "last_error": None,
+        "sent_at": None,
+    }
+    row = _insert(session, values, ticket, [a.lower() for a in to + cc] if intent.automatic else [])
+    bound.info("outbox_enqueued", outbox_id=row.id, message_id=row.message_id, recipients=to + cc)
+    return row
+
+
+def _insert(
+    session: Session, values: dict[str, Any], ticket: Ticket | None, answered: list[str]
+) -> OutboxMail:
+    """Write the outbox row, its thread reference and the limiter's rows, and return
+    the row as a persistent object of `session`, as though it had been loaded.
+
+    Prepared statements on the session's connection, rather than objects left
+    to a flush: a flush here would also write every change the caller has
+    pending, and costs several times as much as the statements themselves.
+    """
+    connection = session.connection()
+    outbox_id = connection.execute(_INSERT_OUTBOX, values).scalar_one()
     if ticket is not None:
-        session.add(ThreadRef(message_id=message_id, ticket_id=ticket.id))
-    if intent.automatic:
-        session.add_all(AutoAnswer(recipient=a.lower(), at=now) for a in to + cc)
-    session.flush()
-    bound.info("outbox_enqueued", outbox_id=row.id, message_id=message_id, recipients=to + cc)
+        connection.execute(
+            _INSERT_THREAD_REF, {"message_id": values["message_id"], "ticket_id": ticket.id}
+        )
+    if answered:
+        connection.execute(
+            _INSERT_AUTO_ANSWER, [{"recipient": a, "at": values["created_at"]} for a in answered]
+        )
+    row = OutboxMail(id=outbox_id, **values)
+    make_transient_to_detached(row)
+    session.add(row)
     return row

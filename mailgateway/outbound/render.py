@@ -132,10 +132,10 @@ def _format_datetime(context: Context, value: Any) -> str:
     if not isinstance(value, datetime):
         return "" if value is None else str(value)
     local = value.astimezone(ZoneInfo(context.get("timezone") or "UTC"))
+    time = f"{local.hour:02}:{local.minute:02}"
     if context.get("language") == "it":
-        month = _MONTHS_IT[local.month - 1]
-        return f"{local.day} {month} {local.year} alle ore {local:%H:%M}"
-    return f"{local.day} {_MONTHS_EN[local.month - 1]} {local.year}, {local:%H:%M}"
+        return f"{local.day} {_MONTHS_IT[local.month - 1]} {local.year} alle ore {time}"
+    return f"{local.day} {_MONTHS_EN[local.month - 1]} {local.year}, {time}"
 
 
 @pass_context
@@ -146,7 +146,8 @@ def _label(context: Context, value: Any, field: str) -> str:
 
 def _html_text(value: Any) -> Markup:
     """Plain text shown in HTML: escaped, line breaks kept."""
-    return Markup("<br>\n").join(escape(line) for line in str(value or "").splitlines())
+    lines = "\n".join(str(value or "").splitlines())
+    return Markup(str(escape(lines)).replace("\n", "<br>\n"))
 
 
 def _build_environment(loader: BaseLoader) -> Environment:
@@ -156,6 +157,10 @@ def _build_environment(loader: BaseLoader) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # Compiled templates are kept for the environment's life: the packaged ones
+        # change only with the code, and any change to the admin's files makes a new
+        # environment (see `_admin_signature`), so no template is checked per mail.
+        auto_reload=False,
     )
     env.filters.update(
         quote=_quote,
@@ -167,52 +172,95 @@ def _build_environment(loader: BaseLoader) -> Environment:
     return env
 
 
+_ADMIN_DEPTH = 3  # <language>/<file> is the usual layout; a symlink loop must not hang us
+
+
 def _admin_dir(settings: Settings) -> Path:
     return Path(settings.rules.path) / "templates"
 
 
-def _admin_signature(admin: Path) -> tuple[tuple[str, int], ...]:
-    """Changes when an override file is added or removed, so a new one is seen at once."""
-    try:
-        dirs = [admin, *(Path(e.path) for e in os.scandir(admin) if e.is_dir())]
-        return tuple((str(d), d.stat().st_mtime_ns) for d in dirs)
-    except OSError:
-        return ()
+def _admin_signature(admin: str) -> tuple[tuple[str, int, int], ...]:
+    """Every override file and directory with its mtime and size; () when there are none.
+
+    Changes when a file is added, removed or edited, so the change is seen
+    with the next mail. Without an override directory this is one failed
+    system call.
+    """
+    entries: list[tuple[str, int, int]] = []
+    pending = [(admin, 0)]
+    while pending:
+        path, depth = pending.pop()
+        try:
+            scan = os.scandir(path)
+        except OSError:
+            continue
+        with scan:
+            for entry in scan:
+                try:
+                    info = entry.stat()
+                except OSError:
+                    continue
+                entries.append((entry.path, info.st_mtime_ns, info.st_size))
+                if depth < _ADMIN_DEPTH and entry.is_dir():
+                    pending.append((entry.path, depth + 1))
+    return tuple(sorted(entries))
 
 
-@lru_cache(maxsize=8)
-def _environment(admin: str | None, signature: tuple[tuple[str, int], ...]) -> Environment:
+@lru_cache(maxsize=1)
+def _packaged_environment() -> Environment:
+    return _build_environment(FileSystemLoader(PACKAGED_TEMPLATES))
+
+
+@lru_cache(maxsize=4)
+def _admin_environment(admin: str, signature: tuple[tuple[str, int, int], ...]) -> Environment:
+    """Admin templates first, packaged defaults second; one per state of the admin files."""
     packaged = FileSystemLoader(PACKAGED_TEMPLATES)
-    if admin is None:
-        return _build_environment(packaged)
     return _build_environment(ChoiceLoader([FileSystemLoader(admin), packaged]))
 
 
+@lru_cache(maxsize=16)
+def _admin_path(rules_path: str) -> str:
+    return os.path.join(rules_path, "templates")
+
+
 def template_environment(settings: Settings) -> Environment:
-    """Admin templates first, packaged defaults second; edited files reload by mtime."""
-    admin = _admin_dir(settings)
+    """The packaged templates, behind the admin's overrides when there are any."""
+    admin = _admin_path(str(settings.rules.path))
     signature = _admin_signature(admin)
-    return _environment(str(admin) if signature else None, signature)
+    return _admin_environment(admin, signature) if signature else _packaged_environment()
 
 
-def _template(env: Environment, language: str, kind: MailKind, part: str) -> Template:
-    name = f"{language}/{kind.value}.{part}.j2"
-    if part == "subject":
+_Templates = tuple[Template, Template, Template]  # subject, text, HTML
+
+
+@lru_cache(maxsize=256)
+def _load(env: Environment, language: str, kind: MailKind) -> _Templates | TemplateError:
+    """The three templates of a mail, or the error loading them raised.
+
+    The error is remembered too, so a broken or missing override is not read
+    and compiled again for every mail.
+    """
+    prefix = f"{language}/{kind.value}"
+    try:
         try:
-            return env.get_template(name)
+            subject = env.get_template(f"{prefix}.subject.j2")
         except TemplateNotFound:
-            return env.from_string("{{ subject }}")
-    return env.get_template(name)
+            subject = env.from_string("{{ subject }}")
+        return subject, env.get_template(f"{prefix}.txt.j2"), env.get_template(f"{prefix}.html.j2")
+    except TemplateError as exc:
+        return exc.with_traceback(None)
 
 
 def _render_with(
     env: Environment, language: str, kind: MailKind, context: Mapping[str, Any]
 ) -> RenderedMail:
+    templates = _load(env, language, kind)
+    if isinstance(templates, TemplateError):
+        raise templates.with_traceback(None)
+    subject, text, html = templates
     values = {**context, "language": language, "kind": kind.value}
     return RenderedMail(
-        subject=_template(env, language, kind, "subject").render(values),
-        text=_template(env, language, kind, "txt").render(values),
-        html=_template(env, language, kind, "html").render(values),
+        subject=subject.render(values), text=text.render(values), html=html.render(values)
     )
 
 
@@ -220,15 +268,13 @@ def render(settings: Settings, intent: MailIntent, context: Mapping[str, Any]) -
     """Subject, text and HTML of `intent`, in its language (the desk's when unknown)."""
     language = choose_language(settings, intent.language)
     env = template_environment(settings)
+    if isinstance(_load(env, language, intent.kind), TemplateNotFound):
+        language = settings.helpdesk.language
     try:
-        try:
-            return _render_with(env, language, intent.kind, context)
-        except TemplateNotFound:
-            return _render_with(env, settings.helpdesk.language, intent.kind, context)
+        return _render_with(env, language, intent.kind, context)
     except TemplateError as exc:
         structlog.get_logger(__name__).error(
             "admin_template_failed", transport="outbound", kind=intent.kind.value, error=str(exc)
         )
-        packaged = _environment(None, ())
         fallback = language if language in LANGUAGES else settings.helpdesk.language
-        return _render_with(packaged, fallback, intent.kind, context)
+        return _render_with(_packaged_environment(), fallback, intent.kind, context)

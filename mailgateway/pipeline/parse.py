@@ -40,6 +40,7 @@ from mailgateway.pipeline.decode import (
     html_to_text,
     message_ids,
 )
+from mailgateway.pipeline.large_parts import cut_large_parts, restore_parts
 
 __all__ = ["Attachment", "ParsedMail", "parse_mail"]
 
@@ -327,7 +328,9 @@ def _address_map(
 
 
 def _join(texts: list[str]) -> str:
-    return "\n\n".join(t.strip("\r\n") for t in texts if t.strip())
+    """The body parts as one text with plain newlines (a base64 part keeps its CRLFs)."""
+    joined = "\n\n".join(t.strip("\r\n") for t in texts if t.strip())
+    return joined.replace("\r\n", "\n") if "\r" in joined else joined
 
 
 def _assemble(
@@ -406,6 +409,15 @@ def _nothing(defects: list[str]) -> ParsedMail:
 
 def parse_mail(raw: bytes) -> ParsedMail:
     """Raw RFC 822 bytes → ParsedMail; never raises, whatever the bytes."""
+    skeleton, cut = cut_large_parts(raw)
+    if cut is not None:
+        mail = restore_parts(_parse(skeleton), cut)
+        if mail is not None:
+            return mail
+    return _parse(raw)
+
+
+def _parse(raw: bytes) -> ParsedMail:
     defects: list[str] = []
     stripped = _LEADING_BLANK.sub(b"", raw)
     if len(stripped) != len(raw):

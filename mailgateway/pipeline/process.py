@@ -28,7 +28,7 @@ from mailgateway.pipeline.identify import (
     identify,
     staff_authority,
 )
-from mailgateway.pipeline.parse import ParsedMail, parse_mail
+from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.quote import strip_quotes
 from mailgateway.pipeline.route import route_new_ticket
 from mailgateway.pipeline.thread import ThreadKeys, thread_keys
@@ -36,13 +36,11 @@ from mailgateway.pipeline.thread import ThreadKeys, thread_keys
 log = structlog.get_logger()
 
 def analyse(
-    session: Session, pipeline: Pipeline, raw: bytes, envelope_from: str | None = None,
-    parsed: ParsedMail | None = None,
+    session: Session, pipeline: Pipeline, mail: ParsedMail, envelope_from: str | None = None,
 ) -> Analysis:
-    """Parse (unless `parsed` is given), classify, identify, thread and decide;
+    """Classify, identify, thread and decide;
     reads the database, writes nothing."""
     settings = pipeline.settings
-    mail = parsed if parsed is not None else parse_mail(raw)
     classification = classify(mail, pipeline.own)
     if envelope_from == "" and classification.may_auto_answer:
         # The null sender (MAIL FROM:<>) is how machines say "do not answer me".
@@ -72,7 +70,7 @@ def analyse(
 
 
 def process_inbox_mail(
-    session: Session, pipeline: Pipeline, inbox: InboxMail, parsed: ParsedMail | None = None
+    session: Session, pipeline: Pipeline, inbox: InboxMail, mail: ParsedMail
 ) -> Analysis:
     """Apply the decision for `inbox` and record its fate on the row.
 
@@ -80,16 +78,15 @@ def process_inbox_mail(
     explicitly where an id is needed, instead of flushing before every query.
     """
     with session.no_autoflush:
-        analysis = _process(session, pipeline, inbox, parsed)
+        analysis = _process(session, pipeline, inbox, mail)
     session.flush()
     return analysis
 
 
 def _process(
-    session: Session, pipeline: Pipeline, inbox: InboxMail, parsed: ParsedMail | None
+    session: Session, pipeline: Pipeline, inbox: InboxMail, parsed: ParsedMail
 ) -> Analysis:
-    raw = b"" if parsed is not None else inbox.raw
-    analysis = analyse(session, pipeline, raw, inbox.envelope_from, parsed)
+    analysis = analyse(session, pipeline, parsed, inbox.envelope_from)
     mail, decision = analysis.mail, analysis.decision
     inbox.subject = mail.subject[:1000]
     inbox.sender = analysis.sender.email[:320] or None

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from mailgateway.config import Settings
-from mailgateway.db.models import Account, InboxMail, Message, OutboxMail, Ticket
+from mailgateway.db.models import Account, InboxMail, InboxRaw, Message, OutboxMail, Ticket
 from mailgateway.pipeline.thread import format_tag
 from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
 from mailgateway.service import Gateway
@@ -332,3 +332,17 @@ def test_null_envelope_sender_is_never_answered(desk: Gateway) -> None:
                             envelope_from="")
     assert desk.process(received.inbox_id) == "ignored"
     assert count(desk, OutboxMail) == 0
+
+
+def test_big_attachment_is_kept_whole(desk: Gateway) -> None:
+    open_first_ticket(desk)
+    payload = bytes(range(256)) * 12_000  # 3 MB, base64 runs far past the parser's limit
+    raw = build_mail(subject="Re: [Ticket#2026-000001]", body="archivio",
+                     attachments=[("archivio.zip", payload, "application/zip")])
+    received = desk.receive(raw, transport="pipe")
+    assert desk.process(received.inbox_id) == "processed"
+    [attachment] = ticket(desk)["messages"][-1]["attachments"]
+    assert attachment["sha256"] == hashlib.sha256(payload).hexdigest()
+    with desk.sessions() as session:
+        stored = session.execute(select(InboxRaw.raw)).scalars().all()
+    assert raw in stored

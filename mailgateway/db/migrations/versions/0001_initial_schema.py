@@ -129,7 +129,6 @@ def upgrade() -> None:
     sa.Column('sha256', sa.String(length=64), nullable=False),
     sa.Column('dedup_key', sa.String(length=64), nullable=False),
     sa.Column('size', sa.BigInteger(), nullable=False),
-    sa.Column('raw', sa.LargeBinary(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('subject', sa.Text(), nullable=True),
@@ -178,6 +177,12 @@ def upgrade() -> None:
     with op.batch_alter_table('thread_refs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_thread_refs_ticket_id'), ['ticket_id'], unique=False)
 
+    op.create_table('inbox_raw',
+    sa.Column('inbox_id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('raw', sa.LargeBinary(), nullable=False),
+    sa.ForeignKeyConstraint(['inbox_id'], ['inbox.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('inbox_id')
+    )
     op.create_table('messages',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('ticket_id', sa.Integer(), nullable=False),
@@ -223,6 +228,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_messages_ticket_id'))
 
     op.drop_table('messages')
+    op.drop_table('inbox_raw')
     with op.batch_alter_table('thread_refs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_thread_refs_ticket_id'))
 
