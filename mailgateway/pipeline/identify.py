@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+import authres
+
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.reply_token import ReplyToken, TokenPurpose
 
@@ -62,14 +64,24 @@ def identify(email: str, name: str, matches: Iterable[DirectoryMatch]) -> Sender
     return Sender(SenderKind.UNKNOWN, email, name)
 
 
-def _authres_pass(value: str, trusted: tuple[str, ...], sender_domain: str) -> bool:
-    authserv, _, results = value.partition(";")
-    if authserv.strip().split()[0:1] and authserv.strip().split()[0].lower() not in trusted:
+def _vouched(value: str, trusted: frozenset[str], sender_domain: str) -> bool:
+    """True when a trusted MTA reports DMARC or DKIM passing for the sender's domain.
+
+    Parsed with `authres` (RFC 8601): a hand-rolled split on ";" is fooled by
+    comments and quoted values, and this header decides who may act as staff.
+    """
+    try:
+        header = authres.AuthenticationResultsHeader.parse(f"Authentication-Results: {value}")
+    except Exception:
         return False
-    lowered = results.lower()
-    for method in ("dmarc=pass", "dkim=pass"):
-        index = lowered.find(method)
-        if index >= 0 and sender_domain in lowered[index:index + 200]:
+    if str(header.authserv_id).lower() not in trusted:
+        return False
+    for result in header.results:
+        if result.method not in ("dmarc", "dkim") or result.result != "pass":
+            continue
+        domains = {str(p.value).lower().lstrip("@").rpartition("@")[2]
+                   for p in result.properties if p.name in ("d", "from", "i")}
+        if sender_domain in domains:
             return True
     return False
 
@@ -81,9 +93,9 @@ def staff_authority(
     if token is not None and token.purpose == TokenPurpose.STAFF:
         return "signed staff reply address"
     if trusted_authserv_ids:
-        trusted = tuple(t.lower() for t in trusted_authserv_ids)
+        trusted = frozenset(t.lower() for t in trusted_authserv_ids)
         domain = mail.from_addr.rpartition("@")[2]
         for value in mail.header_all("Authentication-Results"):
-            if _authres_pass(value, trusted, domain):
+            if _vouched(value, trusted, domain):
                 return "Authentication-Results from a trusted MTA"
     return None

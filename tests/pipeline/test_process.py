@@ -346,3 +346,24 @@ def test_big_attachment_is_kept_whole(desk: Gateway) -> None:
     with desk.sessions() as session:
         stored = session.execute(select(InboxRaw.raw)).scalars().all()
     assert raw in stored
+
+
+@pytest.mark.parametrize("results, acts", [
+    ("mx.example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com", True),
+    ("mx.example.com; dkim=fail header.d=example.com; dmarc=fail header.from=example.com", False),
+    ("evil.test; dmarc=pass header.from=example.com", False),  # not a trusted MTA
+    ("mx.example.com; dkim=pass header.d=other.test", False),  # another domain's signature
+    ("mx.example.com; (((garbage", False),
+])
+def test_technician_vouched_by_trusted_mta(settings: Settings, clock: Any, results: str,
+                                           acts: bool) -> None:
+    trusting = Gateway(replace(settings, helpdesk=replace(
+        settings.helpdesk, trusted_authserv_ids=("mx.example.com",))), clock)
+    register_desk(trusting)
+    open_first_ticket(trusting)
+    status = deliver(trusting, build_mail(
+        sender=TECHNICIAN, subject="Re: [Ticket#2026-000001]", body="#chiudi",
+        headers={"Authentication-Results": results}))
+    assert (status, ticket(trusting)["status"]) == (
+        ("processed", "CHIUSO") if acts else ("quarantined", "APERTO"))
+    trusting.close()
