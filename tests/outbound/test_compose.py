@@ -16,7 +16,12 @@ import pytest
 from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
 from mailgateway.errors import PermanentError
-from mailgateway.outbound.compose import capped_references, compose, tagged_subject
+from mailgateway.outbound.compose import (
+    ComposedMail,
+    capped_references,
+    compose,
+    tagged_subject,
+)
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.outbound.queue import settings_context
 from mailgateway.reply_token import TokenPurpose, read_reply_address
@@ -64,8 +69,8 @@ def _intent(
     return MailIntent(kind=kind, language=language, **values)
 
 
-def _reparse(message: EmailMessage) -> EmailMessage:
-    return message_from_bytes(message.as_bytes(), policy=policy.default)
+def _reparse(mail: ComposedMail) -> EmailMessage:
+    return message_from_bytes(mail.raw, policy=policy.default)
 
 
 def _text(message: EmailMessage, subtype: str = "plain") -> str:
@@ -114,9 +119,9 @@ def test_mail_to_technicians_carries_a_staff_token_and_is_not_automatic(
 
 
 def test_scheduled_mails_are_auto_generated(settings: Settings, clock: FixedClock) -> None:
-    message = compose(
+    message = _reparse(compose(
         settings, clock, _intent(MailKind.REMINDER), _context(settings, clock), ticket_number=NUMBER
-    )
+    ))
     assert message["Auto-Submitted"] == "auto-generated"
     assert message["X-Auto-Response-Suppress"] == "All"
 
@@ -144,9 +149,7 @@ def test_long_message_ids_are_folded_between_ids_never_encoded(
 ) -> None:
     ids = [f"{'x' * 150}{n}@mail.example.org" for n in range(5)]
     intent = _intent(in_reply_to=ids[-1], references=tuple(ids[:-1]))
-    raw = compose(
-        settings, clock, intent, _context(settings, clock), ticket_number=NUMBER
-    ).as_bytes()
+    raw = compose(settings, clock, intent, _context(settings, clock), ticket_number=NUMBER).raw
     head = raw.split(b"\r\n\r\n", 1)[0].decode()
 
     assert "=?" not in head.split("References:", 1)[1].split("X-Mailgateway", 1)[0]
@@ -178,9 +181,7 @@ def test_accents_headers_and_line_lengths(
     context = _context(
         settings, clock, subject=subject, body=body, refused_attachments=["fattura n° 3 è.pdf"]
     )
-    raw = compose(
-        settings, clock, _intent(language=language), context, ticket_number=NUMBER
-    ).as_bytes()
+    raw = compose(settings, clock, _intent(language=language), context, ticket_number=NUMBER).raw
 
     assert raw.isascii()
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
@@ -282,9 +283,7 @@ def test_answer_carries_the_stored_attachments(settings: Settings, clock: FixedC
     context = _context(
         settings, clock, body="Ecco la procedura.", author="Luca Verdi", attachments=attachments
     )
-    raw = compose(
-        settings, clock, _intent(MailKind.ANSWER), context, ticket_number=NUMBER
-    ).as_bytes()
+    raw = compose(settings, clock, _intent(MailKind.ANSWER), context, ticket_number=NUMBER).raw
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
     message = message_from_bytes(raw, policy=policy.default)
     files = list(message.iter_attachments())
@@ -309,6 +308,8 @@ def test_a_missing_attachment_file_is_an_error(settings: Settings, clock: FixedC
 
 def test_date_follows_the_clock(settings: Settings, clock: FixedClock) -> None:
     clock.advance(days=3, hours=2)
-    message = compose(settings, clock, _intent(), _context(settings, clock), ticket_number=NUMBER)
+    mail = compose(settings, clock, _intent(), _context(settings, clock), ticket_number=NUMBER)
+    message = _reparse(mail)
     assert parsedate_to_datetime(str(message["Date"])) == clock.now()
     assert replace(settings).helpdesk.domains[0] in str(message["Message-ID"])
+    assert message["Message-ID"] == f"<{mail.message_id}>"
