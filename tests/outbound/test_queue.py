@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
-from mailgateway.db.models import OutboxMail, OutboxStatus, ThreadRef
+from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef
 from mailgateway.outbound.intent import MailIntent, MailKind
-from mailgateway.outbound.queue import enqueue
+from mailgateway.outbound.queue import enqueue, purge_auto_answers
 from tests.outbound.conftest import TicketFactory
 
 
@@ -242,3 +242,21 @@ def test_an_unknown_ticket_is_a_programming_error(
     intent = MailIntent(kind=MailKind.ANSWER, to=("a@b.it",), language="it", ticket_id=999_999)
     with sessions() as session, pytest.raises(ValueError, match="999999"):
         enqueue(session, settings, clock, intent)
+
+
+def test_purge_forgets_answers_older_than_the_window(
+    settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+) -> None:
+    intent = MailIntent(kind=MailKind.UNKNOWN_SENDER, to=("robot@altrove.it",), language="it")
+    for _ in range(3):
+        with sessions.begin() as session:
+            enqueue(session, settings, clock, intent)
+    clock.advance(minutes=settings.outbound.auto_answer_window_minutes)
+    with sessions.begin() as session:
+        enqueue(session, settings, clock, intent)
+    with sessions.begin() as session:
+        assert purge_auto_answers(session, settings, clock.now()) == 3
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(AutoAnswer)) == 1
