@@ -40,10 +40,17 @@ def build_parser(benchmarks: Sequence[Benchmark]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true", help=f"small corpus, one round (n={_QUICK['n']}): for CI"
     )
-    parser.add_argument("--n", type=int, help=f"mails in the corpus (default {_FULL['n']})")
+    parser.add_argument(
+        "--n",
+        type=int,
+        help=f"mails in the corpus (default {_FULL['n']}); also sizes the SMTP and IMAP "
+        "measures (n mails) and the dispatcher's (4 × n)",
+    )
     parser.add_argument("--repeat", type=int, help="rounds of each import (default 3)")
     parser.add_argument(
-        "--ingest-sample", type=int, help="mails piped one by one for the latency (default 50)"
+        "--ingest-sample",
+        type=int,
+        help="mails piped (and appended over IMAP) one by one for the latencies (default 50)",
     )
     parser.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
     parser.add_argument(

@@ -25,7 +25,7 @@ from benchmarks.generate import Corpus
 
 if TYPE_CHECKING:
     from benchmarks.django_helpdesk import DjangoHelpdesk
-    from benchmarks.gateway import Postgres
+    from benchmarks.gateway import Backend, Postgres
 
 Better = Literal["higher", "lower", "equal"]
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*:")
@@ -87,6 +87,14 @@ class Context:
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+
+    def backends(self) -> list[Backend]:
+        """The gateway backends to measure: SQLite always, PostgreSQL when reachable."""
+        return ["sqlite", "postgresql"] if self.postgres is not None else ["sqlite"]
+
+    def site_root(self, name: str, backend: Backend, run: int = 0) -> Path:
+        """A directory for one gateway site of measure `name` (emptied by `gateway_site`)."""
+        return self.workdir / "gateway" / f"{name}-{backend}-{run}"
 
 
 @dataclass(frozen=True)

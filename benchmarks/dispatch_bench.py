@@ -9,37 +9,28 @@ then timed alone (smtplib, no database, same number of sessions): aiosmtpd
 is slower than a real relay, and on a shared machine both figures move, so
 the ratio is the steadier reading.
 
-    python -m benchmarks.dispatch_bench [--n 2000] [--database-url URL] [--json]
-
-Without --database-url the outbox is a fresh SQLite file; a PostgreSQL URL
-names the server, on which a throwaway database is created and dropped.
+The `dispatcher` measure of `python -m benchmarks` runs it on a throwaway site
+per backend (`benchmarks.transport_measures`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing
 import smtplib
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import replace
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import make_url
 
-from benchmarks.smtp_bench import throwaway_database
 from mailgateway.clock import SystemClock
-from mailgateway.config import Settings, settings_from_mapping
+from mailgateway.config import Settings
 from mailgateway.db.migrate import upgrade
 from mailgateway.db.models import OutboxMail, OutboxStatus
 from mailgateway.db.session import create_db_engine, session_factory
-from mailgateway.log import configure_logging
 from mailgateway.outbound.compose import compose, new_message_id
 from mailgateway.outbound.dispatch import dispatch_once, sending_connections
 from mailgateway.outbound.intent import MailIntent, MailKind
@@ -113,8 +104,7 @@ def _fill(settings: Settings, n: int) -> bytes:
         "author": "Luca Verdi",
     }
     template = compose(settings, clock, intent, context, ticket_number="2026-000001")
-    first_id = str(template["Message-ID"]).strip("<>")
-    raw = template.as_bytes()
+    first_id, raw = template.message_id, template.raw
     now = clock.now()
     engine = create_db_engine(settings.database)
     try:
@@ -205,37 +195,3 @@ def bench_dispatch(settings: Settings, n: int = 2000) -> dict[str, Any]:
         "mails_per_s": round(n / elapsed, 1),
         "relay_alone_mails_per_s": round(ceiling, 1),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="mails to send (default 2000)")
-    parser.add_argument("--database-url", help="sqlite:///… or postgresql+psycopg://… (server)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    args = parser.parse_args(argv)
-    with (
-        tempfile.TemporaryDirectory(prefix="mg-bench-") as workdir,
-        throwaway_database(args.database_url, Path(workdir)) as url,
-    ):
-        settings = settings_from_mapping(
-            {
-                "helpdesk": {"data_dir": str(Path(workdir) / "var")},
-                "database": {"url": url},
-                "rules": {"path": str(Path(workdir) / "rules")},
-                "log": {"level": "warning"},
-            }
-        )
-        configure_logging(settings.log)
-        report = bench_dispatch(settings, args.n)
-    if args.json:
-        json.dump(report, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        width = max(len(key) for key in report)
-        for key, value in report.items():
-            sys.stdout.write(f"{key:<{width}}  {value}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

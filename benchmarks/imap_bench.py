@@ -13,59 +13,32 @@ database commit that makes the ticket exist.
   new-mail notices for 500 ms (NOTIFY_DELAY_MSECS), so no such IDLE client
   of Dovecot goes below it; the poller's share is the rest.
 
-    python -m benchmarks.imap_bench [--n 1000] [--samples 100] [--database-url URL] [--json]
-
-Without --database-url the gateway uses a fresh SQLite file. A PostgreSQL URL
-names the server: a throwaway database is created on it and dropped after.
+The `imap-poller` measure of `python -m benchmarks` runs it on a throwaway
+site per backend (`benchmarks.transport_measures`), with the mail the SMTP
+measure sends.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import statistics
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import make_msgid
-from pathlib import Path
 from typing import Any
 
 from imapclient import IMAPClient
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from benchmarks.smtp_bench import throwaway_database
-from mailgateway.config import ImapSettings, Settings, settings_from_mapping
+from benchmarks.core import median, percentile
+from benchmarks.smtp_bench import SENDER, SUPPORT, request_mail
+from mailgateway.config import ImapSettings, Settings
 from mailgateway.db.models import Ticket
 from mailgateway.directory import add_account
 from mailgateway.ingest import Received
 from mailgateway.ingest.imap import ImapPoller
-from mailgateway.log import configure_logging
 from mailgateway.service import Gateway
 from tests.dovecot import Dovecot, dovecot_available
-
-SENDER = "bench@studiobench.it"
-SUPPORT = "assistenza@example.com"
-BODY = (
-    "Buongiorno,\n\nquando apro MOCO e vado su MPRI compare l'errore 98,20 e il programma si "
-    "chiude. Abbiamo già provato a riavviare il computer.\n\nGrazie,\nStudio Bench\n"
-) * 6
-
-
-def _mail(index: int) -> bytes:
-    message = EmailMessage()
-    message["From"] = SENDER
-    message["To"] = SUPPORT
-    message["Subject"] = f"Richiesta {index}: errore 98,20 su MOCO"
-    message["Message-ID"] = make_msgid(domain="studiobench.it")
-    message.set_content(BODY)
-    return message.as_bytes(policy=SMTP_POLICY)
 
 
 class _Timed:
@@ -109,7 +82,7 @@ def _server_floor(server: Dovecot, samples: int) -> list[float]:
         for index in range(samples):
             time.sleep(jitter.uniform(0.05, 0.25))
             started = time.perf_counter()
-            server.append("INBOX", _mail(200_000 + index))
+            server.append("INBOX", request_mail(200_000 + index))
             deadline = started + 30
             while time.perf_counter() < deadline:
                 responses = client.idle_check(timeout=0.5)
@@ -130,11 +103,6 @@ def _server_floor(server: Dovecot, samples: int) -> list[float]:
 def _tickets(gateway: Gateway) -> int:
     with gateway.sessions() as session:
         return int(session.execute(select(func.count(Ticket.id))).scalar_one())
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def _ms(seconds: float) -> float:
@@ -164,26 +132,30 @@ def _latencies(server: Dovecot, poller: ImapPoller, timed: _Timed, samples: int)
     with _Running(poller):
         # Warm-up: the first mail proves the poller is connected and idling.
         timed.done.clear()
-        server.append("INBOX", _mail(-1))
+        server.append("INBOX", request_mail(-1))
         if not timed.done.wait(30):
             raise RuntimeError("the poller did not handle the warm-up mail")
         for index in range(samples):
             time.sleep(jitter.uniform(0.05, 0.25))  # do not phase-lock with any timer
             timed.done.clear()
             started = time.perf_counter()
-            server.append("INBOX", _mail(100_000 + index))
+            server.append("INBOX", request_mail(100_000 + index))
             if not timed.done.wait(30):
                 raise RuntimeError(f"sample {index}: no ticket after 30 s")
             latencies.append(timed.finished_at - started)
     return latencies
 
 
-def bench_imap(settings: Settings, n: int = 1000, samples: int = 100) -> dict[str, Any]:
+def bench_imap(
+    settings: Settings, n: int = 1000, samples: int = 100, floor_samples: int | None = None
+) -> dict[str, Any]:
     """Drain a backlog of `n` mails, then time `samples` mails appended while idle.
 
     The database in `settings` must be empty and migrated. Returns the drain
     rate (mails/s) and APPEND-to-ticket percentiles (ms) with Dovecot's own
-    notification floor beside them.
+    notification floor beside them, from `floor_samples` mails (default: as
+    many as `samples`, at most 50; 0 skips it, as it does not depend on the
+    gateway's database).
     """
     if not dovecot_available():
         raise RuntimeError("Dovecot (dovecot, doveadm) is not installed or cannot run here")
@@ -198,7 +170,7 @@ def bench_imap(settings: Settings, n: int = 1000, samples: int = 100) -> dict[st
                 username=server.username,
                 password=server.password,
             )
-            server.append_many("INBOX", (_mail(i) for i in range(n)))
+            server.append_many("INBOX", (request_mail(i) for i in range(n)))
             server.close_client()
             started = time.perf_counter()
             handled = ImapPoller(mailbox, gateway).run_once()
@@ -208,7 +180,8 @@ def bench_imap(settings: Settings, n: int = 1000, samples: int = 100) -> dict[st
 
             timed = _Timed(gateway)
             latencies = _latencies(server, ImapPoller(mailbox, timed), timed, samples)
-            floors = _server_floor(server, min(samples, 50))
+            floor_count = min(samples, 50) if floor_samples is None else floor_samples
+            floors = _server_floor(server, floor_count) if floor_count else []
     finally:
         gateway.close()
     report: dict[str, Any] = {
@@ -217,50 +190,12 @@ def bench_imap(settings: Settings, n: int = 1000, samples: int = 100) -> dict[st
         "drain_seconds": round(drain, 2),
         "drain_mails_per_s": round(n / drain, 1),
         "latency_samples": len(latencies),
-        "latency_p50_ms": _ms(statistics.median(latencies)),
-        "latency_p99_ms": _ms(_percentile(latencies, 0.99)),
+        "latency_p50_ms": _ms(median(latencies)),
+        "latency_p99_ms": _ms(percentile(latencies, 99)),
         "latency_max_ms": _ms(max(latencies)),
     }
     if floors:
         # What Dovecot alone costs: it batches new-mail notices for 500 ms.
-        report["dovecot_notice_p50_ms"] = _ms(statistics.median(floors))
-        report["dovecot_notice_p99_ms"] = _ms(_percentile(floors, 0.99))
+        report["dovecot_notice_p50_ms"] = _ms(median(floors))
+        report["dovecot_notice_p99_ms"] = _ms(percentile(floors, 99))
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--n", type=int, default=1000, help="backlog to drain (default 1000)")
-    parser.add_argument(
-        "--samples", type=int, default=100, help="mails timed one by one while idle (default 100)"
-    )
-    parser.add_argument("--database-url", help="sqlite:///… or postgresql+psycopg://… (server)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    args = parser.parse_args(argv)
-    with (
-        tempfile.TemporaryDirectory(prefix="mg-bench-") as workdir,
-        throwaway_database(args.database_url, Path(workdir)) as url,
-    ):
-        settings = settings_from_mapping(
-            {
-                "helpdesk": {"data_dir": str(Path(workdir) / "var")},
-                "database": {"url": url},
-                "outbound": {"maildir": str(Path(workdir) / "sent")},
-                "rules": {"path": str(Path(workdir) / "rules")},
-                "log": {"level": "warning"},
-            }
-        )
-        configure_logging(settings.log)
-        report = bench_imap(settings, args.n, args.samples)
-    if args.json:
-        json.dump(report, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        width = max(len(key) for key in report)
-        for key, value in report.items():
-            sys.stdout.write(f"{key:<{width}}  {value}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

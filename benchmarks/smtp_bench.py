@@ -6,45 +6,34 @@ production both share the machine and the database). The clients run in a
 separate process so that their work does not share the server's interpreter
 lock: each of them holds one smtplib connection and times every `sendmail`.
 
-    python -m benchmarks.smtp_bench [--n 2000] [--clients 8] [--database-url URL]
-
-Without --database-url the gateway uses a fresh SQLite file. A PostgreSQL URL
-names the server: a throwaway database is created on it and dropped after.
+The `smtp-listener` measure of `python -m benchmarks` runs it on a throwaway
+site per backend (`benchmarks.transport_measures`). The mail is one short
+request from one registered sender, numbered; the IMAP measure appends the same.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import multiprocessing
-import statistics
-import sys
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import replace
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import make_msgid
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from mailgateway.config import Settings, settings_from_mapping
-from mailgateway.db.migrate import upgrade
+from benchmarks.core import median, percentile
+from mailgateway.config import Settings
 from mailgateway.db.models import InboxMail, InboxStatus
 from mailgateway.directory import add_account
 from mailgateway.errors import UserError
 from mailgateway.ingest.smtp import SmtpListener
-from mailgateway.log import configure_logging
 from mailgateway.server import Processor
 from mailgateway.service import Gateway
 
@@ -57,7 +46,8 @@ BODY = (
 ) * 6
 
 
-def _mail(index: int) -> bytes:
+def request_mail(index: int) -> bytes:
+    """Request number `index` from the benchmark's sender: short, plain text, a fresh Message-ID."""
     message = EmailMessage()
     message["From"] = SENDER
     message["To"] = SUPPORT
@@ -71,7 +61,7 @@ def _client(port: int, indexes: list[int]) -> tuple[float, float, list[float]]:
     """One connection sending its share; returns (start, end, seconds to each 250)."""
     import smtplib
 
-    mails = [_mail(i) for i in indexes]
+    mails = [request_mail(i) for i in indexes]
     latencies: list[float] = []
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
         smtp.ehlo()
@@ -137,11 +127,6 @@ class _Server:
         self._pool.shutdown()
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def _waiting(gateway: Gateway) -> int:
     with gateway.sessions() as session:
         query = select(func.count()).where(InboxMail.status == InboxStatus.RECEIVED.value)
@@ -165,7 +150,10 @@ def bench_smtp(
         spawn = multiprocessing.get_context("spawn")
         with spawn.Pool(1) as client_process, _Server(settings, gateway, process) as server:
             cpu_before = time.process_time()
-            results = client_process.apply(_clients, (server.listener.port, n, clients))
+            sending = client_process.apply_async(_clients, (server.listener.port, n, clients))
+            # A client process that dies (say, on an import error) loses the task
+            # without a word: wait a bounded time rather than forever.
+            results = sending.get(timeout=60 + n / 5)
             cpu_used = time.process_time() - cpu_before
             sent_at = time.monotonic()
             waiting = _waiting(gateway) if process else 0
@@ -184,8 +172,8 @@ def bench_smtp(
         "clients": clients,
         "seconds": round(end - start, 3),
         "mails_per_s": round(len(latencies) / (end - start), 1),
-        "p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+        "p50_ms": round(median(latencies) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
         "max_ms": round(max(latencies) * 1000, 2),
         # CPU of this process (listener, gateway, processor) per mail while sending:
         # unlike the times above, it hardly depends on what else the machine runs.
@@ -196,68 +184,3 @@ def bench_smtp(
         report["processing_lag_s"] = round(processed_at - sent_at, 2)
         report["left_unprocessed"] = waiting
     return report
-
-
-@contextmanager
-def throwaway_database(url: str | None, workdir: Path) -> Iterator[str]:
-    """A fresh, migrated database: a SQLite file in `workdir`, or a new PostgreSQL database."""
-    if not url or url.startswith("sqlite"):
-        target = f"sqlite:///{workdir / 'bench.db'}"
-        yield _migrated(target)
-        return
-    base = make_url(url)
-    name = f"mg_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield _migrated(base.set(database=name).render_as_string(hide_password=False))
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _migrated(url: str) -> str:
-    engine = create_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    return url
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="mails to send (default 2000)")
-    parser.add_argument("--clients", type=int, default=8, help="parallel connections")
-    parser.add_argument("--database-url", help="sqlite:///… or postgresql+psycopg://… (server)")
-    parser.add_argument("--no-process", action="store_true", help="do not run the processor")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    args = parser.parse_args(argv)
-    with (
-        tempfile.TemporaryDirectory(prefix="mg-bench-") as workdir,
-        throwaway_database(args.database_url, Path(workdir)) as url,
-    ):
-        settings = settings_from_mapping(
-            {
-                "helpdesk": {"data_dir": str(Path(workdir) / "var")},
-                "database": {"url": url},
-                "outbound": {"maildir": str(Path(workdir) / "sent")},
-                "rules": {"path": str(Path(workdir) / "rules")},
-                # One sender for every mail trips the auto-answer limiter: not news.
-                "log": {"level": "error"},
-            }
-        )
-        configure_logging(settings.log)
-        report = bench_smtp(settings, args.n, args.clients, process=not args.no_process)
-    if args.json:
-        json.dump(report, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        width = max(len(key) for key in report)
-        for key, value in report.items():
-            sys.stdout.write(f"{key:<{width}}  {value}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

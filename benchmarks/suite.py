@@ -1,8 +1,9 @@
 """The registered measures, in the order the runner takes them.
 
-To add a measure (SMTP, IMAP, the dispatcher…), write a function `Context -> list[Row]`
-and append a `Benchmark` to `BENCHMARKS`; the runner, `--only`, the table and the JSON pick
-it up with nothing else to change.
+To add a measure, write a function `Context -> list[Row]` and append a `Benchmark` to
+`BENCHMARKS`; the runner, `--only`, the table and the JSON pick it up with nothing else to
+change. The measures here drive the gateway's command line; those of its transports (SMTP
+listener, IMAP poller, dispatcher) run in process and live in `transport_measures`.
 """
 
 from __future__ import annotations
@@ -29,20 +30,11 @@ from benchmarks.gateway import (
     timed_import,
 )
 from benchmarks.generate import large_attachment_reply, write_maildir
+from benchmarks.transport_measures import dispatcher, imap_poller, smtp_listener
 
 LARGE_ATTACHMENT_BYTES = 25_000_000
 SMALL_ATTACHMENT_BYTES = 20_000
 _MIB = 1024
-
-
-def _backends(ctx: Context) -> list[Backend]:
-    """The gateway backends to measure: SQLite always, PostgreSQL when reachable."""
-    return ["sqlite", "postgresql"] if ctx.postgres is not None else ["sqlite"]
-
-
-def _site_root(ctx: Context, name: str, backend: Backend, run: int = 0) -> Path:
-    """A fresh directory for one gateway site."""
-    return ctx.workdir / "gateway" / f"{name}-{backend}-{run}"
 
 
 def bulk_import(ctx: Context) -> list[Row]:
@@ -53,7 +45,7 @@ def bulk_import(ctx: Context) -> list[Row]:
     favour whoever always runs first. Throughput and memory are medians over the rounds;
     the counts come from the last round (they do not vary between rounds).
     """
-    gateway: dict[Backend, list[ImportResult]] = {backend: [] for backend in _backends(ctx)}
+    gateway: dict[Backend, list[ImportResult]] = {backend: [] for backend in ctx.backends()}
     peer: list[PeerResult] = []
     errors: dict[str, str] = {}
     for run in range(ctx.repeat):
@@ -67,7 +59,7 @@ def bulk_import(ctx: Context) -> list[Row]:
                         peer.append(ctx.peer.run(ctx.peer_corpus.raw))
                 elif ctx.gateway_missing is None:
                     backend: Backend = "sqlite" if contender == "sqlite" else "postgresql"
-                    root = _site_root(ctx, "import", backend, run)
+                    root = ctx.site_root("import", backend, run)
                     with gateway_site(
                         root, backend, ctx.corpus, postgres=ctx.postgres, rules=ctx.rules
                     ) as site:
@@ -173,8 +165,8 @@ def ingest_latency(ctx: Context) -> list[Row]:
     sample = ctx.follow_on
     p50: dict[Backend, float] = {}
     p99: dict[Backend, float] = {}
-    for backend in _backends(ctx):
-        root = _site_root(ctx, "ingest", backend)
+    for backend in ctx.backends():
+        root = ctx.site_root("ingest", backend)
         with gateway_site(
             root, backend, ctx.corpus, postgres=ctx.postgres, rules=ctx.rules
         ) as site:
@@ -223,8 +215,8 @@ def large_attachment(ctx: Context) -> list[Row]:
     large_mail = large_attachment_reply(ctx.corpus, LARGE_ATTACHMENT_BYTES, ctx.seed)
     small: dict[Backend, float] = {}
     large: dict[Backend, float] = {}
-    for backend in _backends(ctx):
-        root = _site_root(ctx, "large", backend)
+    for backend in ctx.backends():
+        root = ctx.site_root("large", backend)
         with gateway_site(
             root, backend, ctx.corpus, postgres=ctx.postgres, rules=ctx.rules
         ) as site:
@@ -308,4 +300,13 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark(
         "parse-floor", "mail-parser parse-only rate on the corpus", parse_floor, needs_gateway=False
     ),
+    Benchmark(
+        "smtp-listener",
+        "SMTP accepted mails/s and time-to-250, 8 clients, processor running",
+        smtp_listener,
+    ),
+    Benchmark(
+        "imap-poller", "IMAP backlog drain and APPEND-to-ticket latency with IDLE", imap_poller
+    ),
+    Benchmark("dispatcher", "outbox to a local SMTP sink, mails/s", dispatcher),
 ]

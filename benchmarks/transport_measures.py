@@ -1,0 +1,251 @@
+"""The transports measured in process: SMTP listener, IMAP poller, dispatcher.
+
+A listener's acknowledgements, a poller's IDLE and a dispatcher's batches cannot be driven
+one command at a time, so these measures run the gateway's own classes in this process
+(`smtp_bench`, `imap_bench`, `dispatch_bench`) against a throwaway site per backend. The
+site is the one `gateway_site` builds for the command-line measures — same config, same
+scratch database, schema and accounts — read by the gateway's own settings loader, so both
+kinds of measure run on the same installation. Sizes follow the corpus size `n`: `--quick`
+makes them small without a knob of their own.
+
+Each measure imports its module only when it runs: the IMAP one needs Dovecot and
+imapclient, and a missing prerequisite is a note under the table, not a crash of the run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.core import Better, Context, Row, summarize_error
+from benchmarks.gateway import Backend, gateway_site
+
+if TYPE_CHECKING:
+    from mailgateway.config import Settings
+
+SMTP_CLIENTS = 8
+DISPATCH_MAILS_PER_CORPUS_MAIL = 4
+"""The dispatcher sends in batches over a few sessions and is quick: 4 × n (2,000 for the
+default corpus) make enough batches for a steady rate."""
+
+Results = dict[Backend, dict[str, Any]]
+
+
+@contextmanager
+def site_settings(ctx: Context, name: str, backend: Backend) -> Iterator[Settings]:
+    """The settings of a fresh throwaway site on `backend`, dropped on exit.
+
+    Logs are cut to errors: the in-process gateway would otherwise print a warning per
+    mail (the auto-answer limiter trips when one sender writes a thousand times) among
+    the runner's output.
+    """
+    from mailgateway.config import load_settings
+    from mailgateway.log import configure_logging
+
+    root = ctx.site_root(name, backend)
+    with gateway_site(root, backend, ctx.corpus, postgres=ctx.postgres, rules=ctx.rules) as site:
+        settings = load_settings(site.config)
+        settings = replace(settings, log=replace(settings.log, level="error"))
+        configure_logging(settings.log)
+        yield settings
+
+
+def _each_backend(ctx: Context, name: str, run: Callable[[Backend], dict[str, Any]]) -> Results:
+    """Run `run` on every backend; a failure becomes a note and a failed run, not a crash."""
+    results: Results = {}
+    for backend in ctx.backends():
+        try:
+            results[backend] = run(backend)
+        except Exception as exc:  # any failure of one backend: report it, measure the next
+            detail = "".join(traceback.format_exception(exc))
+            ctx.notes.append(f"{name} on {backend} failed: {summarize_error(detail)}")
+            ctx.failures.append(f"{name} ({backend})")
+            ctx.details.setdefault("errors", {})[f"{name}-{backend}"] = detail
+    ctx.details[name] = results
+    return results
+
+
+def _row(
+    results: Results,
+    metric: str,
+    unit: str,
+    value: Callable[[dict[str, Any]], float | None],
+    *,
+    better: Better = "higher",
+    note: str = "",
+    only: Backend | None = None,
+) -> Row:
+    """One row from per-backend reports; a backend with no report (or `only` another) shows —."""
+
+    def cell(backend: Backend) -> float | None:
+        report = results.get(backend)
+        if report is None or (only is not None and backend != only):
+            return None
+        return value(report)
+
+    return Row(metric, unit, cell("sqlite"), cell("postgresql"), None, better=better, note=note)
+
+
+def _missing(ctx: Context, name: str, module: str) -> bool:
+    """Import `module`; on failure say why under the table and return True."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        ctx.notes.append(f"{name} skipped: {exc}")
+        return True
+    return False
+
+
+def smtp_listener(ctx: Context) -> list[Row]:
+    """Accepted mails/s and time-to-250 of the SMTP listener, 8 clients, processor running.
+
+    The processor shares the process and the database, as `serve` runs them by default;
+    a second, listener-only run on a fresh site shows what the processor's share costs.
+    """
+    name, mails = "smtp-listener", ctx.n
+    results: Results = {}
+    if not _missing(ctx, name, "benchmarks.smtp_bench"):
+        from benchmarks.smtp_bench import bench_smtp
+
+        def run(backend: Backend) -> dict[str, Any]:
+            with site_settings(ctx, "smtp", backend) as settings:
+                served = bench_smtp(settings, mails, SMTP_CLIENTS, process=True)
+            with site_settings(ctx, "smtp-alone", backend) as settings:
+                alone = bench_smtp(settings, mails, SMTP_CLIENTS, process=False)
+            return {**served, "listener_only_mails_per_s": alone["mails_per_s"]}
+
+        results = _each_backend(ctx, name, run)
+    return [
+        _row(
+            results,
+            f"SMTP accepted, {mails} mails, {SMTP_CLIENTS} clients",
+            "mails/s",
+            lambda r: r["mails_per_s"],
+            note="processor running in the same process (the default deployment); "
+            "a mail counts when its 250 arrives, after the inbox commit",
+        ),
+        _row(results, "SMTP time-to-250 p50", "ms", lambda r: r["p50_ms"], better="lower"),
+        _row(results, "SMTP time-to-250 p99", "ms", lambda r: r["p99_ms"], better="lower"),
+        _row(
+            results,
+            "SMTP to tickets, first mail sent to last ticket",
+            "mails/s",
+            lambda r: r.get("processed_per_s"),
+            note="the processor's pace while the listener takes mail",
+        ),
+        _row(
+            results,
+            "CPU time per mail, SMTP listener + processor",
+            "ms",
+            lambda r: r["server_cpu_ms_per_mail"],
+            better="lower",
+            note="this process only, while sending; steadier than the rates on a busy machine",
+        ),
+        _row(
+            results,
+            "SMTP accepted, listener only",
+            "mails/s",
+            lambda r: r["listener_only_mails_per_s"],
+            note="processor off, fresh site: the listener's own ceiling",
+        ),
+    ]
+
+
+def imap_poller(ctx: Context) -> list[Row]:
+    """Backlog drain and APPEND-to-ticket latency of the IMAP poller against a real Dovecot.
+
+    Dovecot's own notice delay (the floor of any IDLE client) does not depend on the
+    gateway's database, so it is measured once, on the first backend.
+    """
+    name, backlog, samples = "imap-poller", ctx.n, max(1, len(ctx.follow_on))
+    results: Results = {}
+    if not _missing(ctx, name, "benchmarks.imap_bench"):
+        from benchmarks.imap_bench import bench_imap
+        from tests.dovecot import dovecot_available
+
+        if dovecot_available():
+            first = ctx.backends()[0]
+
+            def run(backend: Backend) -> dict[str, Any]:
+                floor = None if backend == first else 0
+                with site_settings(ctx, "imap", backend) as settings:
+                    return bench_imap(settings, backlog, samples, floor_samples=floor)
+
+            results = _each_backend(ctx, name, run)
+        else:
+            ctx.notes.append(
+                f"{name} skipped: Dovecot (/usr/sbin/dovecot, doveadm) is not installed "
+                "or cannot run as an unprivileged mail user here"
+            )
+    floor_note = (
+        "no poller, a bare client re-entering IDLE: Dovecot batches new-mail notices "
+        "for 500 ms, so no IDLE client goes below it; shown in the SQLite column"
+    )
+    return [
+        _row(
+            results,
+            f"IMAP backlog drain, {backlog} mails",
+            "mails/s",
+            lambda r: r["drain_mails_per_s"],
+            note="one pass of the poller: fetch, commit, pipeline, move; Dovecot on loopback",
+        ),
+        _row(
+            results,
+            "IMAP APPEND to ticket p50, IDLE",
+            "ms",
+            lambda r: r["latency_p50_ms"],
+            better="lower",
+            note=f"{samples} mails appended one by one while the poller idles",
+        ),
+        _row(
+            results,
+            "IMAP APPEND to ticket p99, IDLE",
+            "ms",
+            lambda r: r["latency_p99_ms"],
+            better="lower",
+        ),
+        _row(
+            results,
+            "Dovecot alone, APPEND to IDLE notice p50 (floor)",
+            "ms",
+            lambda r: r.get("dovecot_notice_p50_ms"),
+            better="lower",
+            note=floor_note,
+            only="sqlite",
+        ),
+    ]
+
+
+def dispatcher(ctx: Context) -> list[Row]:
+    """Mails/s the dispatcher sends from the outbox to a local SMTP sink, rows committed."""
+    name, mails = "dispatcher", DISPATCH_MAILS_PER_CORPUS_MAIL * ctx.n
+    results: Results = {}
+    if not _missing(ctx, name, "benchmarks.dispatch_bench"):
+        from benchmarks.dispatch_bench import bench_dispatch
+
+        def run(backend: Backend) -> dict[str, Any]:
+            with site_settings(ctx, "dispatch", backend) as settings:
+                return bench_dispatch(settings, mails)
+
+        results = _each_backend(ctx, name, run)
+    return [
+        _row(
+            results,
+            f"dispatcher to an SMTP sink, {mails} mails",
+            "mails/s",
+            lambda r: r["mails_per_s"],
+            note="one dispatch pass: claim, send over parallel sessions, commit each row as "
+            "sent; the sink (aiosmtpd) runs in another process",
+        ),
+        _row(
+            results,
+            "same sink, smtplib alone (no database)",
+            "mails/s",
+            lambda r: r["relay_alone_mails_per_s"],
+            note="the most this sink takes here: read the dispatcher's rate against it",
+        ),
+    ]
