@@ -107,10 +107,11 @@ def import_archive(gateway: Gateway, source: str, *, progress: bool = False) -> 
                        transient=True)
         bar.start()
         task = bar.add_task("import", total=None)
-    pool = _pool()
+    batches = _batches(source)
+    pending = next(batches, None)
+    # Worker processes cost a second or so to start: worth it only for a real archive.
+    pool = _pool() if pending is not None and len(pending) == BATCH else None
     try:
-        batches = _batches(source)
-        pending = next(batches, None)
         futures = _submit(pool, pending) if pending else []
         while pending:
             following = next(batches, None)
