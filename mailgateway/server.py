@@ -8,6 +8,7 @@ a stop is clean: no new sessions, in-flight mail committed, exit 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import Protocol
@@ -45,8 +46,10 @@ class Processor:
 
     def wake(self, _inbox_id: int | None = None) -> None:
         """Thread-safe: called by transports right after a commit."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed in between: serve is ending
+                loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self, stopping: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()

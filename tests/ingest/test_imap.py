@@ -9,6 +9,7 @@ commit and the move).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -168,7 +169,8 @@ class RunningPoller:
         """Set `stopping` and wait for `run` to return; returns how long that took."""
         started = time.monotonic()
         if self._loop is not None and self._stopping is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stopping.set)
+            with contextlib.suppress(RuntimeError):  # the loop ran out and closed meanwhile
+                self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the poller did not stop"
         return time.monotonic() - started

@@ -9,6 +9,7 @@ in-memory receiver that can hold or fail a commit on demand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -163,7 +164,8 @@ class RunningListener:
     def request_stop(self) -> None:
         wait_until(lambda: self._stopping is not None, what="the stop event")
         assert self._stopping is not None
-        self._loop.call_soon_threadsafe(self._stopping.set)
+        with contextlib.suppress(RuntimeError):  # the loop already ran out and closed
+            self._loop.call_soon_threadsafe(self._stopping.set)
 
     def stop(self, timeout: float = 20.0) -> None:
         assert self._outcome is not None
