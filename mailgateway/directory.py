@@ -57,12 +57,12 @@ def add_account(
 
 
 @dataclass(frozen=True)
-class ImportReport:
+class AccountsImport:
     added: int
     skipped: list[str]
 
 
-def import_accounts(session: Session, clock: Clock, path: Path) -> ImportReport:
+def import_accounts(session: Session, clock: Clock, path: Path) -> AccountsImport:
     """Accounts from a CSV with a header: name, email, vat (optional), language (optional)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -81,7 +81,7 @@ def import_accounts(session: Session, clock: Clock, path: Path) -> ImportReport:
             added += 1
         except UserError as exc:
             skipped.append(f"line {line}: {exc}")
-    return ImportReport(added, skipped)
+    return AccountsImport(added, skipped)
 
 
 def find_account(session: Session, email: str) -> Account:

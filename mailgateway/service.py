@@ -32,9 +32,9 @@ from mailgateway.db.session import (
 from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent
-from mailgateway.pipeline.context import Analysis, Mailer, Pipeline
+from mailgateway.pipeline.context import Mailer, Pipeline
 from mailgateway.pipeline.parse import ParsedMail, parse_mail
-from mailgateway.pipeline.process import analyse, process_inbox_mail
+from mailgateway.pipeline.process import process_inbox_mail
 
 log = structlog.get_logger()
 
@@ -354,11 +354,3 @@ class Gateway:
                 raise UserError(f"Mail {inbox_id} is {row.status}, not quarantined.")
             row.status, row.reason = InboxStatus.RECEIVED.value, None
         return self.process(inbox_id)
-
-    def dry_run(self, raw: bytes) -> Analysis:
-        """What the pipeline would decide for `raw`; writes nothing."""
-        with self.sessions() as session:
-            try:
-                return analyse(session, self.pipeline, parse_mail(raw))
-            finally:
-                session.rollback()

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 from mailgateway.db.models import Account, InboxMail, Message, Ticket
 from mailgateway.errors import UserError
 from mailgateway.pipeline.thread import format_tag
+from mailgateway.tickets import find_by_number
 
 
 def _time(value: datetime | None) -> str | None:
@@ -57,8 +58,7 @@ def _message(message: Message) -> dict[str, Any]:
 
 
 def show_ticket(session: Session, ticket_tag: str, number: str) -> dict[str, Any]:
-    ticket = session.execute(
-        select(Ticket).where(Ticket.number == number.strip())).scalar_one_or_none()
+    ticket = find_by_number(session, number.strip())
     if ticket is None:
         raise UserError(f"There is no ticket {number}.")
     linked = session.get(Ticket, ticket.linked_ticket_id) if ticket.linked_ticket_id else None

@@ -34,7 +34,7 @@ class Pipeline:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Everything the pure stages found about one mail: what `rules test` prints."""
+    """Everything the pure stages found about one mail, before anything is written."""
 
     mail: ParsedMail
     classification: Classification

@@ -2,8 +2,8 @@
 
 `decide` is pure: it takes what parsing, classification, identification and
 threading found, and returns what should happen and why. `process.py`
-applies it in one transaction; `rules test` prints it and applies nothing,
-so the dry run and the real run cannot drift apart.
+applies it in one transaction; an admin's dry run (SPEC's `rules test`)
+needs only to print it, so the dry run and the real run cannot drift apart.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.quote import strip_quotes
 from mailgateway.pipeline.route import route_new_ticket
 from mailgateway.pipeline.thread import ThreadKeys, thread_keys
+from mailgateway.tickets import find_by_number
 
 log = structlog.get_logger()
 
@@ -157,8 +158,7 @@ def _find_ticket(session: Session, keys: ThreadKeys) -> d.TicketRef | None:
     for number, found_by in ((keys.tag_number, "subject tag"),
                              (keys.token.ticket_number if keys.token else None, "reply token")):
         if number:
-            ticket = session.execute(
-                select(Ticket).where(Ticket.number == number)).scalar_one_or_none()
+            ticket = find_by_number(session, number)
             if ticket is not None:
                 return _ref(ticket, found_by)
     if keys.references:
