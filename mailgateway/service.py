@@ -11,10 +11,10 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, Table, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,8 +22,10 @@ from mailgateway.clock import Clock, SystemClock
 from mailgateway.config import Settings
 from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus, OutboxMail
 from mailgateway.db.session import (
+    attach_inserted,
     create_db_engine,
     insert_raw,
+    insert_raws,
     is_postgresql,
     is_transient,
     session_factory,
@@ -113,6 +115,14 @@ def prepare_mail(raw: bytes) -> PreparedMail:
     return PreparedMail(raw, raw_identity(raw), parse_mail(raw))
 
 
+class _BatchFailed(Exception):
+    """A mail of a batch processed without savepoints raised; its cause says why."""
+
+
+_INBOX = cast(Table, InboxMail.__table__)
+_INSERT_INBOX = insert(_INBOX)
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str
@@ -199,38 +209,76 @@ class Gateway:
     def receive_batch(self, mails: Sequence[PreparedMail], transport: str) -> list[Outcome]:
         """Store and process many mails in one transaction (bulk import).
 
-        Each mail is processed under a savepoint, so one that fails is quarantined
-        alone; the batch commits once, which is what makes an import fast. If the
-        batch cannot commit, nothing of it is stored and the caller may fall back
-        to one mail at a time.
+        The batch is stored with a statement per table and processed with no
+        savepoints: savepoints and the flushes they force cost as much as the
+        work itself. Should any mail fail, the whole batch rolls back and is
+        done again with a savepoint per mail, so the failing one is quarantined
+        alone. If the batch cannot commit, nothing of it is stored and the
+        caller may fall back to one mail at a time.
         """
-        outcomes: list[Outcome] = []
+        try:
+            return self._receive_batch(mails, transport, careful=False)
+        except _BatchFailed as failed:
+            log.info("a mail of the batch failed; doing the batch again mail by mail",
+                     error=str(failed.__cause__)[:200])
+            return self._receive_batch(mails, transport, careful=True)
+
+    def _receive_batch(
+        self, mails: Sequence[PreparedMail], transport: str, *, careful: bool
+    ) -> list[Outcome]:
+        outcomes: list[Outcome] = [Outcome("duplicate")] * len(mails)
         with self.writing, self.sessions.begin() as session:
             keys = [m.identity.dedup_key for m in mails]
             seen = set(session.execute(
                 select(InboxMail.dedup_key).where(InboxMail.dedup_key.in_(keys))).scalars())
-            for mail in mails:
-                if mail.identity.dedup_key in seen:
-                    outcomes.append(Outcome("duplicate"))
-                    continue
-                seen.add(mail.identity.dedup_key)
-                outcomes.append(self._store_and_process(session, mail, transport))
+            fresh: list[int] = []
+            for index, mail in enumerate(mails):
+                if mail.identity.dedup_key not in seen:
+                    seen.add(mail.identity.dedup_key)
+                    fresh.append(index)
+            rows = self._store_rows(session, [mails[i] for i in fresh], transport)
+            for index, row in zip(fresh, rows, strict=True):
+                outcomes[index] = self._process_stored(session, row, mails[index], careful)
         return outcomes
 
-    def _store_and_process(self, session: Session, mail: PreparedMail, transport: str) -> Outcome:
+    def _store_rows(
+        self, session: Session, mails: Sequence[PreparedMail], transport: str
+    ) -> list[InboxMail]:
+        """Insert the inbox rows and their bytes; return the rows as objects of `session`
+        (as though loaded, so processing them costs no query)."""
+        if not mails:
+            return []
+        values = [self._inbox_values(m.raw, m.identity, transport) for m in mails]
+        ids = session.connection().execute(
+            _INSERT_INBOX.returning(_INBOX.c.id, sort_by_parameter_order=True), values
+        ).scalars().all()
+        insert_raws(session, [(inbox_id, m.raw) for inbox_id, m in zip(ids, mails, strict=True)])
+        rows = []
+        for inbox_id, row_values in zip(ids, values, strict=True):
+            row = InboxMail(id=inbox_id, reason=None, subject=None, sender=None, ticket_id=None,
+                            processed_at=None, **row_values)
+            attach_inserted(session, row)
+            rows.append(row)
+        return rows
+
+    def _process_stored(
+        self, session: Session, row: InboxMail, mail: PreparedMail, careful: bool
+    ) -> Outcome:
         structlog.contextvars.bind_contextvars(
-            message_id=mail.identity.message_id, transport=transport)
-        row = InboxMail(**self._inbox_values(mail.raw, mail.identity, transport))
-        session.add(row)
-        session.flush()
-        session.add(InboxRaw(inbox_id=row.id, raw=mail.raw))
+            message_id=mail.identity.message_id, transport=row.transport)
         try:
-            with session.begin_nested():
-                analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed)
+            if careful:
+                with session.begin_nested():
+                    analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed)
+            else:
+                analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed,
+                                              flush=False)
             return Outcome(row.status, type(analysis.decision).__name__)
         except Exception as exc:
             if isinstance(exc, OperationalError) and is_transient(exc):
                 raise
+            if not careful:
+                raise _BatchFailed from exc
             reason = f"{exc.__class__.__name__}: {exc}"[:2000]
             log.error("mail quarantined", reason=reason, exc_info=exc)
             row.status, row.reason = InboxStatus.QUARANTINED.value, reason

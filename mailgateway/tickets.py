@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -89,21 +90,25 @@ def allocate_number(session: Session, year: int) -> str:
     holds the row lock until commit, SQLite holds the database write lock
     (BEGIN IMMEDIATE), so two writers can never read the same value.
     """
-    increment = (
-        update(TicketCounter)
-        .where(TicketCounter.year == year)
-        .values(last=TicketCounter.last + 1)
-        .returning(TicketCounter.last)
-    )
-    result = session.execute(increment).scalar_one_or_none()
+    result = session.connection().execute(_INCREMENT, {"wanted": year}).scalar_one_or_none()
     if result is None:
         try:
             with session.begin_nested():
                 session.add(TicketCounter(year=year, last=1))
             result = 1
         except IntegrityError:  # another writer created the year's row first
-            result = session.execute(increment).scalar_one()
+            result = session.connection().execute(_INCREMENT, {"wanted": year}).scalar_one()
     return format_number(year, result)
+
+
+_COUNTERS = cast(Table, TicketCounter.__table__)
+# Built once, run on the connection: one statement for every ticket opened.
+_INCREMENT = (
+    update(_COUNTERS)
+    .where(_COUNTERS.c.year == bindparam("wanted"))
+    .values(last=_COUNTERS.c.last + 1)
+    .returning(_COUNTERS.c.last)
+)
 
 
 def find_by_number(session: Session, number: str) -> Ticket | None:

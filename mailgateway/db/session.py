@@ -9,13 +9,14 @@ instead of failing half-way with a stale snapshot. PostgreSQL uses row locks
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, func, insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, make_transient_to_detached, sessionmaker
 
 from mailgateway.config import DatabaseSettings
 
@@ -107,22 +108,34 @@ def write_lock(engine: Engine) -> AbstractContextManager[None]:
     return FairLock() if engine.dialect.name == "sqlite" else nullcontext()
 
 
-def insert_raw(session: Session, inbox_id: int, raw: bytes, chunk: int = 1 << 20) -> None:
-    """Store a mail's bytes. On SQLite they are streamed into the row a chunk at a
-    time (incremental blob I/O): binding a 30 MB value makes SQLite build the whole
-    record in memory, twice the mail's size on top of the caller's copy."""
+def insert_raw(session: Session, inbox_id: int, raw: bytes) -> None:
+    """Store one mail's bytes (see `insert_raws`)."""
+    insert_raws(session, [(inbox_id, raw)])
+
+
+def insert_raws(
+    session: Session, mails: Sequence[tuple[int, bytes]], chunk: int = 1 << 20
+) -> None:
+    """Store mails' bytes by inbox id, the small ones in one statement. On SQLite a
+    large one is streamed into its row a chunk at a time (incremental blob I/O):
+    binding a 30 MB value makes SQLite build the whole record in memory, twice the
+    mail's size on top of the caller's copy."""
     from mailgateway.db.models import InboxRaw
 
-    if session.get_bind().dialect.name != "sqlite" or len(raw) <= chunk:
-        session.execute(insert(InboxRaw).values(inbox_id=inbox_id, raw=raw))
-        return
-    session.execute(insert(InboxRaw).values(inbox_id=inbox_id, raw=func.zeroblob(len(raw))))
-    connection = session.connection().connection.driver_connection
-    assert connection is not None
-    view = memoryview(raw)
-    with connection.blobopen("inbox_raw", "raw", inbox_id) as blob:
-        for offset in range(0, len(raw), chunk):
-            blob.write(view[offset:offset + chunk])
+    streamed = session.get_bind().dialect.name == "sqlite"
+    small = [{"inbox_id": i, "raw": raw} for i, raw in mails if not streamed or len(raw) <= chunk]
+    if small:
+        session.execute(insert(InboxRaw), small)
+    for inbox_id, raw in mails:
+        if not streamed or len(raw) <= chunk:
+            continue
+        session.execute(insert(InboxRaw).values(inbox_id=inbox_id, raw=func.zeroblob(len(raw))))
+        connection = session.connection().connection.driver_connection
+        assert connection is not None
+        view = memoryview(raw)
+        with connection.blobopen("inbox_raw", "raw", inbox_id) as blob:
+            for offset in range(0, len(raw), chunk):
+                blob.write(view[offset:offset + chunk])
 
 
 def is_postgresql(engine: Engine) -> bool:
@@ -130,4 +143,73 @@ def is_postgresql(engine: Engine) -> bool:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+
+    @event.listens_for(factory, "after_transaction_end")
+    def _forget_lookups(session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:
+            session.info.pop(_LOOKUPS, None)
+
+    @event.listens_for(factory, "after_soft_rollback")
+    def _detach_rolled_back(session: Session, rolled_back: SessionTransaction) -> None:
+        attached: dict[object, SessionTransaction] = transaction_cache(session, _ATTACHED)
+        for row, written_in in list(attached.items()):
+            if _within(written_in, rolled_back):
+                del attached[row]
+                if row in session:
+                    session.expunge(row)
+
+    return factory
+
+
+def _within(transaction: SessionTransaction | None, outer: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is outer:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+_LOOKUPS = "mailgateway.lookups"
+_ATTACHED = "attached rows"
+_Model = TypeVar("_Model")
+
+
+def transaction_cache(session: Session, name: str) -> dict[Any, Any]:
+    """A dictionary that lives until `session`'s transaction ends.
+
+    A bulk import processes hundreds of mails in one transaction and meets the
+    same senders and tickets again and again; what one mail looked up, the next
+    finds here instead of in another query. Whoever writes a row that a cached
+    lookup would now find differently drops that entry.
+    """
+    lookups: dict[str, dict[Any, Any]] = session.info.setdefault(_LOOKUPS, {})
+    return lookups.setdefault(name, {})
+
+
+def attach_inserted(session: Session, row: object) -> None:
+    """Make `row`, just written with a Core INSERT, a persistent object of `session`
+    as though it had been loaded: no query, no flush.
+
+    The ORM knows nothing of that INSERT, so should the savepoint it was written
+    under roll back, the row is detached again here: SQLite gives the next row
+    the same id, and the session must not hold a stale object under it.
+    """
+    make_transient_to_detached(row)
+    session.add(row)
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    assert transaction is not None
+    transaction_cache(session, _ATTACHED)[row] = transaction
+
+
+def get_held(session: Session, model: type[_Model], ident: int | None) -> _Model | None:
+    """`session.get`, keeping the object until the transaction ends.
+
+    The identity map holds objects weakly: a ticket or account that one mail of
+    a batch looked up would be gone, and loaded again, by the time the next
+    mail needs it.
+    """
+    found = session.get(model, ident) if ident is not None else None
+    if found is not None:
+        transaction_cache(session, "held")[(model, ident)] = found
+    return found

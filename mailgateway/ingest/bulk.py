@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -35,6 +36,7 @@ _OUTCOMES = {"OpenTicket": "new_ticket", "CustomerReply": "reply", "StaffReply":
 class ImportReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     failed: int = 0
+    seconds: float = 0.0  # from the first mail read to the last committed
 
     def add(self, outcome: Outcome) -> None:
         key = outcome.status
@@ -44,7 +46,9 @@ class ImportReport:
 
     def summary(self) -> str:
         o = self.outcomes
-        return (f"{sum(o.values()) + self.failed} mails: {o['new_ticket']} new tickets, "
+        mails = sum(o.values()) + self.failed
+        rate = f", {mails / self.seconds:.0f} a second" if self.seconds and mails else ""
+        return (f"{mails} mails in {self.seconds:.1f} s{rate}: {o['new_ticket']} new tickets, "
                 f"{o['reply']} replies, {o['ignored']} ignored, {o['quarantined']} quarantined, "
                 f"{o['duplicate']} already stored, {self.failed} not stored.")
 
@@ -99,6 +103,7 @@ def _store(gateway: Gateway, prepared: list[PreparedMail], report: ImportReport)
 
 def import_archive(gateway: Gateway, source: str, *, progress: bool = False) -> ImportReport:
     report = ImportReport()
+    started = time.monotonic()
     bar = None
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -126,4 +131,5 @@ def import_archive(gateway: Gateway, source: str, *, progress: bool = False) -> 
             pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.stop()
+    report.seconds = time.monotonic() - started
     return report

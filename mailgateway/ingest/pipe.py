@@ -47,8 +47,11 @@ def iter_archive(source: str) -> Iterator[tuple[str, bytes]]:
                 yield key, stream.read()
     elif path.is_file() and _is_mbox(path):
         box_m = mailbox.mbox(path, factory=None, create=False)
-        for index, key in enumerate(box_m.iterkeys()):
-            yield f"{path.name}#{index + 1}", box_m.get_bytes(key)
+        try:
+            for index, key in enumerate(box_m.iterkeys()):
+                yield f"{path.name}#{index + 1}", box_m.get_bytes(key)
+        finally:
+            box_m.close()
     elif path.is_file():
         yield path.name, path.read_bytes()
     else:

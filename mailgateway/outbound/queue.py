@@ -26,11 +26,12 @@ from typing import Any, cast
 
 import structlog
 from sqlalchemy import CursorResult, Table, bindparam, delete, func, insert, select
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
+from mailgateway.db.session import attach_inserted, get_held, transaction_cache
 from mailgateway.outbound.compose import compose
 from mailgateway.outbound.intent import MailIntent
 
@@ -120,15 +121,20 @@ def _over_limit(
 
     Only counts: rows older than the window are ignored here and deleted by
     `purge_auto_answers`, once per dispatcher pass rather than once per mail.
+    The counts are kept for the rest of the transaction (and raised as answers
+    are queued), so a batch of mails asks the database once per recipient.
     """
     keys = [r.lower() for r in recipients]
-    if not keys:
-        return set()
-    cutoff = now - timedelta(minutes=settings.outbound.auto_answer_window_minutes)
-    params = {"keys": keys, "cutoff": cutoff}
-    counts = session.connection().execute(_COUNT_RECENT, params).all()
+    counted = transaction_cache(session, "automatic answers")
+    missing = [key for key in keys if key not in counted]
+    if missing:
+        cutoff = now - timedelta(minutes=settings.outbound.auto_answer_window_minutes)
+        params = {"keys": missing, "cutoff": cutoff}
+        counted.update(dict.fromkeys(missing, 0))
+        for recipient, count in session.connection().execute(_COUNT_RECENT, params):
+            counted[recipient] = count
     limit = settings.outbound.auto_answer_limit
-    return {recipient for recipient, count in counts if count >= limit}
+    return {key for key in keys if counted[key] >= limit}
 
 
 def purge_auto_answers(session: Session, settings: Settings, now: datetime) -> int:
@@ -155,7 +161,7 @@ def enqueue(
     now = clock.now()
     ticket: Ticket | None = None
     if intent.ticket_id is not None:
-        ticket = session.get(Ticket, intent.ticket_id)
+        ticket = get_held(session, Ticket, intent.ticket_id)
         if ticket is None:
             raise ValueError(f"ticket id {intent.ticket_id} does not exist")
     bound = _log(ticket=ticket.number if ticket else None, kind=intent.kind.value)
@@ -224,7 +230,9 @@ def _insert(
         connection.execute(
             _INSERT_AUTO_ANSWER, [{"recipient": a, "at": values["created_at"]} for a in answered]
         )
+        counted = transaction_cache(session, "automatic answers")
+        for recipient in answered:
+            counted[recipient] = counted.get(recipient, 0) + 1
     row = OutboxMail(id=outbox_id, **values)
-    make_transient_to_detached(row)
-    session.add(row)
+    attach_inserted(session, row)
     return row

@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from mailgateway.attachments import safe_filename, store_file
 from mailgateway.db.models import (
@@ -30,9 +31,10 @@ from mailgateway.db.models import (
     Ticket,
     TicketStatus,
 )
+from mailgateway.db.session import attach_inserted, get_held, transaction_cache
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.pipeline import decide as d
-from mailgateway.pipeline.context import Analysis, Pipeline
+from mailgateway.pipeline.context import SENDERS, Analysis, Pipeline
 from mailgateway.pipeline.identify import Sender
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.thread import clean_subject
@@ -42,14 +44,21 @@ from mailgateway.tickets import TicketAction, allocate_number, change_status, re
 log = structlog.get_logger()
 
 
+_THREAD_REFS = cast(Table, ThreadRef.__table__)
+# Built once per dialect: one runs for every mail that reaches a ticket.
+_REMEMBER = {
+    "postgresql": postgresql_insert(_THREAD_REFS).on_conflict_do_nothing(),
+    "sqlite": sqlite_insert(_THREAD_REFS).on_conflict_do_nothing(),
+}
+
+
 def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> None:
     """Replies may reference this mail; the first ticket to know an id keeps it."""
     if not mail.message_id:
         return
-    insert = (postgresql_insert if session.get_bind().dialect.name == "postgresql"
-              else sqlite_insert)
-    session.execute(insert(ThreadRef).values(message_id=mail.message_id[:998],
-                                             ticket_id=ticket.id).on_conflict_do_nothing())
+    connection = session.connection()
+    connection.execute(_REMEMBER[connection.dialect.name],
+                       {"message_id": mail.message_id[:998], "ticket_id": ticket.id})
 
 
 def _keep_attachments(
@@ -118,7 +127,7 @@ def _mail(
 def apply_reject(
     session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.Reject
 ) -> Ticket | None:
-    ticket = session.get(Ticket, decision.ticket.id) if decision.ticket else None
+    ticket = get_held(session, Ticket, decision.ticket.id) if decision.ticket else None
     if ticket is not None:
         session.add(record_event(ticket, "refused_mail", actor=analysis.sender.email,
                                  at=pipeline.clock.now(), reason=decision.reason))
@@ -132,6 +141,7 @@ def _unverified_account(session: Session, pipeline: Pipeline, sender: Sender) ->
                       vat_number="", verified=False, created_at=pipeline.clock.now())
     session.add(account)
     session.flush()
+    transaction_cache(session, SENDERS).pop(sender.email, None)
     return account
 
 
@@ -147,36 +157,59 @@ def _watchers(session: Session, mail: ParsedMail, account: Account, primary: str
     return [a for a in candidates if a in allowed]
 
 
+_TICKETS = cast(Table, Ticket.__table__)
+_INSERT_TICKET = insert(_TICKETS).returning(_TICKETS.c.id)
+
+
+def _insert_ticket(
+    session: Session, account: Account, person: Person | None, **values: Any
+) -> Ticket:
+    """Write the ticket row at once, for its id, and return it as a persistent object.
+
+    Its message, event and the inbox row that point at it then wait for the
+    session's next flush, which in a bulk import takes a whole batch at a time,
+    instead of a flush per ticket.
+    """
+    values = {column.key: None for column in _TICKETS.c if column.key != "id"} | values
+    values |= {"account_id": account.id, "person_id": person.id if person else None}
+    ticket_id = session.connection().execute(_INSERT_TICKET, values).scalar_one()
+    ticket = Ticket(id=ticket_id, **values)
+    attach_inserted(session, ticket)
+    for name, value in (("account", account), ("person", person), ("assignee", None),
+                        ("messages", []), ("events", [])):
+        set_committed_value(ticket, name, value)
+    return ticket
+
+
 def open_ticket(
     session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.OpenTicket,
     inbox: InboxMail,
 ) -> Ticket:
     mail, settings, now = analysis.mail, pipeline.settings, pipeline.clock.now()
-    account = (session.get(Account, decision.account_id) if decision.account_id is not None
+    account = (get_held(session, Account, decision.account_id) if decision.account_id is not None
                else _unverified_account(session, pipeline, analysis.sender))
     assert account is not None
-    person = session.get(Person, decision.person_id) if decision.person_id else None
+    person = get_held(session, Person, decision.person_id) if decision.person_id else None
     routing = decision.routing
     subject = clean_subject(mail.subject, settings.helpdesk.ticket_tag) or "(senza oggetto)"
-    ticket = Ticket(
+    ticket = _insert_ticket(
+        session, account, person,
         number=allocate_number(session, now.year), status=TicketStatus.APERTO.value,
         subject=subject[:1000], product=routing.product, request_type=routing.request_type,
-        impact=routing.impact, group=routing.group, account=account, person=person,
+        impact=routing.impact, group=routing.group,
         linked_ticket_id=decision.linked_ticket.id if decision.linked_ticket else None,
         language=account.language or settings.helpdesk.language,
         rules=list(routing.rules), created_at=now, updated_at=now,
         root_message_id=mail.message_id[:998] if mail.message_id else None,
         due_at=first_response_due(now, settings.sla),
+        watchers=_watchers(session, mail, account, analysis.sender.email),
     )
-    ticket.watchers = _watchers(session, mail, account, analysis.sender.email)
     refused = [safe_filename(a.filename, a.content_type) for a in mail.attachments]
-    message = Message(ticket=ticket, inbox_id=inbox.id, direction="in",
-                      author=analysis.sender.email, body=decision.description,
-                      refused_attachments=refused, created_at=now)
-    session.add_all([ticket, message])
+    session.add(Message(ticket=ticket, inbox_id=inbox.id, direction="in",
+                        author=analysis.sender.email, body=decision.description,
+                        refused_attachments=refused, created_at=now))
     session.add(Event(ticket=ticket, at=now, actor=analysis.sender.email, kind="created",
                       from_status=None, to_status=ticket.status, reason=decision.reason))
-    session.flush()
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
     _remember_message_id(session, mail, ticket)
     to, cc = _customer_recipients(ticket)
@@ -195,7 +228,7 @@ def add_customer_reply(
     inbox: InboxMail,
 ) -> Ticket:
     now = pipeline.clock.now()
-    ticket = session.get(Ticket, decision.ticket.id)
+    ticket = get_held(session, Ticket, decision.ticket.id)
     assert ticket is not None
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
     message = Message(ticket=ticket, inbox_id=inbox.id, direction="in",
@@ -248,10 +281,10 @@ def add_staff_reply(
     inbox: InboxMail,
 ) -> Ticket:
     now, actor = pipeline.clock.now(), analysis.sender.email
-    ticket = session.get(Ticket, decision.ticket.id)
+    ticket = get_held(session, Ticket, decision.ticket.id)
     assert ticket is not None
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
-    staff = session.get(Staff, analysis.sender.staff_id)
+    staff = get_held(session, Staff, analysis.sender.staff_id)
     _apply_commands(session, ticket, decision.commands, actor, now)
     message = None
     if decision.body:

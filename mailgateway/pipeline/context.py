@@ -18,6 +18,9 @@ from mailgateway.pipeline.parse import ParsedMail
 
 Mailer = Callable[[Session, MailIntent], OutboxMail | None]
 
+# The transaction cache (`db.session.transaction_cache`) of directory rows by address.
+SENDERS = "senders"
+
 
 @dataclass(frozen=True)
 class Pipeline:

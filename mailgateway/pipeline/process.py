@@ -17,10 +17,11 @@ from sqlalchemy import CompoundSelect, literal, null, select, true, union_all
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import Account, InboxMail, InboxStatus, Person, Staff, ThreadRef, Ticket
+from mailgateway.db.session import get_held, transaction_cache
 from mailgateway.pipeline import apply
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.classify import classify
-from mailgateway.pipeline.context import Analysis, Pipeline
+from mailgateway.pipeline.context import SENDERS, Analysis, Pipeline
 from mailgateway.pipeline.identify import (
     DirectoryMatch,
     Sender,
@@ -71,16 +72,20 @@ def analyse(
 
 
 def process_inbox_mail(
-    session: Session, pipeline: Pipeline, inbox: InboxMail, mail: ParsedMail
+    session: Session, pipeline: Pipeline, inbox: InboxMail, mail: ParsedMail,
+    *, flush: bool = True,
 ) -> Analysis:
     """Apply the decision for `inbox` and record its fate on the row.
 
     Autoflush is off: the stages query a handful of indexed rows and flush
     explicitly where an id is needed, instead of flushing before every query.
+    A caller processing many mails in one transaction passes `flush=False` and
+    lets the changes of several mails go to the database together.
     """
     with session.no_autoflush:
         analysis = _process(session, pipeline, inbox, mail)
-    session.flush()
+    if flush:
+        session.flush()
     return analysis
 
 
@@ -135,7 +140,10 @@ def _identify(session: Session, mail: ParsedMail, envelope_from: str | None) -> 
 
 
 def _directory_matches(session: Session, email: str) -> list[DirectoryMatch]:
-    """Every directory row with this address, in one round trip."""
+    """Every directory row with this address, in one round trip, once per transaction."""
+    known = transaction_cache(session, SENDERS)
+    if email in known:
+        return list(known[email])
     query: CompoundSelect[Any] = union_all(
         select(literal(SenderKind.STAFF.value), Staff.id, Staff.name, null(), Staff.active)
         .where(Staff.email == email),
@@ -144,8 +152,10 @@ def _directory_matches(session: Session, email: str) -> list[DirectoryMatch]:
         select(literal(SenderKind.ACCOUNT.value), Account.id, Account.name, Account.id,
                true()).where(Account.main_email == email),
     )
-    return [DirectoryMatch(SenderKind(kind), id_, name, account_id, bool(active))
-            for kind, id_, name, account_id, active in session.execute(query).all()]
+    matches = [DirectoryMatch(SenderKind(kind), id_, name, account_id, bool(active))
+               for kind, id_, name, account_id, active in session.execute(query).all()]
+    known[email] = tuple(matches)
+    return matches
 
 
 def _ref(ticket: Ticket, found_by: str) -> d.TicketRef:
@@ -153,12 +163,26 @@ def _ref(ticket: Ticket, found_by: str) -> d.TicketRef:
                        tuple(ticket.watchers or ()), found_by)
 
 
+def _ticket_numbered(session: Session, number: str) -> Ticket | None:
+    """`find_by_number`, remembering the id for the rest of the transaction; a ticket
+    created and rolled back since is told apart by its number."""
+    known = transaction_cache(session, "ticket ids")
+    if number in known:
+        ticket = get_held(session, Ticket, known[number])
+        if ticket is not None and ticket.number == number:
+            return ticket
+    ticket = find_by_number(session, number)
+    if ticket is not None:
+        known[number] = ticket.id
+    return ticket
+
+
 def _find_ticket(session: Session, keys: ThreadKeys) -> d.TicketRef | None:
     """Tag first, then the signed token, then any Message-ID the ticket already knows."""
     for number, found_by in ((keys.tag_number, "subject tag"),
                              (keys.token.ticket_number if keys.token else None, "reply token")):
         if number:
-            ticket = find_by_number(session, number)
+            ticket = _ticket_numbered(session, number)
             if ticket is not None:
                 return _ref(ticket, found_by)
     if keys.references:
@@ -167,7 +191,7 @@ def _find_ticket(session: Session, keys: ThreadKeys) -> d.TicketRef | None:
             .where(ThreadRef.message_id.in_(keys.references))).all())
         for message_id in keys.references:
             if message_id in rows:
-                ticket = session.get(Ticket, rows[message_id])
+                ticket = get_held(session, Ticket, rows[message_id])
                 if ticket is not None:
                     return _ref(ticket, "References")
     return None

@@ -80,7 +80,7 @@ def test_import_takes_the_whole_corpus(
     capsys.readouterr()
     assert main(["--config", str(accepting_config), "import", str(corpus)]) == 0
     summary = capsys.readouterr().out
-    assert summary.startswith(f"{total} mails:")
+    assert summary.startswith(f"{total} mails in ")
     rows = inbox(accepting_config, capsys)
     fates = check_fates(rows, total)
     bounces = [r for r in rows if r["status"] == "ignored" and "bounce" in (r["reason"] or "")]

@@ -660,7 +660,8 @@ def test_stop_does_not_wait_past_the_grace_period(receiver: RecordingReceiver) -
     thread = threading.Thread(target=send_recording, args=(server.port, outcome, b"in volo"))
     thread.start()
     try:
-        wait_until(receiver.entered.is_set, what="the commit to start")
+        wait_until(lambda: receiver.entered.is_set() or bool(outcome), what="the commit to start")
+        assert not outcome, f"the mail never reached the commit: {outcome}"
         started = time.monotonic()
         server.request_stop()
         wait_until(server.returned.is_set, what="run() to return")

@@ -1,0 +1,160 @@
+"""Bulk import: a batch is one transaction with no savepoints, redone mail by mail
+when one of its mails fails. What the batch makes must be what one-by-one
+processing would make."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgateway.clock import FixedClock
+from mailgateway.config import Settings
+from mailgateway.db.models import InboxMail, OutboxMail, Ticket
+from mailgateway.ingest.bulk import import_archive
+from mailgateway.outbound.intent import MailIntent
+from mailgateway.outbound.queue import enqueue
+from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
+from mailgateway.service import Gateway, Outcome, prepare_mail
+from mailgateway.views import show_ticket
+from tests.mails import CUSTOMER, PERSON, TECHNICIAN, build_mail, register_desk
+
+TAG = "[Ticket#{number}]"
+
+
+def batch(gateway: Gateway, mails: Sequence[bytes]) -> list[Outcome]:
+    return gateway.receive_batch([prepare_mail(raw) for raw in mails], "import")
+
+
+def ticket(gateway: Gateway, number: str) -> dict[str, Any]:
+    with gateway.sessions() as session:
+        return show_ticket(session, TAG, number)
+
+
+def inbox_fates(gateway: Gateway) -> list[tuple[str, str | None]]:
+    with gateway.sessions() as session:
+        rows = session.execute(
+            select(InboxMail.status, Ticket.number)
+            .outerjoin(Ticket, Ticket.id == InboxMail.ticket_id).order_by(InboxMail.id)
+        ).all()
+    return [(status, number) for status, number in rows]
+
+
+def staff_reply_to(settings: Settings, number: str) -> str:
+    token = ReplyToken(TokenPurpose.STAFF, number)
+    return reply_address(settings.helpdesk.address, settings.helpdesk.secret, token)
+
+
+@pytest.fixture
+def desk(gateway: Gateway) -> Gateway:
+    register_desk(gateway)
+    return gateway
+
+
+def test_a_batch_threads_and_moves_tickets_opened_earlier_in_it(
+    desk: Gateway, settings: Settings
+) -> None:
+    mails = [
+        build_mail(message_id="first@client.test", subject="Errore su MOCO"),
+        build_mail(sender=CUSTOMER, subject="Stampa F24 bloccata"),
+        build_mail(subject="R: [Ticket#2026-000001] Errore su MOCO",
+                   body="Aggiungo: succede da ieri."),
+        build_mail(sender=TECHNICIAN, to=(staff_reply_to(settings, "2026-000001"),),
+                   subject="R: [Ticket#2026-000001] Errore su MOCO",
+                   body="#prendi\nReinstallate il modulo MOCO, poi riprovate."),
+        build_mail(subject="Re: Errore su MOCO", body="Fatto, ora funziona.",
+                   in_reply_to="first@client.test", references=["first@client.test"]),
+    ]
+    outcomes = batch(desk, mails)
+
+    assert [o.decision for o in outcomes] == [
+        "OpenTicket", "OpenTicket", "CustomerReply", "StaffReply", "CustomerReply"]
+    first, second = ticket(desk, "2026-000001"), ticket(desk, "2026-000002")
+    # Customer reply, technician's answer (RISPOSTO), customer reply again: IN_GESTIONE.
+    assert first["status"] == "IN_GESTIONE"
+    assert [m["direction"] for m in first["messages"]] == ["in", "in", "out", "in"]
+    assert second["status"] == "APERTO"
+    assert inbox_fates(desk) == [("processed", "2026-000001"), ("processed", "2026-000002"),
+                                 ("processed", "2026-000001"), ("processed", "2026-000001"),
+                                 ("processed", "2026-000001")]
+    with desk.sessions() as session:
+        kinds = session.execute(select(OutboxMail.kind).order_by(OutboxMail.id)).scalars().all()
+    assert kinds.count("answer") == 1
+    assert kinds.count("acknowledgment") == 2
+
+
+def test_the_same_mail_twice_in_a_batch_has_one_effect(desk: Gateway) -> None:
+    raw = build_mail(message_id="twice@client.test")
+    assert [o.status for o in batch(desk, [raw, raw])] == ["processed", "duplicate"]
+    assert [o.status for o in batch(desk, [raw])] == ["duplicate"]
+    assert inbox_fates(desk) == [("processed", "2026-000001")]
+
+
+def failing_mailer(settings: Settings, clock: FixedClock) -> Any:
+    """The real outbox, except for a mail whose text says BOOM."""
+
+    def mailer(session: Session, intent: MailIntent) -> OutboxMail | None:
+        if "BOOM" in str(intent.context.get("body", "")):
+            raise RuntimeError("the template engine exploded")
+        return enqueue(session, settings, clock, intent)
+
+    return mailer
+
+
+def test_a_failing_mail_is_quarantined_alone_and_the_batch_goes_on(
+    settings: Settings, clock: FixedClock
+) -> None:
+    gateway = Gateway(settings, clock, mailer=failing_mailer(settings, clock))
+    try:
+        register_desk(gateway)
+        mails = [
+            build_mail(subject="Primo"),
+            # Fails after its ticket row was written: that row and its number roll back,
+            # and on SQLite the next ticket is given the same id.
+            build_mail(subject="Secondo", body="BOOM"),
+            build_mail(subject="Terzo", message_id="third@client.test"),
+            build_mail(subject="R: [Ticket#2026-000002] Terzo", body="Ancora io."),
+        ]
+        outcomes = batch(gateway, mails)
+
+        assert [o.status for o in outcomes] == [
+            "processed", "quarantined", "processed", "processed"]
+        assert inbox_fates(gateway) == [
+            ("processed", "2026-000001"), ("quarantined", None),
+            ("processed", "2026-000002"), ("processed", "2026-000002")]
+        with gateway.sessions() as session:
+            reason = session.execute(
+                select(InboxMail.reason).where(InboxMail.status == "quarantined")).scalar_one()
+            subjects = session.execute(select(Ticket.subject).order_by(Ticket.id)).scalars().all()
+            acknowledged = session.execute(
+                select(OutboxMail.ticket_id).where(OutboxMail.kind == "acknowledgment")
+            ).scalars().all()
+        assert reason == "RuntimeError: the template engine exploded"
+        assert subjects == ["Primo", "Terzo"]
+        assert len(acknowledged) == 2
+        [opening, reply] = ticket(gateway, "2026-000002")["messages"]
+        assert "MPRI" in opening["body"]
+        assert reply["body"] == "Ancora io."
+    finally:
+        gateway.close()
+
+
+def test_import_of_an_archive_bigger_than_a_batch(desk: Gateway, tmp_path: Path) -> None:
+    """Over one batch, parsing runs in worker processes; every mail gets its ticket."""
+    mbox = tmp_path / "archive.mbox"
+    with mbox.open("wb") as stream:
+        for index in range(230):
+            raw = build_mail(sender=PERSON if index % 2 else CUSTOMER,
+                             subject=f"Richiesta {index}", message_id=f"m{index}@client.test")
+            stream.write(b"From archive@example.com Mon Mar  2 10:00:00 2026\n" + raw + b"\n")
+    report = import_archive(desk, str(mbox))
+
+    assert report.outcomes["new_ticket"] == 230
+    assert report.failed == 0
+    with desk.sessions() as session:
+        numbers = session.execute(select(Ticket.number).order_by(Ticket.id)).scalars().all()
+    assert numbers == [f"2026-{n:06d}" for n in range(1, 231)]
