@@ -245,13 +245,21 @@ class Gateway:
         self, session: Session, mails: Sequence[PreparedMail], transport: str
     ) -> list[InboxMail]:
         """Insert the inbox rows and their bytes; return the rows as objects of `session`
-        (as though loaded, so processing them costs no query)."""
+        (as though loaded, so processing them costs no query).
+
+        The ids are read back by dedup key rather than with RETURNING: SQLite cannot
+        say which id went to which row of a multi-row insert, so SQLAlchemy would
+        send one INSERT per mail.
+        """
         if not mails:
             return []
         values = [self._inbox_values(m.raw, m.identity, transport) for m in mails]
-        ids = session.connection().execute(
-            _INSERT_INBOX.returning(_INBOX.c.id, sort_by_parameter_order=True), values
-        ).scalars().all()
+        connection = session.connection()
+        connection.execute(_INSERT_INBOX, values)
+        keys = [m.identity.dedup_key for m in mails]
+        found = dict(connection.execute(
+            select(_INBOX.c.dedup_key, _INBOX.c.id).where(_INBOX.c.dedup_key.in_(keys))).all())
+        ids = [found[key] for key in keys]
         insert_raws(session, [(inbox_id, m.raw) for inbox_id, m in zip(ids, mails, strict=True)])
         rows = []
         for inbox_id, row_values in zip(ids, values, strict=True):

@@ -116,11 +116,13 @@ def import_archive(gateway: Gateway, source: str, *, progress: bool = False) -> 
     pending = next(batches, None)
     # Worker processes cost a second or so to start: worth it only for a real archive.
     pool = _pool() if pending is not None and len(pending) == BATCH else None
+    futures: list[Future[Any]] | None = None
     try:
-        futures = _submit(pool, pending) if pending else []
         while pending:
             following = next(batches, None)
             next_futures = _submit(pool, following) if following else []
+            if futures is None:  # the first batch is parsed here while the workers start
+                futures = _submit(None, pending)
             prepared = [mail for future in futures for mail in future.result()]
             _store(gateway, prepared, report)
             if bar is not None:
