@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
-from mailgateway.outbound.dispatch import Dispatcher, dispatch_once, retry
-from mailgateway.outbound.transports import build_transport
+
+if TYPE_CHECKING:
+    from mailgateway.outbound.dispatch import Dispatcher
 
 STATUSES = tuple(s.value for s in OutboxStatus)
 
@@ -90,7 +91,13 @@ def _outbox_list(args: argparse.Namespace, app: AppLike) -> int:
     return 0
 
 
+# The sending machinery is imported by the commands that send: `mailgateway ingest`,
+# run once per mail by an MTA, starts faster without it.
+
+
 def _outbox_retry(args: argparse.Namespace, app: AppLike) -> int:
+    from mailgateway.outbound.dispatch import retry
+
     with app.sessions.begin() as session:
         retry(session, args.id, now=app.clock.now())
     print(f"Outbox mail {args.id} is queued again.")
@@ -98,6 +105,9 @@ def _outbox_retry(args: argparse.Namespace, app: AppLike) -> int:
 
 
 def _dispatch(args: argparse.Namespace, app: AppLike) -> int:
+    from mailgateway.outbound.dispatch import Dispatcher, dispatch_once
+    from mailgateway.outbound.transports import build_transport
+
     transport = build_transport(app.settings)
     if args.once:
         report = dispatch_once(app.sessions, app.settings, app.clock, transport)
