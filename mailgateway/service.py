@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock, SystemClock
 from mailgateway.config import Settings
-from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus, OutboxMail
+from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus
 from mailgateway.db.session import (
     attach_inserted,
     create_db_engine,
@@ -33,7 +33,7 @@ from mailgateway.db.session import (
 )
 from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
-from mailgateway.outbound.intent import MailIntent
+from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline.context import Mailer, Pipeline
 from mailgateway.pipeline.parse import ParsedMail, parse_mail
 from mailgateway.pipeline.process import process_inbox_mail
@@ -148,7 +148,7 @@ class Gateway:
         if mailer is None:
             from mailgateway.outbound.queue import enqueue
 
-            def mailer(session: Session, intent: MailIntent) -> OutboxMail | None:
+            def mailer(session: Session, intent: MailIntent) -> QueuedMail | None:
                 return enqueue(session, settings, self.clock, intent)
 
         self.pipeline = Pipeline(settings, self.clock, mailer)

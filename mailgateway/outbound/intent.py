@@ -53,3 +53,16 @@ class MailIntent:
     def automatic(self) -> bool:
         """Automatic mails are rate-limited and never sent in answer to a machine."""
         return self.kind in AUTOMATIC_KINDS
+
+
+@dataclass(frozen=True)
+class QueuedMail:
+    """An outbox row just written: what the caller may want to know of it, as a value
+    (building an ORM object for a row nobody reads cost as much as writing it)."""
+
+    id: int
+    kind: MailKind
+    message_id: str
+    ticket_id: int | None
+    recipients: tuple[str, ...]
+    raw: bytes

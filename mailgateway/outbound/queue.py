@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
-from mailgateway.db.session import attach_inserted, get_held, transaction_cache
+from mailgateway.db.session import get_held, transaction_cache
 from mailgateway.outbound.compose import compose
-from mailgateway.outbound.intent import MailIntent
+from mailgateway.outbound.intent import MailIntent, QueuedMail
 
 
 def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
@@ -150,7 +150,7 @@ def purge_auto_answers(session: Session, settings: Settings, now: datetime) -> i
 
 def enqueue(
     session: Session, settings: Settings, clock: Clock, intent: MailIntent
-) -> OutboxMail | None:
+) -> QueuedMail | None:
     """Render and queue the mail `intent` asks for; None when nobody may receive it.
 
     Runs in the caller's transaction and does not commit. Raises when the
@@ -205,16 +205,18 @@ def enqueue(
         "last_error": None,
         "sent_at": None,
     }
-    row = _insert(session, values, ticket, [a.lower() for a in to + cc] if intent.automatic else [])
-    bound.info("outbox_enqueued", outbox_id=row.id, message_id=row.message_id, recipients=to + cc)
-    return row
+    outbox_id = _insert(
+        session, values, ticket, [a.lower() for a in to + cc] if intent.automatic else [])
+    bound.info("outbox_enqueued", outbox_id=outbox_id, message_id=mail.message_id,
+               recipients=to + cc)
+    return QueuedMail(outbox_id, intent.kind, mail.message_id, intent.ticket_id,
+                      tuple(to + cc), mail.raw)
 
 
 def _insert(
     session: Session, values: dict[str, Any], ticket: Ticket | None, answered: list[str]
-) -> OutboxMail:
-    """Write the outbox row, its thread reference and the limiter's rows, and return
-    the row as a persistent object of `session`, as though it had been loaded.
+) -> int:
+    """Write the outbox row, its thread reference and the limiter's rows; return the id.
 
     Prepared statements on the session's connection, rather than objects left
     to a flush: a flush here would also write every change the caller has
@@ -233,6 +235,4 @@ def _insert(
         counted = transaction_cache(session, "automatic answers")
         for recipient in answered:
             counted[recipient] = counted.get(recipient, 0) + 1
-    row = OutboxMail(id=outbox_id, **values)
-    attach_inserted(session, row)
-    return row
+    return int(outbox_id)

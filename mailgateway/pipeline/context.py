@@ -9,14 +9,13 @@ from sqlalchemy.orm import Session
 
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
-from mailgateway.db.models import OutboxMail
-from mailgateway.outbound.intent import MailIntent
+from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.classify import Classification, OwnMarks
 from mailgateway.pipeline.identify import Sender
 from mailgateway.pipeline.parse import ParsedMail
 
-Mailer = Callable[[Session, MailIntent], OutboxMail | None]
+Mailer = Callable[[Session, MailIntent], QueuedMail | None]
 
 # The transaction cache (`db.session.transaction_cache`) of directory rows by address.
 SENDERS = "senders"

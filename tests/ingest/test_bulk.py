@@ -16,7 +16,7 @@ from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
 from mailgateway.db.models import InboxMail, OutboxMail, Ticket
 from mailgateway.ingest.bulk import import_archive
-from mailgateway.outbound.intent import MailIntent
+from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.outbound.queue import enqueue
 from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
 from mailgateway.service import Gateway, Outcome, prepare_mail
@@ -97,7 +97,7 @@ def test_the_same_mail_twice_in_a_batch_has_one_effect(desk: Gateway) -> None:
 def failing_mailer(settings: Settings, clock: FixedClock) -> Any:
     """The real outbox, except for a mail whose text says BOOM."""
 
-    def mailer(session: Session, intent: MailIntent) -> OutboxMail | None:
+    def mailer(session: Session, intent: MailIntent) -> QueuedMail | None:
         if "BOOM" in str(intent.context.get("body", "")):
             raise RuntimeError("the template engine exploded")
         return enqueue(session, settings, clock, intent)

@@ -180,7 +180,7 @@ def test_a_limited_cc_is_dropped_and_the_mail_still_goes(
             ),
         )
         assert row is not None
-        assert row.recipients == ["owner@studiorossi.it"]
+        assert row.recipients == ("owner@studiorossi.it",)
         assert _parse(row.raw)["Cc"] is None
 
 
@@ -210,7 +210,7 @@ def test_no_automatic_answer_to_our_own_address(
     )
     with sessions.begin() as session:
         row = enqueue(session, settings, clock, notice)
-        assert row is not None and row.recipients == ["assistenza@example.com"]
+        assert row is not None and row.recipients == ("assistenza@example.com",)
 
 
 def test_a_ticketless_mail_has_no_thread_ref(
