@@ -115,10 +115,6 @@ def prepare_mail(raw: bytes) -> PreparedMail:
     return PreparedMail(raw, raw_identity(raw), parse_mail(raw))
 
 
-class _BatchFailed(Exception):
-    """A mail of a batch processed without savepoints raised; its cause says why."""
-
-
 _INBOX = cast(Table, InboxMail.__table__)
 _INSERT_INBOX = insert(_INBOX)
 
@@ -218,9 +214,11 @@ class Gateway:
         """
         try:
             return self._receive_batch(mails, transport, careful=False)
-        except _BatchFailed as failed:
+        except Exception as exc:  # in a mail's processing or in the batch's commit
+            if isinstance(exc, OperationalError) and is_transient(exc):
+                raise
             log.info("a mail of the batch failed; doing the batch again mail by mail",
-                     error=str(failed.__cause__)[:200])
+                     error=f"{exc.__class__.__name__}: {exc}"[:200])
             return self._receive_batch(mails, transport, careful=True)
 
     def _receive_batch(
@@ -283,10 +281,8 @@ class Gateway:
                                               flush=False)
             return Outcome(row.status, type(analysis.decision).__name__)
         except Exception as exc:
-            if isinstance(exc, OperationalError) and is_transient(exc):
+            if not careful or (isinstance(exc, OperationalError) and is_transient(exc)):
                 raise
-            if not careful:
-                raise _BatchFailed from exc
             reason = f"{exc.__class__.__name__}: {exc}"[:2000]
             log.error("mail quarantined", reason=reason, exc_info=exc)
             row.status, row.reason = InboxStatus.QUARANTINED.value, reason

@@ -20,7 +20,7 @@ from itertools import islice
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from mailgateway.errors import TemporaryError
 from mailgateway.ingest.pipe import iter_archive
@@ -85,7 +85,7 @@ def _submit(pool: Executor | None, batch: list[tuple[str, bytes]]) -> list[Futur
 def _store(gateway: Gateway, prepared: list[PreparedMail], report: ImportReport) -> None:
     try:
         outcomes = gateway.receive_batch(prepared, "import")
-    except OperationalError as exc:
+    except SQLAlchemyError as exc:
         log.warning("batch could not commit; importing one by one", error=str(exc)[:200])
         outcomes = []
         for mail in prepared:
