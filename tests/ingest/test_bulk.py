@@ -143,18 +143,23 @@ def test_a_failing_mail_is_quarantined_alone_and_the_batch_goes_on(
         gateway.close()
 
 
-def test_import_of_an_archive_bigger_than_a_batch(desk: Gateway, tmp_path: Path) -> None:
-    """Over one batch, parsing runs in worker processes; every mail gets its ticket."""
+def test_import_of_an_archive_bigger_than_a_batch(
+    desk: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over one batch, parsing runs in worker processes; every mail gets its ticket.
+    The progress bar (shown on a terminal) goes to stderr and leaves nothing behind."""
     mbox = tmp_path / "archive.mbox"
     with mbox.open("wb") as stream:
         for index in range(230):
             raw = build_mail(sender=PERSON if index % 2 else CUSTOMER,
                              subject=f"Richiesta {index}", message_id=f"m{index}@client.test")
             stream.write(b"From archive@example.com Mon Mar  2 10:00:00 2026\n" + raw + b"\n")
-    report = import_archive(desk, str(mbox))
+    report = import_archive(desk, str(mbox), progress=True)
 
     assert report.outcomes["new_ticket"] == 230
     assert report.failed == 0
+    assert report.summary().startswith("230 mails in ")
+    assert "importing" in capsys.readouterr().err
     with desk.sessions() as session:
         numbers = session.execute(select(Ticket.number).order_by(Ticket.id)).scalars().all()
     assert numbers == [f"2026-{n:06d}" for n in range(1, 231)]
