@@ -172,7 +172,8 @@ def decide(
 ) -> Decision:
     """What to do with a human's mail (automatic mail was set aside before)."""
     if not sender.email:
-        return Quarantine("no sender address (From, Reply-To, Sender, envelope): nobody to answer")
+        return Quarantine("no sender address (From, Reply-To, Sender, envelope; at most 254 "
+                          "characters): nobody to answer")
     if sender.kind == SenderKind.STAFF:
         return _decide_staff(sender, staff_authority, ticket, body)
     if ticket is not None and _belongs(sender, ticket):

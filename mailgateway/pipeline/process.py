@@ -119,11 +119,16 @@ def _process(
     return analysis
 
 
+# RFC 5321 caps a path at 256 octets with its brackets: no one can answer a longer one,
+# and the columns that keep an address hold 320 characters.
+_LONGEST_ADDRESS = 254
+
+
 def sender_address(mail: ParsedMail, envelope_from: str | None = None) -> str:
     """Who to answer: From, else Reply-To, else Sender, else the envelope sender."""
     for candidate in (mail.from_addr, *mail.reply_to, _bare(mail.header("Sender")),
                       _bare(envelope_from)):
-        if candidate and "@" in candidate:
+        if candidate and "@" in candidate and len(candidate) <= _LONGEST_ADDRESS:
             return candidate.lower()
     return ""
 

@@ -368,3 +368,17 @@ def test_technician_vouched_by_trusted_mta(settings: Settings, clock: Any, resul
     assert (status, ticket(trusting)["status"]) == (
         ("processed", "CHIUSO") if acts else ("quarantined", "APERTO"))
     trusting.close()
+
+
+def test_an_address_too_long_to_answer_is_no_sender(desk: Gateway) -> None:
+    """Over 254 characters no server takes the address (RFC 5321): the next header that
+    names a sender is used, and with none the mail is quarantined with the reason."""
+    overlong = "x" * 250 + "@studiorossi.it"
+    assert deliver(desk, build_mail(sender=overlong, headers={"Reply-To": PERSON})) == "processed"
+    assert ticket(desk)["person"] == PERSON
+
+    assert deliver(desk, build_mail(sender=overlong, subject="Di nuovo")) == "quarantined"
+    with desk.sessions() as session:
+        [row] = [r for r in list_inbox(session) if r["status"] == "quarantined"]
+    assert row["reason"].startswith("no sender address")
+    assert "254" in row["reason"]
