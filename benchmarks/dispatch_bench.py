@@ -1,7 +1,7 @@
 """How fast the dispatcher empties the outbox into an SMTP relay: mails/s.
 
-The outbox is filled with `n` rendered mails, then one `dispatch_once` sends
-them all, batch after batch, through the real `SmtpTransport` (a few SMTP
+The outbox is filled with `n` queued mails, then one `dispatch_once` renders
+and sends them all, batch after batch, through the real `SmtpTransport` (a few SMTP
 sessions kept open) to an aiosmtpd sink, committing each row as sent. The
 sink runs in a separate process so that its work does not share the
 dispatcher's interpreter lock, as a real relay would not. The same sink is
@@ -31,10 +31,10 @@ from mailgateway.config import Settings
 from mailgateway.db.migrate import upgrade
 from mailgateway.db.models import OutboxMail, OutboxStatus
 from mailgateway.db.session import create_db_engine, session_factory
-from mailgateway.outbound.compose import compose, new_message_id
+from mailgateway.outbound.compose import new_message_id
 from mailgateway.outbound.dispatch import dispatch_once, sending_connections
-from mailgateway.outbound.intent import MailIntent, MailKind
-from mailgateway.outbound.queue import settings_context
+from mailgateway.outbound.intent import MailIntent, MailKind, outbox_document
+from mailgateway.outbound.queue import compose_queued
 from mailgateway.outbound.transports import SmtpTransport
 
 BODY = (
@@ -92,45 +92,47 @@ def _relay_ceiling(port: int, raw: bytes, count: int, connections: int) -> float
 
 
 def _fill(settings: Settings, n: int) -> bytes:
-    """`n` pending answers, rendered once and given distinct Message-IDs; returns one."""
+    """`n` pending answers as the pipeline queues them (intents, rendered by the
+    dispatcher as it sends); returns one of them rendered, for the relay-alone run."""
     clock = SystemClock()
     intent = MailIntent(
-        kind=MailKind.ANSWER, to=("cliente@studiobench.it",), language="it", ticket_id=None
+        kind=MailKind.ANSWER,
+        to=("cliente@studiobench.it",),
+        language="it",
+        ticket_id=None,
+        context={
+            "number": "2026-000001",
+            "subject": "Errore 98,20 su MOCO",
+            "body": BODY,
+            "author": "Luca Verdi",
+        },
     )
-    context = settings_context(settings) | {
-        "number": "2026-000001",
-        "subject": "Errore 98,20 su MOCO",
-        "body": BODY,
-        "author": "Luca Verdi",
-    }
-    template = compose(settings, clock, intent, context, ticket_number="2026-000001")
-    first_id, raw = template.message_id, template.raw
+    document = outbox_document(intent, "2026-000001")
     now = clock.now()
     engine = create_db_engine(settings.database)
     try:
         with session_factory(engine).begin() as session:
-            rows = []
-            for _ in range(n):
-                message_id = new_message_id(settings)
-                rows.append(
-                    {
-                        "created_at": now,
-                        "kind": intent.kind.value,
-                        "ticket_id": None,
-                        "automatic": False,
-                        "mail_from": settings.helpdesk.address,
-                        "recipients": list(intent.to),
-                        "message_id": message_id,
-                        "raw": raw.replace(first_id.encode(), message_id.encode()),
-                        "status": OutboxStatus.PENDING.value,
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                    }
-                )
+            rows = [
+                {
+                    "created_at": now,
+                    "kind": intent.kind.value,
+                    "ticket_id": None,
+                    "automatic": False,
+                    "mail_from": settings.helpdesk.address,
+                    "recipients": list(intent.to),
+                    "message_id": new_message_id(settings),
+                    "intent": document,
+                    "raw": None,
+                    "status": OutboxStatus.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                }
+                for _ in range(n)
+            ]
             session.execute(insert(OutboxMail), rows)
     finally:
         engine.dispose()
-    return raw
+    return compose_queued(settings, clock, document, rows[0]["message_id"])
 
 
 def bench_dispatch(settings: Settings, n: int = 2000) -> dict[str, Any]:

@@ -6,6 +6,11 @@ to a plain base name before it is stored or shown. File bodies live under
 `<data_dir>/attachments/<sha256[:2]>/<sha256>`: the same file sent twice is
 stored once, and writing it before the database commit is harmless, since
 an unreferenced file is only a cache entry.
+
+Files are written by a few background threads (`store_file_soon`): creating,
+writing and syncing a file is waiting on the disk, and the thread that
+processes mail goes on meanwhile. Whoever references a file waits for its
+write before committing (`db.session.wait_before_commit`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import mimetypes
 import os
 import tempfile
 import unicodedata
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 MAX_NAME_BYTES = 200
@@ -44,12 +50,19 @@ def attachment_path(data_dir: Path, sha256: str) -> Path:
     return data_dir / "attachments" / sha256[:2] / sha256
 
 
-def store_file(data_dir: Path, payload: bytes) -> str:
-    """Write `payload` once under its sha256 (atomically) and return the digest."""
+_WRITERS = ThreadPoolExecutor(4, thread_name_prefix="attachment-writer")
+
+
+def store_file_soon(data_dir: Path, payload: bytes) -> tuple[str, Future[None]]:
+    """The sha256 of `payload` now, and the write of its file under it, under way."""
     digest = hashlib.sha256(payload).hexdigest()
-    target = attachment_path(data_dir, digest)
+    return digest, _WRITERS.submit(_write_once, attachment_path(data_dir, digest), payload)
+
+
+def _write_once(target: Path, payload: bytes) -> None:
+    """Write atomically, and durably: the file, then its directory entry."""
     if target.exists():
-        return digest
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
     try:
@@ -61,4 +74,8 @@ def store_file(data_dir: Path, payload: bytes) -> str:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return digest
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

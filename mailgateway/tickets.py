@@ -3,19 +3,23 @@
 The allowed transitions are data (a table mirroring the desk's guide), so a
 change of policy is a change of one line, and every change of state goes
 through `change_status`, which is the only place that writes an Event for it.
+Events are rows to insert (`add_event`), not ORM objects: nothing reads them
+back in the transaction that writes them, and a bulk import writes those of
+a whole batch with one statement.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import cast
+from typing import TypedDict, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import Event, Ticket, TicketCounter, TicketStatus
+from mailgateway.db.session import insert_later
 from mailgateway.pipeline.thread import format_number
 
 
@@ -52,17 +56,27 @@ def next_status(current: str, action: TicketAction) -> TicketStatus | None:
     return TRANSITIONS.get((action, TicketStatus(current)))
 
 
+class EventRow(TypedDict):
+    """The columns of one row of `events`."""
+
+    ticket_id: int
+    at: datetime
+    actor: str
+    kind: str
+    from_status: str | None
+    to_status: str | None
+    reason: str
+
+
 def change_status(
     ticket: Ticket, action: TicketAction, *, actor: str, at: datetime, reason: str = ""
-) -> Event | None:
-    """Apply `action`; record the event. Returns None (and records nothing) if nothing moves."""
+) -> EventRow | None:
+    """Apply `action`; return its event. Returns None (no event) if nothing moves."""
     target = next_status(ticket.status, action)
     if target is None:
         return None
-    event = Event(
-        ticket=ticket, at=at, actor=actor, kind=action.value,
-        from_status=ticket.status, to_status=target.value, reason=reason,
-    )
+    event = EventRow(ticket_id=ticket.id, at=at, actor=actor, kind=action.value,
+                     from_status=ticket.status, to_status=target.value, reason=reason)
     if target != ticket.status:
         ticket.status = target.value
     if target == TicketStatus.CHIUSO:
@@ -76,11 +90,19 @@ def change_status(
 
 def record_event(
     ticket: Ticket, kind: str, *, actor: str, at: datetime, reason: str = ""
-) -> Event:
+) -> EventRow:
     """An event that changes no state (assignment, field change, refused mail)."""
     ticket.updated_at = at
-    return Event(ticket=ticket, at=at, actor=actor, kind=kind, from_status=ticket.status,
-                 to_status=ticket.status, reason=reason)
+    return EventRow(ticket_id=ticket.id, at=at, actor=actor, kind=kind,
+                    from_status=ticket.status, to_status=ticket.status, reason=reason)
+
+
+_INSERT_EVENT = insert(cast(Table, Event.__table__))
+
+
+def add_event(session: Session, event: EventRow) -> None:
+    """Write `event` with the session's next commit (or `db.session.write_later`)."""
+    insert_later(session, _INSERT_EVENT, dict(event))
 
 
 def allocate_number(session: Session, year: int) -> str:

@@ -257,7 +257,10 @@ class OutboxMail(Base):
     mail_from: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[list[str]] = mapped_column(JSON)
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
-    raw: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    # What was asked (outbound.intent.outbox_document); the dispatcher renders it into
+    # `raw` when it first sends the row. A row written already rendered has no intent.
+    intent: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]

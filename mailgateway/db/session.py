@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, insert
+from sqlalchemy import Engine, Executable, create_engine, event, func, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, SessionTransaction, make_transient_to_detached, sessionmaker
 
@@ -148,10 +149,20 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     @event.listens_for(factory, "after_transaction_end")
     def _forget_lookups(session: Session, transaction: SessionTransaction) -> None:
         if transaction.parent is None:
-            session.info.pop(_LOOKUPS, None)
+            for name in (_LOOKUPS, _AWAITED, _LATER):
+                session.info.pop(name, None)
+
+    @event.listens_for(factory, "before_commit")
+    def _finish_waited(session: Session) -> None:
+        write_later(session)
+        for pending in session.info.pop(_AWAITED, ()):
+            pending.result()  # raises, and so rolls back, when a write failed
 
     @event.listens_for(factory, "after_soft_rollback")
     def _detach_rolled_back(session: Session, rolled_back: SessionTransaction) -> None:
+        later = session.info.get(_LATER)
+        if later:
+            later[:] = [entry for entry in later if not _within(entry[0], rolled_back)]
         attached: dict[object, SessionTransaction] = transaction_cache(session, _ATTACHED)
         for row, written_in in list(attached.items()):
             if _within(written_in, rolled_back):
@@ -172,6 +183,8 @@ def _within(transaction: SessionTransaction | None, outer: SessionTransaction) -
 
 _LOOKUPS = "mailgateway.lookups"
 _ATTACHED = "attached rows"
+_AWAITED = "mailgateway.awaited"
+_LATER = "mailgateway.insert later"
 _Model = TypeVar("_Model")
 
 
@@ -185,6 +198,38 @@ def transaction_cache(session: Session, name: str) -> dict[Any, Any]:
     """
     lookups: dict[str, dict[Any, Any]] = session.info.setdefault(_LOOKUPS, {})
     return lookups.setdefault(name, {})
+
+
+def insert_later(session: Session, statement: Executable, row: dict[str, Any]) -> None:
+    """Have `row` inserted with `statement` at the next `write_later` or commit.
+
+    Rows of one statement go in one executemany: a bulk import writes each
+    kind of row of a whole batch at once instead of one statement a row. Only
+    for rows nothing reads back before the commit (events, outbox rows and
+    their bookkeeping); a savepoint that rolls back drops the rows queued
+    under it.
+    """
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(_LATER, []).append((transaction, statement, row))
+
+
+def write_later(session: Session) -> None:
+    """Insert the rows `insert_later` queued, a statement at a time, in order."""
+    queued = session.info.pop(_LATER, None)
+    if not queued:
+        return
+    grouped: dict[int, tuple[Executable, list[dict[str, Any]]]] = {}
+    for _, statement, row in queued:
+        grouped.setdefault(id(statement), (statement, []))[1].append(row)
+    connection = session.connection()
+    for statement, rows in grouped.values():
+        connection.execute(statement, rows)
+
+
+def wait_before_commit(session: Session, pending: Future[Any]) -> None:
+    """Make `session`'s next commit wait for `pending` (a file its rows point at), and
+    fail if it failed: rows never commit pointing at something not written."""
+    session.info.setdefault(_AWAITED, []).append(pending)
 
 
 def attach_inserted(session: Session, row: object) -> None:

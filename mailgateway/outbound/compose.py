@@ -1,4 +1,4 @@
-"""A MailIntent and its template context → an RFC 5322 message ready for the outbox.
+"""A MailIntent and its template context → an RFC 5322 message ready to send.
 
 Everything a mail client needs to keep the conversation together is decided
 here, once: the ticket tag in the subject, a Message-ID of ours, capped
@@ -413,8 +413,10 @@ def compose(
     context: Mapping[str, Any],
     *,
     ticket_number: str | None,
+    message_id: str | None = None,
 ) -> ComposedMail:
-    """Render the templates and build the message; ANSWER mails carry the stored files."""
+    """Render the templates and build the message; ANSWER mails carry the stored files.
+    `message_id` is the one given when the mail was queued, else a new one."""
     rendered = render(settings, intent, context)
     attachments: list[AttachmentFile] = []
     if intent.kind is MailKind.ANSWER:
@@ -424,7 +426,7 @@ def compose(
         clock,
         intent,
         rendered,
-        message_id=new_message_id(settings),
+        message_id=message_id or new_message_id(settings),
         ticket_number=ticket_number,
         attachments=attachments,
     )

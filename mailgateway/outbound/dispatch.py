@@ -19,10 +19,15 @@ threads' commits in-process rather than letting them collide on its lock.
 A batch stops before its lease can run out, so no other dispatcher can
 claim a row this one is still sending.
 
+A row is rendered from its intent just before it is first sent (see
+`outbound.intent`) and the bytes are kept with the `sent` mark, so a
+retried row is rendered again and a sent one shows what went out.
+
 Outcomes: accepted → `sent`; `TemporaryError` → `attempts + 1` and a later
 `next_attempt_at` (exponential backoff with jitter), or `dead` once
 `max_attempts` or `max_age_hours` is reached; `PermanentError` → `failed`
-with the server's answer in `last_error`. When the relay itself is
+with the server's answer in `last_error` (or why the mail could not be
+rendered: a stored file gone, a broken template). When the relay itself is
 unreachable, the rest of the batch is postponed to the same instant without
 spending its attempts. `retry()` puts a failed or dead row back in the queue.
 """
@@ -50,7 +55,7 @@ from mailgateway.clock import Clock
 from mailgateway.config import OutboundSettings, Settings
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
 from mailgateway.errors import PermanentError, TemporaryError, UserError
-from mailgateway.outbound.queue import purge_auto_answers
+from mailgateway.outbound.queue import compose_queued, purge_auto_answers
 from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
 
 
@@ -131,7 +136,8 @@ class _Claimed:
     message_id: str
     mail_from: str
     recipients: list[str]
-    raw: bytes
+    raw: bytes | None  # None until rendered from `intent`
+    intent: dict[str, Any] | None
     attempts: int
     created_at: datetime
 
@@ -172,6 +178,7 @@ def _claim(
             OutboxMail.mail_from,
             OutboxMail.recipients,
             OutboxMail.raw,
+            OutboxMail.intent,
             OutboxMail.attempts,
             OutboxMail.created_at,
         )
@@ -200,6 +207,20 @@ _MARK_SENT = (
     .values(status=OutboxStatus.SENT.value, attempts=bindparam("attempts"),
             sent_at=bindparam("sent_at"), last_error=None, claimed_until=None)
 )
+# The same, keeping the bytes just rendered: what was sent stays on record.
+_MARK_SENT_RENDERED = _MARK_SENT.values(raw=bindparam("raw"))
+
+
+def _render(settings: Settings, clock: Clock, mail: _Claimed) -> bytes:
+    """The row's mail rendered now: a row that cannot be rendered will never be."""
+    if mail.intent is None:
+        raise PermanentError("the outbox row holds neither a mail nor what to write")
+    try:
+        return compose_queued(settings, clock, mail.intent, mail.message_id)
+    except PermanentError:
+        raise
+    except Exception as exc:  # a broken template or snapshot: retrying cannot mend it
+        raise PermanentError(f"cannot render the mail: {type(exc).__name__}: {exc}") from exc
 
 
 def _after_temporary(
@@ -229,8 +250,11 @@ def _send_one(
     the instant to postpone the rest of the batch to when the relay is down."""
     bound = _log(outbox_id=mail.id, ticket=mail.ticket, message_id=mail.message_id)
     relay_down = False
+    raw = mail.raw
     try:
-        transport.send(mail.mail_from, mail.recipients, mail.raw)
+        if raw is None:
+            raw = _render(settings, clock, mail)
+        transport.send(mail.mail_from, mail.recipients, raw)
     except PermanentError as exc:
         with writing:
             _set(session, [mail.id], status=OutboxStatus.FAILED, attempts=mail.attempts + 1,
@@ -244,8 +268,10 @@ def _send_one(
         error = f"{type(exc).__name__}: {exc}"
     else:
         params = {"row_id": mail.id, "attempts": mail.attempts + 1, "sent_at": clock.now()}
+        rendered = mail.raw is None
         with writing:
-            session.execute(_MARK_SENT, params)
+            session.execute(_MARK_SENT_RENDERED if rendered else _MARK_SENT,
+                            params | {"raw": raw} if rendered else params)
             session.commit()
         bound.debug("outbound_mail_sent", recipients=mail.recipients)
         return "sent", None

@@ -1,13 +1,18 @@
 """What the pipeline and the scheduler ask to be mailed, before it is rendered.
 
 Deciding *that* a mail is due belongs to the stage that caused it; turning it
-into an RFC 5322 message belongs to `outbound`. This value is the hand-over.
+into an RFC 5322 message belongs to `outbound`. This value is the hand-over,
+and it is what the outbox keeps (`outbox_document`) until the dispatcher
+renders it: rendering and composing cost more than every database write of
+a new ticket together, so they are kept out of the transaction that receives
+the mail.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -57,12 +62,65 @@ class MailIntent:
 
 @dataclass(frozen=True)
 class QueuedMail:
-    """An outbox row just written: what the caller may want to know of it, as a value
-    (building an ORM object for a row nobody reads cost as much as writing it)."""
+    """An outbox row just queued: what the caller may want to know of it. Its
+    Message-ID names it; the row itself is written with the caller's commit."""
 
-    id: int
     kind: MailKind
     message_id: str
     ticket_id: int | None
     recipients: tuple[str, ...]
-    raw: bytes
+
+
+@dataclass(frozen=True)
+class StoredIntent:
+    """An outbox row's intent read back: enough to render the mail as it was asked for."""
+
+    intent: MailIntent  # its context: the template variables of the moment it was queued
+    ticket_number: str | None
+
+
+_DATETIME = "$datetime"  # JSON has no date type; the templates format real datetimes
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {_DATETIME: value.isoformat()}
+    if isinstance(value, Mapping):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and _DATETIME in value:
+            return datetime.fromisoformat(value[_DATETIME])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def outbox_document(intent: MailIntent, ticket_number: str | None) -> dict[str, Any]:
+    """The intent, with its template context, as JSON for the outbox row.
+
+    The context is a snapshot taken when the mail is queued, so the mail tells
+    the ticket as it was then (its status, its deadline), however late it is sent.
+    """
+    return {
+        "kind": intent.kind.value, "to": list(intent.to), "cc": list(intent.cc),
+        "language": intent.language, "ticket_id": intent.ticket_id,
+        "ticket_number": ticket_number, "in_reply_to": intent.in_reply_to,
+        "references": list(intent.references), "context": _to_json(intent.context),
+    }
+
+
+def stored_intent(document: Mapping[str, Any]) -> StoredIntent:
+    intent = MailIntent(
+        kind=MailKind(document["kind"]), to=tuple(document["to"]), cc=tuple(document["cc"]),
+        language=document["language"], ticket_id=document["ticket_id"],
+        in_reply_to=document["in_reply_to"], references=tuple(document["references"]),
+        context=_from_json(document["context"]),
+    )
+    return StoredIntent(intent, document["ticket_number"])

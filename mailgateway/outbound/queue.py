@@ -5,6 +5,10 @@ open and commit it themselves: the mail then exists if and only if the
 ticket change does, and the dispatcher picks it up after the commit. Nothing
 here commits or talks to the network.
 
+What is queued is the intent, with a snapshot of the ticket for the templates
+and the Message-ID it will carry; the dispatcher renders it (`compose_queued`)
+when it sends it, outside the transaction that received the mail.
+
 Automatic mails are rate-limited per recipient (`auto_answer_limit` within
 `auto_answer_window_minutes`), remembered in `auto_answers`: a robot that
 escaped loop detection, or a customer's script, gets a handful of answers
@@ -19,7 +23,7 @@ a loop); `recipients` of the row is To then Cc, without duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -31,9 +35,9 @@ from sqlalchemy.orm import Session
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
-from mailgateway.db.session import get_held, transaction_cache
-from mailgateway.outbound.compose import compose
-from mailgateway.outbound.intent import MailIntent, QueuedMail
+from mailgateway.db.session import get_held, insert_later, transaction_cache
+from mailgateway.outbound.compose import compose, new_message_id
+from mailgateway.outbound.intent import MailIntent, QueuedMail, outbox_document, stored_intent
 
 
 def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
@@ -109,7 +113,7 @@ _COUNT_RECENT = (
     .group_by(_AUTO_ANSWERS.c.recipient)
 )
 _OUTBOX = cast(Table, OutboxMail.__table__)
-_INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id)
+_INSERT_OUTBOX = insert(_OUTBOX)
 _INSERT_THREAD_REF = insert(cast(Table, ThreadRef.__table__))
 _INSERT_AUTO_ANSWER = insert(_AUTO_ANSWERS)
 
@@ -151,12 +155,13 @@ def purge_auto_answers(session: Session, settings: Settings, now: datetime) -> i
 def enqueue(
     session: Session, settings: Settings, clock: Clock, intent: MailIntent
 ) -> QueuedMail | None:
-    """Render and queue the mail `intent` asks for; None when nobody may receive it.
+    """Queue the mail `intent` asks for; None when nobody may receive it.
 
-    Runs in the caller's transaction and does not commit. Raises when the
-    mail cannot be built (a stored attachment missing), so the caller's
-    change rolls back rather than going out without its mail. The rows are
-    written at once; the caller's own pending changes are left to its flush.
+    Runs in the caller's transaction and does not commit. The row holds the
+    intent with a snapshot of the ticket, and its Message-ID, fixed now so
+    that replies to it find the ticket; the dispatcher renders it
+    (`compose_queued`). The rows are written at once; the caller's own
+    pending changes are left to its flush.
     """
     now = clock.now()
     ticket: Ticket | None = None
@@ -181,14 +186,9 @@ def enqueue(
         bound.info("outbound_mail_skipped", reason="no recipient left")
         return None
 
-    context: dict[str, Any] = settings_context(settings)
-    if ticket is not None:
-        context.update(ticket_context(settings, ticket))
-    context.update(intent.context)
-    effective = replace(intent, to=tuple(to), cc=tuple(cc))
-    mail = compose(
-        settings, clock, effective, context, ticket_number=ticket.number if ticket else None
-    )
+    context = dict(ticket_context(settings, ticket)) if ticket is not None else {}
+    effective = replace(intent, to=tuple(to), cc=tuple(cc), context=context | dict(intent.context))
+    message_id = new_message_id(settings)
     values: dict[str, Any] = {
         "created_at": now,
         "kind": intent.kind.value,
@@ -196,8 +196,9 @@ def enqueue(
         "automatic": intent.automatic,
         "mail_from": settings.helpdesk.address,
         "recipients": to + cc,
-        "message_id": mail.message_id,
-        "raw": mail.raw,
+        "message_id": message_id,
+        "intent": outbox_document(effective, ticket.number if ticket else None),
+        "raw": None,
         "status": OutboxStatus.PENDING,
         "attempts": 0,
         "next_attempt_at": now,
@@ -205,34 +206,39 @@ def enqueue(
         "last_error": None,
         "sent_at": None,
     }
-    outbox_id = _insert(
-        session, values, ticket, [a.lower() for a in to + cc] if intent.automatic else [])
-    bound.info("outbox_enqueued", outbox_id=outbox_id, message_id=mail.message_id,
-               recipients=to + cc)
-    return QueuedMail(outbox_id, intent.kind, mail.message_id, intent.ticket_id,
-                      tuple(to + cc), mail.raw)
+    _insert(session, values, ticket, [a.lower() for a in to + cc] if intent.automatic else [])
+    bound.info("outbox_enqueued", message_id=message_id, recipients=to + cc)
+    return QueuedMail(intent.kind, message_id, intent.ticket_id, tuple(to + cc))
+
+
+def compose_queued(
+    settings: Settings, clock: Clock, document: Mapping[str, Any], message_id: str
+) -> bytes:
+    """The bytes of a queued mail, rendered now from what was asked when it was queued.
+
+    Raises `PermanentError` when it cannot be built (a stored file gone).
+    """
+    stored = stored_intent(document)
+    context = settings_context(settings) | dict(stored.intent.context)
+    return compose(settings, clock, stored.intent, context,
+                   ticket_number=stored.ticket_number, message_id=message_id).raw
 
 
 def _insert(
     session: Session, values: dict[str, Any], ticket: Ticket | None, answered: list[str]
-) -> int:
-    """Write the outbox row, its thread reference and the limiter's rows; return the id.
+) -> None:
+    """Queue the outbox row, its thread reference and the limiter's rows for the commit.
 
-    Prepared statements on the session's connection, rather than objects left
-    to a flush: a flush here would also write every change the caller has
-    pending, and costs several times as much as the statements themselves.
+    Nothing reads them back in the transaction (the limiter keeps its own
+    counts), so they are written with the caller's commit, one statement per
+    table for a whole batch of mails (`db.session.insert_later`).
     """
-    connection = session.connection()
-    outbox_id = connection.execute(_INSERT_OUTBOX, values).scalar_one()
+    insert_later(session, _INSERT_OUTBOX, values)
     if ticket is not None:
-        connection.execute(
-            _INSERT_THREAD_REF, {"message_id": values["message_id"], "ticket_id": ticket.id}
-        )
-    if answered:
-        connection.execute(
-            _INSERT_AUTO_ANSWER, [{"recipient": a, "at": values["created_at"]} for a in answered]
-        )
-        counted = transaction_cache(session, "automatic answers")
-        for recipient in answered:
-            counted[recipient] = counted.get(recipient, 0) + 1
-    return int(outbox_id)
+        insert_later(session, _INSERT_THREAD_REF,
+                     {"message_id": values["message_id"], "ticket_id": ticket.id})
+    counted = transaction_cache(session, "automatic answers")
+    for recipient in answered:
+        insert_later(session, _INSERT_AUTO_ANSWER,
+                     {"recipient": recipient, "at": values["created_at"]})
+        counted[recipient] = counted.get(recipient, 0) + 1

@@ -18,11 +18,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from mailgateway.attachments import safe_filename, store_file
+from mailgateway.attachments import safe_filename, store_file_soon
 from mailgateway.db.models import (
     Account,
     Attachment,
-    Event,
     InboxMail,
     Message,
     Person,
@@ -31,7 +30,12 @@ from mailgateway.db.models import (
     Ticket,
     TicketStatus,
 )
-from mailgateway.db.session import attach_inserted, get_held, transaction_cache
+from mailgateway.db.session import (
+    attach_inserted,
+    get_held,
+    transaction_cache,
+    wait_before_commit,
+)
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.context import SENDERS, Analysis, Pipeline
@@ -39,7 +43,14 @@ from mailgateway.pipeline.identify import Sender
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.thread import clean_subject
 from mailgateway.sla import first_response_due
-from mailgateway.tickets import TicketAction, allocate_number, change_status, record_event
+from mailgateway.tickets import (
+    EventRow,
+    TicketAction,
+    add_event,
+    allocate_number,
+    change_status,
+    record_event,
+)
 
 log = structlog.get_logger()
 
@@ -62,9 +73,10 @@ def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> 
 
 
 def _keep_attachments(
-    pipeline: Pipeline, mail: ParsedMail, message: Message
+    session: Session, pipeline: Pipeline, mail: ParsedMail, message: Message
 ) -> list[str]:
-    """Store what may be kept; return the names of files refused for their size."""
+    """Store what may be kept; return the names of files refused for their size.
+    The files are written while the pipeline goes on; the commit waits for them."""
     limit = pipeline.settings.helpdesk.max_attachment_bytes
     refused: list[str] = []
     for part in mail.attachments:
@@ -72,7 +84,8 @@ def _keep_attachments(
         if len(part.payload) > limit:
             refused.append(name)
             continue
-        digest = store_file(pipeline.settings.data_dir, part.payload)
+        digest, written = store_file_soon(pipeline.settings.data_dir, part.payload)
+        wait_before_commit(session, written)
         message.attachments.append(Attachment(
             filename=name, content_type=part.content_type[:255], size=len(part.payload),
             sha256=digest))
@@ -129,8 +142,8 @@ def apply_reject(
 ) -> Ticket | None:
     ticket = get_held(session, Ticket, decision.ticket.id) if decision.ticket else None
     if ticket is not None:
-        session.add(record_event(ticket, "refused_mail", actor=analysis.sender.email,
-                                 at=pipeline.clock.now(), reason=decision.reason))
+        add_event(session, record_event(ticket, "refused_mail", actor=analysis.sender.email,
+                                        at=pipeline.clock.now(), reason=decision.reason))
     _mail(session, pipeline, analysis, decision.answer, (analysis.mail.from_addr,), ticket,
           subject=analysis.mail.subject, reason=decision.reason)
     return ticket
@@ -176,7 +189,7 @@ def _insert_ticket(
     ticket = Ticket(id=ticket_id, **values)
     attach_inserted(session, ticket)
     for name, value in (("account", account), ("person", person), ("assignee", None),
-                        ("messages", []), ("events", [])):
+                        ("messages", [])):
         set_committed_value(ticket, name, value)
     return ticket
 
@@ -208,8 +221,9 @@ def open_ticket(
     session.add(Message(ticket=ticket, inbox_id=inbox.id, direction="in",
                         author=analysis.sender.email, body=decision.description,
                         refused_attachments=refused, created_at=now))
-    session.add(Event(ticket=ticket, at=now, actor=analysis.sender.email, kind="created",
-                      from_status=None, to_status=ticket.status, reason=decision.reason))
+    add_event(session, EventRow(ticket_id=ticket.id, at=now, actor=analysis.sender.email,
+                                kind="created", from_status=None, to_status=ticket.status,
+                                reason=decision.reason))
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
     _remember_message_id(session, mail, ticket)
     to, cc = _customer_recipients(ticket)
@@ -234,11 +248,12 @@ def add_customer_reply(
     message = Message(ticket=ticket, inbox_id=inbox.id, direction="in",
                       author=analysis.sender.email, body=decision.body, created_at=now)
     session.add(message)
-    message.refused_attachments = _keep_attachments(pipeline, analysis.mail, message)
+    message.refused_attachments = _keep_attachments(session, pipeline, analysis.mail, message)
     event = change_status(ticket, TicketAction.CUSTOMER_REPLIED, actor=analysis.sender.email,
                           at=now, reason=decision.reason)
-    session.add(event or record_event(ticket, "customer_replied", actor=analysis.sender.email,
-                                      at=now, reason=decision.reason))
+    add_event(session, event or record_event(ticket, "customer_replied",
+                                             actor=analysis.sender.email, at=now,
+                                             reason=decision.reason))
     _remember_message_id(session, analysis.mail, ticket)
     notify = (ticket.assignee.email if ticket.assignee is not None
               else pipeline.settings.group_address(ticket.group))
@@ -263,8 +278,9 @@ def _apply_commands(
             staff = session.execute(select(Staff).where(
                 (Staff.email == wanted) | (Staff.name.ilike(wanted)))).scalars().first()
             if staff is None:
-                session.add(record_event(ticket, "command_refused", actor=actor, at=now,
-                                         reason=f"#assegna: no technician {command.argument!r}"))
+                add_event(session, record_event(
+                    ticket, "command_refused", actor=actor, at=now,
+                    reason=f"#assegna: no technician {command.argument!r}"))
                 continue
             ticket.assignee = staff
         elif command.name in ("product", "type", "impact"):
@@ -272,8 +288,8 @@ def _apply_commands(
             setattr(ticket, column[command.name], command.argument)
         else:
             continue
-        session.add(record_event(ticket, command.name, actor=actor, at=now,
-                                 reason=command.argument))
+        add_event(session, record_event(ticket, command.name, actor=actor, at=now,
+                                        reason=command.argument))
 
 
 def add_staff_reply(
@@ -291,15 +307,16 @@ def add_staff_reply(
         message = Message(ticket=ticket, inbox_id=inbox.id, direction="out", author=actor,
                           body=decision.body, internal=decision.internal, created_at=now)
         session.add(message)
-        message.refused_attachments = _keep_attachments(pipeline, analysis.mail, message)
+        message.refused_attachments = _keep_attachments(session, pipeline, analysis.mail, message)
     for action in decision.actions:
         if action in (TicketAction.TAKEN, TicketAction.STAFF_ANSWERED) and ticket.assignee is None:
             ticket.assignee = staff
         event = change_status(ticket, action, actor=actor, at=now, reason=decision.reason)
         if event is not None:
-            session.add(event)
+            add_event(session, event)
     if decision.internal:
-        session.add(record_event(ticket, "note", actor=actor, at=now, reason=decision.reason))
+        add_event(session, record_event(ticket, "note", actor=actor, at=now,
+                                        reason=decision.reason))
     _remember_message_id(session, analysis.mail, ticket)
     if message is not None and not decision.internal:
         to, cc = _customer_recipients(ticket)

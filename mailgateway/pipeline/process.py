@@ -17,7 +17,7 @@ from sqlalchemy import CompoundSelect, literal, null, select, true, union_all
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import Account, InboxMail, InboxStatus, Person, Staff, ThreadRef, Ticket
-from mailgateway.db.session import get_held, transaction_cache
+from mailgateway.db.session import get_held, transaction_cache, write_later
 from mailgateway.pipeline import apply
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.classify import classify
@@ -80,11 +80,13 @@ def process_inbox_mail(
     Autoflush is off: the stages query a handful of indexed rows and flush
     explicitly where an id is needed, instead of flushing before every query.
     A caller processing many mails in one transaction passes `flush=False` and
-    lets the changes of several mails go to the database together.
+    lets the changes of several mails go to the database together, the rows
+    queued with `db.session.insert_later` included.
     """
     with session.no_autoflush:
         analysis = _process(session, pipeline, inbox, mail)
     if flush:
+        write_later(session)
         session.flush()
     return analysis
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
-from mailgateway.db.models import InboxMail, OutboxMail, Ticket
+from mailgateway.db.models import Event, InboxMail, OutboxMail, Ticket
 from mailgateway.ingest.bulk import import_archive
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.outbound.queue import enqueue
@@ -133,9 +133,14 @@ def test_a_failing_mail_is_quarantined_alone_and_the_batch_goes_on(
             acknowledged = session.execute(
                 select(OutboxMail.ticket_id).where(OutboxMail.kind == "acknowledgment")
             ).scalars().all()
+            opened = session.execute(
+                select(Event.ticket_id).where(Event.kind == "created")).scalars().all()
+            ticket_ids = session.execute(select(Ticket.id).order_by(Ticket.id)).scalars().all()
         assert reason == "RuntimeError: the template engine exploded"
         assert subjects == ["Primo", "Terzo"]
         assert len(acknowledged) == 2
+        # The failed mail's event, queued for the commit, went with its savepoint.
+        assert sorted(opened) == ticket_ids
         [opening, reply] = ticket(gateway, "2026-000002")["messages"]
         assert "MPRI" in opening["body"]
         assert reply["body"] == "Ancora io."

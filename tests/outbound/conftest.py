@@ -3,16 +3,17 @@ mail about, and the SMTP sink playing the relay."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
-from mailgateway.db.models import Account, Person, Ticket, TicketStatus
+from mailgateway.db.models import Account, OutboxMail, Person, Ticket, TicketStatus
 from mailgateway.db.session import create_db_engine, session_factory
 from tests.smtp_sink import SmtpSink
 from tests.smtp_sink import smtp_sink as smtp_sink  # re-exported as a fixture
@@ -93,3 +94,11 @@ def make_ticket(sessions: sessionmaker[Session], clock: FixedClock) -> TicketFac
         return ticket
 
     return make
+
+
+def outbox_ids(sessions: sessionmaker[Session], message_ids: Sequence[str]) -> list[int]:
+    """The ids of committed outbox rows, in the order of `message_ids`."""
+    with sessions() as session:
+        found = dict(session.execute(select(OutboxMail.message_id, OutboxMail.id)
+                                     .where(OutboxMail.message_id.in_(message_ids))).all())
+    return [found[m] for m in message_ids]

@@ -40,6 +40,7 @@ def app(settings: Settings, clock: FixedClock, sessions: sessionmaker[Session]) 
             enqueue(session, settings, clock, MailIntent(
                 kind=MailKind.ANSWER, to=(f"cliente{n}@studiorossi.it",), language="it",
                 context={"body": "Risposta"}))
+    with sessions.begin() as session:
         session.execute(update(OutboxMail).where(OutboxMail.id == 2)
                         .values(status=OutboxStatus.FAILED, last_error="550 5.1.1 No such user"))
     return _App(settings, clock, sessions)

@@ -34,7 +34,7 @@ from mailgateway.outbound.transports import (
     build_transport,
 )
 from mailgateway.reply_token import TokenPurpose, read_reply_address
-from tests.outbound.conftest import TicketFactory
+from tests.outbound.conftest import TicketFactory, outbox_ids
 from tests.smtp_sink import SmtpSink
 
 
@@ -60,8 +60,8 @@ def _queue(
             )
             row = enqueue(session, settings, clock, intent)
             assert row is not None
-            ids.append(row.id)
-    return ids
+            ids.append(row.message_id)
+    return outbox_ids(sessions, ids)
 
 
 def _rows(sessions: sessionmaker[Session]) -> list[OutboxMail]:
@@ -128,7 +128,8 @@ def test_acknowledgment_through_the_relay(
     with sessions.begin() as session:
         row = enqueue(session, settings, clock, intent)
         assert row is not None
-        outbox_id = row.id
+        message_id = row.message_id
+    [outbox_id] = outbox_ids(sessions, [message_id])
 
     report = dispatch_once(sessions, settings, clock, build_transport(settings))
 
@@ -499,3 +500,50 @@ def test_parallel_sessions_lose_nothing_when_the_relay_is_down(
                          connections=4).sent == 12
     ids = _message_ids(smtp_sink)
     assert len(ids) == len(set(ids)) == 12
+
+
+def test_a_queued_row_is_rendered_when_sent_and_the_bytes_are_kept(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    [outbox_id] = _queue(sessions, relay_settings, clock)
+    with sessions() as session:
+        assert session.scalar(select(OutboxMail.raw).where(OutboxMail.id == outbox_id)) is None
+
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).sent == 1
+
+    [delivery] = smtp_sink.deliveries
+    with sessions() as session:
+        row = session.get(OutboxMail, outbox_id)
+        assert row is not None and row.raw == delivery.raw
+        assert delivery.message["Message-ID"] == f"<{row.message_id}>"
+    assert "Risposta 0" in delivery.message.get_body(("plain",)).get_content()
+
+
+def test_a_mail_that_cannot_be_rendered_is_parked_with_the_reason(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    """An answer whose stored file is gone: said in `last_error`, nothing sent, the other
+    mails of the batch go out."""
+    gone = {"filename": "fattura.pdf", "content_type": "application/pdf",
+            "sha256": "0" * 64, "size": 10}
+    with sessions.begin() as session:
+        broken = enqueue(session, relay_settings, clock, MailIntent(
+            kind=MailKind.ANSWER, to=("cliente@studiorossi.it",), language="it",
+            context={"body": "In allegato", "attachments": [gone]}))
+        assert broken is not None
+    [fine] = _queue(sessions, relay_settings, clock)
+
+    report = dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings))
+
+    assert (report.sent, report.failed) == (1, 1)
+    row = _row(sessions, outbox_ids(sessions, [broken.message_id])[0])
+    assert row.status == OutboxStatus.FAILED
+    assert "fattura.pdf" in (row.last_error or "") and "missing" in (row.last_error or "")
+    assert _row(sessions, fine).status == OutboxStatus.SENT
+    assert len(smtp_sink.deliveries) == 1

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
-from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef
-from mailgateway.outbound.intent import MailIntent, MailKind
-from mailgateway.outbound.queue import enqueue, purge_auto_answers
-from tests.outbound.conftest import TicketFactory
+from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
+from mailgateway.outbound.intent import MailIntent, MailKind, stored_intent
+from mailgateway.outbound.queue import compose_queued, enqueue, purge_auto_answers
+from tests.outbound.conftest import TicketFactory, outbox_ids
 
 
 def _count(sessions: sessionmaker[Session]) -> int:
@@ -22,7 +22,12 @@ def _count(sessions: sessionmaker[Session]) -> int:
         return session.scalar(select(func.count()).select_from(OutboxMail)) or 0
 
 
-def _parse(raw: bytes) -> EmailMessage:
+def _rendered(settings: Settings, clock: FixedClock, session: Session, message_id: str
+              ) -> EmailMessage:
+    """The queued row as the dispatcher will send it."""
+    row = session.scalars(select(OutboxMail).where(OutboxMail.message_id == message_id)).one()
+    assert row is not None and row.raw is None and row.intent is not None
+    raw = compose_queued(settings, clock, row.intent, row.message_id)
     return message_from_bytes(raw, policy=policy.default)
 
 
@@ -47,7 +52,8 @@ def test_enqueue_writes_the_row_and_its_thread_ref(
     with sessions.begin() as session:
         row = enqueue(session, settings, clock, intent)
         assert row is not None
-        outbox_id, message_id = row.id, row.message_id
+        message_id = row.message_id
+    [outbox_id] = outbox_ids(sessions, [message_id])
 
     with sessions() as session:
         stored = session.get(OutboxMail, outbox_id)
@@ -62,7 +68,7 @@ def test_enqueue_writes_the_row_and_its_thread_ref(
         assert stored.ticket_id == ticket.id
         ref = session.get(ThreadRef, message_id)
         assert ref is not None and ref.ticket_id == ticket.id
-        message = _parse(stored.raw)
+        message = _rendered(settings, clock, session, message_id)
     assert message["Message-ID"] == f"<{message_id}>"
     assert message["Cc"] == "segreteria@studiorossi.it"
     assert message["Subject"] == f"[Ticket#{ticket.number}] {ticket.subject}"
@@ -181,7 +187,8 @@ def test_a_limited_cc_is_dropped_and_the_mail_still_goes(
         )
         assert row is not None
         assert row.recipients == ("owner@studiorossi.it",)
-        assert _parse(row.raw)["Cc"] is None
+    with sessions() as session:
+        assert _rendered(settings, clock, session, row.message_id)["Cc"] is None
 
 
 def test_no_automatic_answer_to_our_own_address(
@@ -229,7 +236,8 @@ def test_a_ticketless_mail_has_no_thread_ref(
         row = enqueue(session, settings, clock, intent)
         assert row is not None and row.ticket_id is None
         assert session.scalar(select(func.count()).select_from(ThreadRef)) == 0
-    message = _parse(row.raw)
+    with sessions() as session:
+        message = _rendered(settings, clock, session, row.message_id)
     assert message["Subject"] == "Address not registered: Help"
     assert message["In-Reply-To"] == "<their@altrove.it>"
 
@@ -260,3 +268,37 @@ def test_purge_forgets_answers_older_than_the_window(
         assert purge_auto_answers(session, settings, clock.now()) == 3
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(AutoAnswer)) == 1
+
+
+def test_the_mail_tells_the_ticket_as_it_was_when_queued(
+    settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    make_ticket: TicketFactory,
+) -> None:
+    """The row keeps a snapshot: a ticket that moves on before the mail goes out does not
+    change what the mail says, and its dates stay dates for the templates."""
+    ticket = make_ticket()
+    intent = MailIntent(kind=MailKind.NEW_TICKET_NOTICE, to=("gruppo@example.com",),
+                        language="it", ticket_id=ticket.id,
+                        context={"body": "Errore 98,20", "author": "niccolo@studiorossi.it"})
+    with sessions.begin() as session:
+        row = enqueue(session, settings, clock, intent)
+        assert row is not None
+    with sessions.begin() as session:
+        stored = session.get(Ticket, ticket.id)
+        assert stored is not None
+        stored.subject, stored.impact = "Cambiato dopo", "difficolta"
+    clock.advance(days=2)
+    with sessions() as session:
+        queued = session.get(OutboxMail, outbox_ids(sessions, [row.message_id])[0])
+        assert queued is not None and queued.intent is not None
+        assert stored_intent(queued.intent).intent.context["created_at"] == ticket.created_at
+        message = _rendered(settings, clock, session, row.message_id)
+    assert message["Message-ID"] == f"<{row.message_id}>"
+    assert str(message["Subject"]).endswith(ticket.subject)
+    text = message.get_body(("plain",))
+    assert text is not None
+    content = text.get_content()
+    assert "Impatto: Sono bloccato" in content
+    assert "Prima risposta entro il " in content  # due_at, formatted as a date

@@ -126,6 +126,33 @@ def test_reply_by_references_only_keeps_attachment(desk: Gateway) -> None:
     assert stored.read_bytes() == payload
 
 
+def test_a_file_that_cannot_be_written_leaves_the_reply_quarantined(desk: Gateway) -> None:
+    """Files are written in the background; the commit waits for them, so a reply never
+    points at a file that is not on disk. Here the file's directory is taken by a file."""
+    open_first_ticket(desk)
+    payload = b"%PDF-1.4 non scrivibile " * 50
+    digest = hashlib.sha256(payload).hexdigest()
+    blocked = desk.settings.data_dir / "attachments" / digest[:2]
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_bytes(b"not a directory")
+    raw = build_mail(subject="Re: ancora", body="Il log.", references=["first@client.test"],
+                     attachments=[("log.pdf", payload, "application/pdf")])
+
+    assert deliver(desk, raw) == "quarantined"
+    assert len(ticket(desk)["messages"]) == 1
+    with desk.sessions() as session:
+        reason = session.execute(select(InboxMail.reason)
+                                 .where(InboxMail.status == "quarantined")).scalar_one()
+    assert reason is not None and "Error" in reason
+
+    blocked.unlink()
+    with desk.sessions() as session:
+        quarantined = session.execute(select(InboxMail.id)
+                                      .where(InboxMail.status == "quarantined")).scalar_one()
+    assert desk.retry(quarantined) == "processed"
+    assert (blocked / digest).read_bytes() == payload
+
+
 def test_reply_over_attachment_limit_is_refused_by_name(desk: Gateway, settings: Settings) -> None:
     small = Gateway(
         replace(settings, helpdesk=replace(settings.helpdesk, max_attachment_bytes=10)), desk.clock
