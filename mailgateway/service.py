@@ -36,7 +36,7 @@ from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline.context import Mailer, Pipeline
 from mailgateway.pipeline.parse import ParsedMail, parse_mail
-from mailgateway.pipeline.process import process_inbox_mail
+from mailgateway.pipeline.process import look_up_batch, process_inbox_mail
 
 log = structlog.get_logger()
 
@@ -235,6 +235,7 @@ class Gateway:
                     seen.add(mail.identity.dedup_key)
                     fresh.append(index)
             rows = self._store_rows(session, [mails[i] for i in fresh], transport)
+            look_up_batch(session, self.pipeline, [(mails[i].parsed, None) for i in fresh])
             for index, row in zip(fresh, rows, strict=True):
                 outcomes[index] = self._process_stored(session, row, mails[index], careful)
         return outcomes

@@ -149,7 +149,7 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     @event.listens_for(factory, "after_transaction_end")
     def _forget_lookups(session: Session, transaction: SessionTransaction) -> None:
         if transaction.parent is None:
-            for name in (_LOOKUPS, _AWAITED, _LATER):
+            for name in (_LOOKUPS, _AWAITED, _LATER, _FORGOTTEN_ON_ROLLBACK):
                 session.info.pop(name, None)
 
     @event.listens_for(factory, "before_commit")
@@ -160,6 +160,9 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
     @event.listens_for(factory, "after_soft_rollback")
     def _detach_rolled_back(session: Session, rolled_back: SessionTransaction) -> None:
+        lookups = session.info.get(_LOOKUPS, {})
+        for name in session.info.get(_FORGOTTEN_ON_ROLLBACK, ()):
+            lookups.pop(name, None)
         later = session.info.get(_LATER)
         if later:
             later[:] = [entry for entry in later if not _within(entry[0], rolled_back)]
@@ -185,18 +188,25 @@ _LOOKUPS = "mailgateway.lookups"
 _ATTACHED = "attached rows"
 _AWAITED = "mailgateway.awaited"
 _LATER = "mailgateway.insert later"
+_FORGOTTEN_ON_ROLLBACK = "mailgateway.forgotten on rollback"
 _Model = TypeVar("_Model")
 
 
-def transaction_cache(session: Session, name: str) -> dict[Any, Any]:
+def transaction_cache(
+    session: Session, name: str, *, forget_on_rollback: bool = False
+) -> dict[Any, Any]:
     """A dictionary that lives until `session`'s transaction ends.
 
     A bulk import processes hundreds of mails in one transaction and meets the
     same senders and tickets again and again; what one mail looked up, the next
     finds here instead of in another query. Whoever writes a row that a cached
-    lookup would now find differently drops that entry.
+    lookup would now find differently drops that entry, or, when the cache
+    records what the transaction itself wrote, asks for it to be forgotten
+    whenever a savepoint rolls back (`forget_on_rollback`).
     """
     lookups: dict[str, dict[Any, Any]] = session.info.setdefault(_LOOKUPS, {})
+    if forget_on_rollback:
+        session.info.setdefault(_FORGOTTEN_ON_ROLLBACK, set()).add(name)
     return lookups.setdefault(name, {})
 
 

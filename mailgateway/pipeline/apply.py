@@ -38,7 +38,7 @@ from mailgateway.db.session import (
 )
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.pipeline import decide as d
-from mailgateway.pipeline.context import SENDERS, Analysis, Pipeline
+from mailgateway.pipeline.context import SENDERS, THREAD_REFS, TICKET_IDS, Analysis, Pipeline
 from mailgateway.pipeline.identify import Sender
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.thread import clean_subject
@@ -67,9 +67,13 @@ def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> 
     """Replies may reference this mail; the first ticket to know an id keeps it."""
     if not mail.message_id:
         return
+    message_id = mail.message_id[:998]
     connection = session.connection()
     connection.execute(_REMEMBER[connection.dialect.name],
-                       {"message_id": mail.message_id[:998], "ticket_id": ticket.id})
+                       {"message_id": message_id, "ticket_id": ticket.id})
+    known = transaction_cache(session, THREAD_REFS, forget_on_rollback=True)
+    if message_id in known and known[message_id] is None:  # looked up, and no ticket knew it
+        known[message_id] = ticket.id
 
 
 def _keep_attachments(
@@ -225,6 +229,7 @@ def open_ticket(
                                 kind="created", from_status=None, to_status=ticket.status,
                                 reason=decision.reason))
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
+    transaction_cache(session, TICKET_IDS)[ticket.number] = ticket.id
     _remember_message_id(session, mail, ticket)
     to, cc = _customer_recipients(ticket)
     _mail(session, pipeline, analysis, MailKind.ACKNOWLEDGMENT, to, ticket, cc=cc,

@@ -17,8 +17,11 @@ from mailgateway.pipeline.parse import ParsedMail
 
 Mailer = Callable[[Session, MailIntent], QueuedMail | None]
 
-# The transaction cache (`db.session.transaction_cache`) of directory rows by address.
-SENDERS = "senders"
+# Transaction caches (`db.session.transaction_cache`) the stages share:
+SENDERS = "senders"  # directory rows by address
+TICKET_IDS = "ticket ids"  # ticket ids by number
+# Ticket ids by Message-ID (None: no ticket knows it); forgotten on rollback.
+THREAD_REFS = "thread refs"
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,22 @@ leaves either all of a mail's effects or none.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from email.utils import parseaddr
 from typing import Any
 
 import structlog
-from sqlalchemy import CompoundSelect, literal, null, select, true, union_all
+from sqlalchemy import (
+    BindParameter,
+    CompoundSelect,
+    bindparam,
+    literal,
+    null,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import Account, InboxMail, InboxStatus, Person, Staff, ThreadRef, Ticket
@@ -21,7 +31,7 @@ from mailgateway.db.session import get_held, transaction_cache, write_later
 from mailgateway.pipeline import apply
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.classify import classify
-from mailgateway.pipeline.context import SENDERS, Analysis, Pipeline
+from mailgateway.pipeline.context import SENDERS, THREAD_REFS, TICKET_IDS, Analysis, Pipeline
 from mailgateway.pipeline.identify import (
     DirectoryMatch,
     Sender,
@@ -48,11 +58,7 @@ def analyse(
         # The null sender (MAIL FROM:<>) is how machines say "do not answer me".
         classification = replace(classification, may_auto_answer=False)
     sender = _identify(session, mail, envelope_from)
-    keys = thread_keys(
-        mail.subject, (*mail.to, *mail.cc, *mail.header_all("Delivered-To")),
-        mail.in_reply_to, mail.references, ticket_tag=settings.helpdesk.ticket_tag,
-        helpdesk_address=settings.helpdesk.address, secret=settings.helpdesk.secret,
-    )
+    keys = _thread_keys(pipeline, mail)
     ticket = _find_ticket(session, keys)
     decision: d.Decision
     if classification.kind is not None:
@@ -146,23 +152,35 @@ def _identify(session: Session, mail: ParsedMail, envelope_from: str | None) -> 
     return identify(email, mail.from_name, _directory_matches(session, email))
 
 
-def _directory_matches(session: Session, email: str) -> list[DirectoryMatch]:
-    """Every directory row with this address, in one round trip, once per transaction."""
+_EMAILS: BindParameter[Any] = bindparam("emails", expanding=True)
+# Built once: every directory row with one of the addresses, in one round trip.
+_DIRECTORY: CompoundSelect[Any] = union_all(
+    select(literal(SenderKind.STAFF.value), Staff.email, Staff.id, Staff.name, null(),
+           Staff.active).where(Staff.email.in_(_EMAILS)),
+    select(literal(SenderKind.PERSON.value), Person.email, Person.id, Person.name,
+           Person.account_id, true()).where(Person.email.in_(_EMAILS)),
+    select(literal(SenderKind.ACCOUNT.value), Account.main_email, Account.id, Account.name,
+           Account.id, true()).where(Account.main_email.in_(_EMAILS)),
+)
+
+
+def _load_directory(session: Session, emails: Collection[str]) -> None:
+    """The directory rows of `emails` into the transaction's cache, none left out:
+    an address with no row is cached as unknown."""
+    found: dict[str, list[DirectoryMatch]] = {email: [] for email in emails}
+    for kind, email, id_, name, account_id, active in session.execute(
+            _DIRECTORY, {"emails": list(emails)}):
+        found[email].append(DirectoryMatch(SenderKind(kind), id_, name, account_id, bool(active)))
     known = transaction_cache(session, SENDERS)
-    if email in known:
-        return list(known[email])
-    query: CompoundSelect[Any] = union_all(
-        select(literal(SenderKind.STAFF.value), Staff.id, Staff.name, null(), Staff.active)
-        .where(Staff.email == email),
-        select(literal(SenderKind.PERSON.value), Person.id, Person.name, Person.account_id,
-               true()).where(Person.email == email),
-        select(literal(SenderKind.ACCOUNT.value), Account.id, Account.name, Account.id,
-               true()).where(Account.main_email == email),
-    )
-    matches = [DirectoryMatch(SenderKind(kind), id_, name, account_id, bool(active))
-               for kind, id_, name, account_id, active in session.execute(query).all()]
-    known[email] = tuple(matches)
-    return matches
+    known.update((email, tuple(matches)) for email, matches in found.items())
+
+
+def _directory_matches(session: Session, email: str) -> list[DirectoryMatch]:
+    """Every directory row with this address, once per transaction."""
+    known = transaction_cache(session, SENDERS)
+    if email not in known:
+        _load_directory(session, [email])
+    return list(known[email])
 
 
 def _ref(ticket: Ticket, found_by: str) -> d.TicketRef:
@@ -173,7 +191,7 @@ def _ref(ticket: Ticket, found_by: str) -> d.TicketRef:
 def _ticket_numbered(session: Session, number: str) -> Ticket | None:
     """`find_by_number`, remembering the id for the rest of the transaction; a ticket
     created and rolled back since is told apart by its number."""
-    known = transaction_cache(session, "ticket ids")
+    known = transaction_cache(session, TICKET_IDS)
     if number in known:
         ticket = get_held(session, Ticket, known[number])
         if ticket is not None and ticket.number == number:
@@ -182,6 +200,19 @@ def _ticket_numbered(session: Session, number: str) -> Ticket | None:
     if ticket is not None:
         known[number] = ticket.id
     return ticket
+
+
+def _tickets_referencing(session: Session, message_ids: Sequence[str]) -> dict[str, int | None]:
+    """The ticket that knows each Message-ID (None: none), from the transaction's cache
+    and, for the ids it has not seen, from the database."""
+    known = transaction_cache(session, THREAD_REFS, forget_on_rollback=True)
+    missing = [m for m in message_ids if m not in known]
+    if missing:
+        known.update(dict.fromkeys(missing))
+        known.update(session.execute(
+            select(ThreadRef.message_id, ThreadRef.ticket_id)
+            .where(ThreadRef.message_id.in_(missing))).all())
+    return {m: known[m] for m in message_ids}
 
 
 def _find_ticket(session: Session, keys: ThreadKeys) -> d.TicketRef | None:
@@ -193,13 +224,46 @@ def _find_ticket(session: Session, keys: ThreadKeys) -> d.TicketRef | None:
             if ticket is not None:
                 return _ref(ticket, found_by)
     if keys.references:
-        rows = dict(session.execute(
-            select(ThreadRef.message_id, ThreadRef.ticket_id)
-            .where(ThreadRef.message_id.in_(keys.references))).all())
-        for message_id in keys.references:
-            if message_id in rows:
-                ticket = get_held(session, Ticket, rows[message_id])
-                if ticket is not None:
-                    return _ref(ticket, "References")
+        for ticket_id in _tickets_referencing(session, keys.references).values():
+            ticket = get_held(session, Ticket, ticket_id)
+            if ticket is not None:
+                return _ref(ticket, "References")
     return None
 
+
+def _thread_keys(pipeline: Pipeline, mail: ParsedMail) -> ThreadKeys:
+    helpdesk = pipeline.settings.helpdesk
+    return thread_keys(
+        mail.subject, (*mail.to, *mail.cc, *mail.header_all("Delivered-To")),
+        mail.in_reply_to, mail.references, ticket_tag=helpdesk.ticket_tag,
+        helpdesk_address=helpdesk.address, secret=helpdesk.secret,
+    )
+
+
+def look_up_batch(
+    session: Session, pipeline: Pipeline, mails: Sequence[tuple[ParsedMail, str | None]]
+) -> None:
+    """Read in three queries what a batch of mails (and their envelope senders) will look
+    up one by one: the senders' directory rows, the tickets their tags and tokens name,
+    and the tickets that know the Message-IDs they reference. Processing then finds it
+    all in the transaction's caches."""
+    senders: set[str] = set()
+    numbers: set[str] = set()
+    references: set[str] = set()
+    for mail, envelope_from in mails:
+        senders.add(sender_address(mail, envelope_from))
+        keys = _thread_keys(pipeline, mail)
+        numbers.update(n for n in (keys.tag_number,
+                                   keys.token.ticket_number if keys.token else None) if n)
+        references.update(keys.references)
+    senders.discard("")
+    if senders:
+        _load_directory(session, senders)
+    if numbers:
+        known = transaction_cache(session, TICKET_IDS)
+        for ticket in session.execute(
+                select(Ticket).where(Ticket.number.in_(numbers))).scalars():
+            known[ticket.number] = ticket.id
+            get_held(session, Ticket, ticket.id)  # held for the batch: no second load
+    if references:
+        _tickets_referencing(session, sorted(references))

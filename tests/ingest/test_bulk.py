@@ -115,17 +115,21 @@ def test_a_failing_mail_is_quarantined_alone_and_the_batch_goes_on(
             build_mail(subject="Primo"),
             # Fails after its ticket row was written: that row and its number roll back,
             # and on SQLite the next ticket is given the same id.
-            build_mail(subject="Secondo", body="BOOM"),
+            build_mail(subject="Secondo", body="BOOM", message_id="second@client.test"),
             build_mail(subject="Terzo", message_id="third@client.test"),
             build_mail(subject="R: [Ticket#2026-000002] Terzo", body="Ancora io."),
+            # References the failed mail only: no ticket knows it, whatever the batch
+            # remembered of it before it rolled back.
+            build_mail(subject="Re: Secondo", references=["second@client.test"]),
         ]
         outcomes = batch(gateway, mails)
 
         assert [o.status for o in outcomes] == [
-            "processed", "quarantined", "processed", "processed"]
+            "processed", "quarantined", "processed", "processed", "processed"]
         assert inbox_fates(gateway) == [
             ("processed", "2026-000001"), ("quarantined", None),
-            ("processed", "2026-000002"), ("processed", "2026-000002")]
+            ("processed", "2026-000002"), ("processed", "2026-000002"),
+            ("processed", "2026-000003")]
         with gateway.sessions() as session:
             reason = session.execute(
                 select(InboxMail.reason).where(InboxMail.status == "quarantined")).scalar_one()
@@ -137,8 +141,8 @@ def test_a_failing_mail_is_quarantined_alone_and_the_batch_goes_on(
                 select(Event.ticket_id).where(Event.kind == "created")).scalars().all()
             ticket_ids = session.execute(select(Ticket.id).order_by(Ticket.id)).scalars().all()
         assert reason == "RuntimeError: the template engine exploded"
-        assert subjects == ["Primo", "Terzo"]
-        assert len(acknowledged) == 2
+        assert subjects == ["Primo", "Terzo", "Secondo"]
+        assert len(acknowledged) == 3
         # The failed mail's event, queued for the commit, went with its savepoint.
         assert sorted(opened) == ticket_ids
         [opening, reply] = ticket(gateway, "2026-000002")["messages"]
