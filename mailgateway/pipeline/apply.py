@@ -33,8 +33,10 @@ from mailgateway.db.models import (
 from mailgateway.db.session import (
     attach_inserted,
     get_held,
+    insert_later,
     transaction_cache,
     wait_before_commit,
+    write_later,
 )
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.pipeline import decide as d
@@ -77,11 +79,13 @@ def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> 
 
 
 def _keep_attachments(
-    session: Session, pipeline: Pipeline, mail: ParsedMail, message: Message
-) -> list[str]:
-    """Store what may be kept; return the names of files refused for their size.
-    The files are written while the pipeline goes on; the commit waits for them."""
+    session: Session, pipeline: Pipeline, mail: ParsedMail
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Store what may be kept: the kept files' rows (without their message) and the
+    names of the files refused for their size. The files are written while the
+    pipeline goes on; the commit waits for them."""
     limit = pipeline.settings.helpdesk.max_attachment_bytes
+    kept: list[dict[str, Any]] = []
     refused: list[str] = []
     for part in mail.attachments:
         name = safe_filename(part.filename, part.content_type)
@@ -90,10 +94,40 @@ def _keep_attachments(
             continue
         digest, written = store_file_soon(pipeline.settings.data_dir, part.payload)
         wait_before_commit(session, written)
-        message.attachments.append(Attachment(
-            filename=name, content_type=part.content_type[:255], size=len(part.payload),
-            sha256=digest))
-    return refused
+        kept.append({"filename": name, "content_type": part.content_type[:255],
+                     "size": len(part.payload), "sha256": digest})
+    return kept, refused
+
+
+_MESSAGES = cast(Table, Message.__table__)
+_INSERT_MESSAGE = insert(_MESSAGES)
+_INSERT_MESSAGE_RETURNING_ID = insert(_MESSAGES).returning(_MESSAGES.c.id)
+_INSERT_ATTACHMENT = insert(cast(Table, Attachment.__table__))
+
+
+def _add_message(
+    session: Session, ticket: Ticket, inbox: InboxMail, *, direction: str, author: str,
+    body: str, at: datetime, internal: bool = False, refused: Sequence[str] = (),
+    files: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Write a message of `ticket` and its kept files' rows.
+
+    Rows, not ORM objects: nothing reads a message back in the transaction that
+    writes it, so a batch's messages go with its commit in one statement. One
+    with files needs its id now; the rows queued before it are written first,
+    so messages keep their order.
+    """
+    values = {"ticket_id": ticket.id, "inbox_id": inbox.id, "direction": direction,
+              "author": author, "body": body, "internal": internal,
+              "refused_attachments": list(refused), "created_at": at}
+    if not files:
+        insert_later(session, _INSERT_MESSAGE, values)
+        return
+    write_later(session)
+    message_id = session.connection().execute(
+        _INSERT_MESSAGE_RETURNING_ID, values).scalar_one()
+    for file in files:
+        insert_later(session, _INSERT_ATTACHMENT, {"message_id": message_id, **file})
 
 
 def _customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -192,8 +226,7 @@ def _insert_ticket(
     ticket_id = session.connection().execute(_INSERT_TICKET, values).scalar_one()
     ticket = Ticket(id=ticket_id, **values)
     attach_inserted(session, ticket)
-    for name, value in (("account", account), ("person", person), ("assignee", None),
-                        ("messages", [])):
+    for name, value in (("account", account), ("person", person), ("assignee", None)):
         set_committed_value(ticket, name, value)
     return ticket
 
@@ -222,9 +255,8 @@ def open_ticket(
         watchers=_watchers(session, mail, account, analysis.sender.email),
     )
     refused = [safe_filename(a.filename, a.content_type) for a in mail.attachments]
-    session.add(Message(ticket=ticket, inbox_id=inbox.id, direction="in",
-                        author=analysis.sender.email, body=decision.description,
-                        refused_attachments=refused, created_at=now))
+    _add_message(session, ticket, inbox, direction="in", author=analysis.sender.email,
+                 body=decision.description, at=now, refused=refused)
     add_event(session, EventRow(ticket_id=ticket.id, at=now, actor=analysis.sender.email,
                                 kind="created", from_status=None, to_status=ticket.status,
                                 reason=decision.reason))
@@ -250,10 +282,9 @@ def add_customer_reply(
     ticket = get_held(session, Ticket, decision.ticket.id)
     assert ticket is not None
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
-    message = Message(ticket=ticket, inbox_id=inbox.id, direction="in",
-                      author=analysis.sender.email, body=decision.body, created_at=now)
-    session.add(message)
-    message.refused_attachments = _keep_attachments(session, pipeline, analysis.mail, message)
+    files, refused = _keep_attachments(session, pipeline, analysis.mail)
+    _add_message(session, ticket, inbox, direction="in", author=analysis.sender.email,
+                 body=decision.body, at=now, refused=refused, files=files)
     event = change_status(ticket, TicketAction.CUSTOMER_REPLIED, actor=analysis.sender.email,
                           at=now, reason=decision.reason)
     add_event(session, event or record_event(ticket, "customer_replied",
@@ -263,14 +294,8 @@ def add_customer_reply(
     notify = (ticket.assignee.email if ticket.assignee is not None
               else pipeline.settings.group_address(ticket.group))
     _mail(session, pipeline, analysis, MailKind.CUSTOMER_REPLY_NOTICE, (notify,), ticket,
-          body=decision.body, author=analysis.sender.email,
-          attachments=_attachment_context(message))
+          body=decision.body, author=analysis.sender.email, attachments=files)
     return ticket
-
-
-def _attachment_context(message: Message) -> list[dict[str, Any]]:
-    return [{"filename": a.filename, "content_type": a.content_type, "sha256": a.sha256,
-             "size": a.size} for a in message.attachments]
 
 
 def _apply_commands(
@@ -307,12 +332,12 @@ def add_staff_reply(
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
     staff = get_held(session, Staff, analysis.sender.staff_id)
     _apply_commands(session, ticket, decision.commands, actor, now)
-    message = None
+    files: list[dict[str, Any]] = []
     if decision.body:
-        message = Message(ticket=ticket, inbox_id=inbox.id, direction="out", author=actor,
-                          body=decision.body, internal=decision.internal, created_at=now)
-        session.add(message)
-        message.refused_attachments = _keep_attachments(session, pipeline, analysis.mail, message)
+        files, refused = _keep_attachments(session, pipeline, analysis.mail)
+        _add_message(session, ticket, inbox, direction="out", author=actor,
+                     body=decision.body, at=now, internal=decision.internal,
+                     refused=refused, files=files)
     for action in decision.actions:
         if action in (TicketAction.TAKEN, TicketAction.STAFF_ANSWERED) and ticket.assignee is None:
             ticket.assignee = staff
@@ -323,11 +348,11 @@ def add_staff_reply(
         add_event(session, record_event(ticket, "note", actor=actor, at=now,
                                         reason=decision.reason))
     _remember_message_id(session, analysis.mail, ticket)
-    if message is not None and not decision.internal:
+    if decision.body and not decision.internal:
         to, cc = _customer_recipients(ticket)
         answer = replace(analysis, classification=replace(
             analysis.classification, may_auto_answer=True))
         _mail(session, pipeline, answer, MailKind.ANSWER, to, ticket, cc=cc,
               to_customer_thread=True, body=decision.body, author=staff.name if staff else actor,
-              attachments=_attachment_context(message))
+              attachments=files)
     return ticket

@@ -240,13 +240,27 @@ def _thread_keys(pipeline: Pipeline, mail: ParsedMail) -> ThreadKeys:
     )
 
 
+def _hold_customers(session: Session, senders: Collection[str]) -> None:
+    """Load the accounts and persons the senders are, for the tickets they will open."""
+    known = transaction_cache(session, SENDERS)
+    matches = [match for email in senders for match in known[email]]
+    accounts = {m.account_id for m in matches if m.account_id is not None}
+    persons = {m.id for m in matches if m.kind is SenderKind.PERSON}
+    if accounts:
+        for account in session.execute(select(Account).where(Account.id.in_(accounts))).scalars():
+            get_held(session, Account, account.id)  # from the identity map, kept for the batch
+    if persons:
+        for person in session.execute(select(Person).where(Person.id.in_(persons))).scalars():
+            get_held(session, Person, person.id)
+
+
 def look_up_batch(
     session: Session, pipeline: Pipeline, mails: Sequence[tuple[ParsedMail, str | None]]
 ) -> None:
-    """Read in three queries what a batch of mails (and their envelope senders) will look
+    """Read in a few queries what a batch of mails (and their envelope senders) will look
     up one by one: the senders' directory rows, the tickets their tags and tokens name,
-    and the tickets that know the Message-IDs they reference. Processing then finds it
-    all in the transaction's caches."""
+    and the tickets that know the Message-IDs they reference (and the senders' accounts
+    and persons). Processing then finds it all in the transaction's caches."""
     senders: set[str] = set()
     numbers: set[str] = set()
     references: set[str] = set()
@@ -259,6 +273,7 @@ def look_up_batch(
     senders.discard("")
     if senders:
         _load_directory(session, senders)
+        _hold_customers(session, senders)
     if numbers:
         known = transaction_cache(session, TICKET_IDS)
         for ticket in session.execute(
