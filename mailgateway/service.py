@@ -36,7 +36,13 @@ from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline.context import Mailer, Pipeline
 from mailgateway.pipeline.parse import ParsedMail, parse_mail
-from mailgateway.pipeline.process import look_up_batch, process_inbox_mail
+from mailgateway.pipeline.process import (
+    Findings,
+    FindingSettings,
+    find,
+    look_up_batch,
+    process_inbox_mail,
+)
 
 log = structlog.get_logger()
 
@@ -109,10 +115,12 @@ class PreparedMail:
     raw: bytes
     identity: RawIdentity
     parsed: ParsedMail
+    findings: Findings
 
 
-def prepare_mail(raw: bytes) -> PreparedMail:
-    return PreparedMail(raw, raw_identity(raw), parse_mail(raw))
+def prepare_mail(raw: bytes, settings: FindingSettings) -> PreparedMail:
+    parsed = parse_mail(raw)
+    return PreparedMail(raw, raw_identity(raw), parsed, find(settings, parsed))
 
 
 _INBOX = cast(Table, InboxMail.__table__)
@@ -235,7 +243,8 @@ class Gateway:
                     seen.add(mail.identity.dedup_key)
                     fresh.append(index)
             rows = self._store_rows(session, [mails[i] for i in fresh], transport)
-            look_up_batch(session, self.pipeline, [(mails[i].parsed, None) for i in fresh])
+            look_up_batch(session, self.pipeline,
+                          [(mails[i].parsed, mails[i].findings) for i in fresh])
             for index, row in zip(fresh, rows, strict=True):
                 outcomes[index] = self._process_stored(session, row, mails[index], careful)
         return outcomes
@@ -276,10 +285,11 @@ class Gateway:
         try:
             if careful:
                 with session.begin_nested():
-                    analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed)
+                    analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed,
+                                                  findings=mail.findings)
             else:
                 analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed,
-                                              flush=False)
+                                              flush=False, findings=mail.findings)
             return Outcome(row.status, type(analysis.decision).__name__)
         except Exception as exc:
             if not careful or (isinstance(exc, OperationalError) and is_transient(exc)):

@@ -161,7 +161,8 @@ class Message(Base):
     __tablename__ = "messages"
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
-    inbox_id: Mapped[int | None] = mapped_column(ForeignKey("inbox.id"))
+    # Indexed: a kept file's row finds its message by the mail it came in.
+    inbox_id: Mapped[int | None] = mapped_column(ForeignKey("inbox.id"), index=True)
     direction: Mapped[str] = mapped_column(String(3))  # "in" | "out"
     author: Mapped[str] = mapped_column(String(320))
     body: Mapped[str] = mapped_column(Text)

@@ -224,7 +224,8 @@ def insert_later(session: Session, statement: Executable, row: dict[str, Any]) -
 
 
 def write_later(session: Session) -> None:
-    """Insert the rows `insert_later` queued, a statement at a time, in order."""
+    """Insert the rows `insert_later` queued: a statement at a time, in the order of
+    their first rows, and the rows of each in the order they were queued."""
     queued = session.info.pop(_LATER, None)
     if not queued:
         return

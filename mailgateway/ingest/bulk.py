@@ -1,7 +1,8 @@
 """`mailgateway import`: an archive in bulk, with a progress bar on a terminal.
 
-Speed comes from two things. Parsing runs in worker processes while the
-importing process writes the previous batch; and each batch of mails is
+Speed comes from two things. Parsing, and the stages that need no database
+(classification, threading keys, quote stripping), run in worker processes
+while the importing process writes the previous batch; and each batch of mails is
 stored and processed in one transaction (done again mail by mail, with a
 savepoint each, when one of them fails, so a bad mail is quarantined alone).
 An import can be stopped and run again: what was stored is recognised and
@@ -25,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailgateway.errors import TemporaryError
 from mailgateway.ingest.pipe import iter_archive
+from mailgateway.pipeline.process import FindingSettings, finding_settings
 from mailgateway.service import Gateway, Outcome, PreparedMail, prepare_mail
 
 log = structlog.get_logger()
@@ -60,18 +62,18 @@ def _batches(source: str) -> Iterator[list[tuple[str, bytes]]]:
         yield batch
 
 
-def _prepare_batch(raws: list[bytes]) -> list[PreparedMail]:
-    return [prepare_mail(raw) for raw in raws]
+def _prepare_batch(raws: list[bytes], settings: FindingSettings) -> list[PreparedMail]:
+    return [prepare_mail(raw, settings) for raw in raws]
 
 
 def _pool() -> Executor | None:
     """Worker processes for parsing; fresh interpreters (forkserver), so no database
     connection of this process is ever shared with them.
 
-    The importing process keeps a core busy writing, and parsing takes about a
-    third of the time writing does: the other cores are enough, and one worker
-    more per core would only compete with the writer (measured on two cores:
-    one worker imports faster than two).
+    The importing process keeps a core busy writing, and what the workers do
+    takes about as long: the other cores are enough, and one worker more per
+    core would only compete with the writer (measured on two cores: one worker
+    imports faster than two).
     """
     workers = min((os.cpu_count() or 1) - 1, 3)
     if workers < 1:
@@ -79,14 +81,17 @@ def _pool() -> Executor | None:
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
 
 
-def _submit(pool: Executor | None, batch: list[tuple[str, bytes]]) -> list[Future[Any]]:
+def _submit(
+    pool: Executor | None, batch: list[tuple[str, bytes]], settings: FindingSettings
+) -> list[Future[Any]]:
     raws = [raw for _, raw in batch]
     if pool is None:
         done: Future[Any] = Future()
-        done.set_result(_prepare_batch(raws))
+        done.set_result(_prepare_batch(raws, settings))
         return [done]
     step = max(1, len(raws) // (2 * (os.cpu_count() or 1)))
-    return [pool.submit(_prepare_batch, raws[i:i + step]) for i in range(0, len(raws), step)]
+    return [pool.submit(_prepare_batch, raws[i:i + step], settings)
+            for i in range(0, len(raws), step)]
 
 
 def _store(gateway: Gateway, prepared: list[PreparedMail], report: ImportReport) -> None:
@@ -118,6 +123,7 @@ def import_archive(gateway: Gateway, source: str, *, progress: bool = False) -> 
         from tqdm import tqdm
 
         bar = tqdm(desc="importing", unit=" mails", leave=False)
+    settings = finding_settings(gateway.settings)
     batches = _batches(source)
     pending = next(batches, None)
     # Worker processes cost a second or so to start: worth it only for a real archive.
@@ -126,9 +132,9 @@ def import_archive(gateway: Gateway, source: str, *, progress: bool = False) -> 
     try:
         while pending:
             following = next(batches, None)
-            next_futures = _submit(pool, following) if following else []
+            next_futures = _submit(pool, following, settings) if following else []
             if futures is None:  # the first batch is parsed here while the workers start
-                futures = _submit(None, pending)
+                futures = _submit(None, pending, settings)
             prepared = [mail for future in futures for mail in future.result()]
             _store(gateway, prepared, report)
             if bar is not None:

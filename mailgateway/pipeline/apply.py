@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -36,7 +36,6 @@ from mailgateway.db.session import (
     insert_later,
     transaction_cache,
     wait_before_commit,
-    write_later,
 )
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.pipeline import decide as d
@@ -100,9 +99,13 @@ def _keep_attachments(
 
 
 _MESSAGES = cast(Table, Message.__table__)
+_ATTACHMENTS = cast(Table, Attachment.__table__)
 _INSERT_MESSAGE = insert(_MESSAGES)
-_INSERT_MESSAGE_RETURNING_ID = insert(_MESSAGES).returning(_MESSAGES.c.id)
-_INSERT_ATTACHMENT = insert(cast(Table, Attachment.__table__))
+# A file's row names its message by the mail it came in (one message a mail), so
+# that both can wait for the commit: the messages of a batch are written first.
+_INSERT_ATTACHMENT = insert(_ATTACHMENTS).values(
+    message_id=select(func.max(_MESSAGES.c.id))
+    .where(_MESSAGES.c.inbox_id == bindparam("inbox_id")).scalar_subquery())
 
 
 def _add_message(
@@ -110,24 +113,18 @@ def _add_message(
     body: str, at: datetime, internal: bool = False, refused: Sequence[str] = (),
     files: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Write a message of `ticket` and its kept files' rows.
+    """Write a message of `ticket` and its kept files' rows with the commit.
 
     Rows, not ORM objects: nothing reads a message back in the transaction that
-    writes it, so a batch's messages go with its commit in one statement. One
-    with files needs its id now; the rows queued before it are written first,
-    so messages keep their order.
+    writes it, so a batch's messages go in one statement, and its files' rows
+    in another.
     """
-    values = {"ticket_id": ticket.id, "inbox_id": inbox.id, "direction": direction,
-              "author": author, "body": body, "internal": internal,
-              "refused_attachments": list(refused), "created_at": at}
-    if not files:
-        insert_later(session, _INSERT_MESSAGE, values)
-        return
-    write_later(session)
-    message_id = session.connection().execute(
-        _INSERT_MESSAGE_RETURNING_ID, values).scalar_one()
+    insert_later(session, _INSERT_MESSAGE, {
+        "ticket_id": ticket.id, "inbox_id": inbox.id, "direction": direction,
+        "author": author, "body": body, "internal": internal,
+        "refused_attachments": list(refused), "created_at": at})
     for file in files:
-        insert_later(session, _INSERT_ATTACHMENT, {"message_id": message_id, **file})
+        insert_later(session, _INSERT_ATTACHMENT, {"inbox_id": inbox.id, **file})
 
 
 def _customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:

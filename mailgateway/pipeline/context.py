@@ -34,7 +34,11 @@ class Pipeline:
 
     @property
     def own(self) -> OwnMarks:
-        return OwnMarks(self.settings.helpdesk.domains, self.settings.helpdesk.address)
+        return own_marks(self.settings)
+
+
+def own_marks(settings: Settings) -> OwnMarks:
+    return OwnMarks(settings.helpdesk.domains, settings.helpdesk.address)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ leaves either all of a mail's effects or none.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from email.utils import parseaddr
 from typing import Any
 
@@ -26,12 +26,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from mailgateway.config import Settings
 from mailgateway.db.models import Account, InboxMail, InboxStatus, Person, Staff, ThreadRef, Ticket
 from mailgateway.db.session import get_held, transaction_cache, write_later
 from mailgateway.pipeline import apply
 from mailgateway.pipeline import decide as d
-from mailgateway.pipeline.classify import classify
-from mailgateway.pipeline.context import SENDERS, THREAD_REFS, TICKET_IDS, Analysis, Pipeline
+from mailgateway.pipeline.classify import Classification, OwnMarks, classify
+from mailgateway.pipeline.context import (
+    SENDERS,
+    THREAD_REFS,
+    TICKET_IDS,
+    Analysis,
+    Pipeline,
+    own_marks,
+)
 from mailgateway.pipeline.identify import (
     DirectoryMatch,
     Sender,
@@ -41,37 +49,87 @@ from mailgateway.pipeline.identify import (
 )
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.quote import strip_quotes
-from mailgateway.pipeline.route import route_new_ticket
+from mailgateway.pipeline.route import Routing, route_new_ticket
 from mailgateway.pipeline.thread import ThreadKeys, thread_keys
 from mailgateway.tickets import find_by_number
 
 log = structlog.get_logger()
 
+@dataclass(frozen=True)
+class Findings:
+    """What the stages that need no database make of a mail.
+
+    A bulk import has them found in its parsing workers (`find`), on the cores
+    the writing process leaves idle; otherwise `analyse` finds them itself.
+    """
+
+    classification: Classification
+    keys: ThreadKeys
+    staff_authority: str | None
+    new_ticket: tuple[Routing, str] | None  # None for automatic mail, never answered
+    unquoted: str | None  # the text without its quotes, should the mail be a reply
+
+
+@dataclass(frozen=True)
+class FindingSettings:
+    """The few settings `find` reads: small enough to hand to a worker process."""
+
+    own: OwnMarks
+    ticket_tag: str
+    address: str
+    secret: str
+    trusted_authserv_ids: tuple[str, ...]
+
+
+def finding_settings(settings: Settings) -> FindingSettings:
+    helpdesk = settings.helpdesk
+    return FindingSettings(own_marks(settings), helpdesk.ticket_tag, helpdesk.address,
+                           helpdesk.secret, tuple(helpdesk.trusted_authserv_ids))
+
+
+def find(settings: FindingSettings, mail: ParsedMail, *, unquote: bool = True) -> Findings:
+    """The pure stages; `unquote=False` leaves quote stripping to when a ticket is found."""
+    classification = classify(mail, settings.own)
+    keys = thread_keys(
+        mail.subject, (*mail.to, *mail.cc, *mail.header_all("Delivered-To")),
+        mail.in_reply_to, mail.references, ticket_tag=settings.ticket_tag,
+        helpdesk_address=settings.address, secret=settings.secret,
+    )
+    human = classification.kind is None
+    return Findings(
+        classification, keys, staff_authority(mail, keys.token, settings.trusted_authserv_ids),
+        route_new_ticket(mail.text) if human else None,
+        strip_quotes(mail.text) if human and unquote else None,
+    )
+
+
 def analyse(
     session: Session, pipeline: Pipeline, mail: ParsedMail, envelope_from: str | None = None,
+    findings: Findings | None = None,
 ) -> Analysis:
     """Classify, identify, thread and decide;
     reads the database, writes nothing."""
     settings = pipeline.settings
-    classification = classify(mail, pipeline.own)
+    found = findings or find(finding_settings(settings), mail, unquote=False)
+    classification = found.classification
     if envelope_from == "" and classification.may_auto_answer:
         # The null sender (MAIL FROM:<>) is how machines say "do not answer me".
         classification = replace(classification, may_auto_answer=False)
     sender = _identify(session, mail, envelope_from)
-    keys = _thread_keys(pipeline, mail)
-    ticket = _find_ticket(session, keys)
+    ticket = _find_ticket(session, found.keys)
     decision: d.Decision
     if classification.kind is not None:
         decision = d.Ignore(f"{classification.kind.value}: {classification.reason}")
     else:
-        body = strip_quotes(mail.text) if ticket is not None else mail.text
+        body = mail.text
+        if ticket is not None:
+            body = found.unquoted if found.unquoted is not None else strip_quotes(mail.text)
         decision = d.decide(
             sender=sender,
-            staff_authority=staff_authority(
-                mail, keys.token, settings.helpdesk.trusted_authserv_ids),
+            staff_authority=found.staff_authority,
             ticket=ticket,
             body=body,
-            new_ticket=route_new_ticket(mail.text),
+            new_ticket=found.new_ticket or route_new_ticket(mail.text),
             policy=d.Policy(settings.helpdesk.unknown_sender, settings.helpdesk.closed_reply),
         )
     return Analysis(mail, classification, sender, ticket, decision)
@@ -79,7 +137,7 @@ def analyse(
 
 def process_inbox_mail(
     session: Session, pipeline: Pipeline, inbox: InboxMail, mail: ParsedMail,
-    *, flush: bool = True,
+    *, flush: bool = True, findings: Findings | None = None,
 ) -> Analysis:
     """Apply the decision for `inbox` and record its fate on the row.
 
@@ -90,7 +148,7 @@ def process_inbox_mail(
     queued with `db.session.insert_later` included.
     """
     with session.no_autoflush:
-        analysis = _process(session, pipeline, inbox, mail)
+        analysis = _process(session, pipeline, inbox, mail, findings)
     if flush:
         write_later(session)
         session.flush()
@@ -98,9 +156,10 @@ def process_inbox_mail(
 
 
 def _process(
-    session: Session, pipeline: Pipeline, inbox: InboxMail, parsed: ParsedMail
+    session: Session, pipeline: Pipeline, inbox: InboxMail, parsed: ParsedMail,
+    findings: Findings | None,
 ) -> Analysis:
-    analysis = analyse(session, pipeline, parsed, inbox.envelope_from)
+    analysis = analyse(session, pipeline, parsed, inbox.envelope_from, findings)
     mail, decision = analysis.mail, analysis.decision
     inbox.subject = mail.subject[:1000]
     inbox.sender = analysis.sender.email[:320] or None
@@ -231,15 +290,6 @@ def _find_ticket(session: Session, keys: ThreadKeys) -> d.TicketRef | None:
     return None
 
 
-def _thread_keys(pipeline: Pipeline, mail: ParsedMail) -> ThreadKeys:
-    helpdesk = pipeline.settings.helpdesk
-    return thread_keys(
-        mail.subject, (*mail.to, *mail.cc, *mail.header_all("Delivered-To")),
-        mail.in_reply_to, mail.references, ticket_tag=helpdesk.ticket_tag,
-        helpdesk_address=helpdesk.address, secret=helpdesk.secret,
-    )
-
-
 def _hold_customers(session: Session, senders: Collection[str]) -> None:
     """Load the accounts and persons the senders are, for the tickets they will open."""
     known = transaction_cache(session, SENDERS)
@@ -255,18 +305,18 @@ def _hold_customers(session: Session, senders: Collection[str]) -> None:
 
 
 def look_up_batch(
-    session: Session, pipeline: Pipeline, mails: Sequence[tuple[ParsedMail, str | None]]
+    session: Session, pipeline: Pipeline, mails: Sequence[tuple[ParsedMail, Findings]]
 ) -> None:
-    """Read in a few queries what a batch of mails (and their envelope senders) will look
-    up one by one: the senders' directory rows, the tickets their tags and tokens name,
-    and the tickets that know the Message-IDs they reference (and the senders' accounts
-    and persons). Processing then finds it all in the transaction's caches."""
+    """Read in a few queries what a batch of mails will look up one by one: the
+    senders' directory rows (and their accounts and persons), the tickets their tags
+    and tokens name, and the tickets that know the Message-IDs they reference.
+    Processing then finds it all in the transaction's caches."""
     senders: set[str] = set()
     numbers: set[str] = set()
     references: set[str] = set()
-    for mail, envelope_from in mails:
-        senders.add(sender_address(mail, envelope_from))
-        keys = _thread_keys(pipeline, mail)
+    for mail, findings in mails:
+        senders.add(sender_address(mail))
+        keys = findings.keys
         numbers.update(n for n in (keys.tag_number,
                                    keys.token.ticket_number if keys.token else None) if n)
         references.update(keys.references)

@@ -18,6 +18,7 @@ from mailgateway.db.models import Event, InboxMail, OutboxMail, Ticket
 from mailgateway.ingest.bulk import import_archive
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.outbound.queue import enqueue
+from mailgateway.pipeline.process import finding_settings
 from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
 from mailgateway.service import Gateway, Outcome, prepare_mail
 from mailgateway.views import show_ticket
@@ -27,7 +28,8 @@ TAG = "[Ticket#{number}]"
 
 
 def batch(gateway: Gateway, mails: Sequence[bytes]) -> list[Outcome]:
-    return gateway.receive_batch([prepare_mail(raw) for raw in mails], "import")
+    settings = finding_settings(gateway.settings)
+    return gateway.receive_batch([prepare_mail(raw, settings) for raw in mails], "import")
 
 
 def ticket(gateway: Gateway, number: str) -> dict[str, Any]:
