@@ -149,6 +149,7 @@ class Gateway:
         self.engine = engine or create_db_engine(settings.database)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self.writing = write_lock(self.engine)
+        self._queues_mail = mailer is None  # to the outbox, rather than a caller's mailer
         if mailer is None:
             from mailgateway.outbound.queue import enqueue
 
@@ -243,8 +244,12 @@ class Gateway:
                     seen.add(mail.identity.dedup_key)
                     fresh.append(index)
             rows = self._store_rows(session, [mails[i] for i in fresh], transport)
-            look_up_batch(session, self.pipeline,
-                          [(mails[i].parsed, mails[i].findings) for i in fresh])
+            senders = look_up_batch(session, self.pipeline,
+                                    [(mails[i].parsed, mails[i].findings) for i in fresh])
+            if self._queues_mail:  # acknowledgments go to the senders: count them at once
+                from mailgateway.outbound.queue import count_recent_answers
+
+                count_recent_answers(session, self.settings, self.clock.now(), senders)
             for index, row in zip(fresh, rows, strict=True):
                 outcomes[index] = self._process_stored(session, row, mails[index], careful)
         return outcomes

@@ -118,6 +118,20 @@ _INSERT_THREAD_REF = insert(cast(Table, ThreadRef.__table__))
 _INSERT_AUTO_ANSWER = insert(_AUTO_ANSWERS)
 
 
+def count_recent_answers(
+    session: Session, settings: Settings, now: datetime, recipients: Iterable[str]
+) -> None:
+    """Count the automatic answers in the window of the `recipients` not counted yet in
+    this transaction, in one query: a batch of mails asks once for all its senders."""
+    counted = transaction_cache(session, "automatic answers")
+    missing = sorted({r.lower() for r in recipients} - counted.keys())
+    if missing:
+        cutoff = now - timedelta(minutes=settings.outbound.auto_answer_window_minutes)
+        counted.update(dict.fromkeys(missing, 0))
+        counted.update(session.connection().execute(
+            _COUNT_RECENT, {"keys": missing, "cutoff": cutoff}).all())
+
+
 def _over_limit(
     session: Session, settings: Settings, now: datetime, recipients: list[str]
 ) -> set[str]:
@@ -128,17 +142,10 @@ def _over_limit(
     The counts are kept for the rest of the transaction (and raised as answers
     are queued), so a batch of mails asks the database once per recipient.
     """
-    keys = [r.lower() for r in recipients]
+    count_recent_answers(session, settings, now, recipients)
     counted = transaction_cache(session, "automatic answers")
-    missing = [key for key in keys if key not in counted]
-    if missing:
-        cutoff = now - timedelta(minutes=settings.outbound.auto_answer_window_minutes)
-        params = {"keys": missing, "cutoff": cutoff}
-        counted.update(dict.fromkeys(missing, 0))
-        for recipient, count in session.connection().execute(_COUNT_RECENT, params):
-            counted[recipient] = count
     limit = settings.outbound.auto_answer_limit
-    return {key for key in keys if counted[key] >= limit}
+    return {key for key in (r.lower() for r in recipients) if counted[key] >= limit}
 
 
 def purge_auto_answers(session: Session, settings: Settings, now: datetime) -> int:

@@ -65,13 +65,18 @@ _REMEMBER = {
 
 
 def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> None:
-    """Replies may reference this mail; the first ticket to know an id keeps it."""
+    """Replies may reference this mail; the first ticket to know an id keeps it.
+
+    The row is written with the commit. Until then the mails of the same batch
+    find it in the transaction's cache of referenced ids, which holds every id
+    the batch references (`process.look_up_batch`); a mail processed alone
+    writes it before anything else could look.
+    """
     if not mail.message_id:
         return
     message_id = mail.message_id[:998]
-    connection = session.connection()
-    connection.execute(_REMEMBER[connection.dialect.name],
-                       {"message_id": message_id, "ticket_id": ticket.id})
+    dialect = session.get_bind().dialect.name
+    insert_later(session, _REMEMBER[dialect], {"message_id": message_id, "ticket_id": ticket.id})
     known = transaction_cache(session, THREAD_REFS, forget_on_rollback=True)
     if message_id in known and known[message_id] is None:  # looked up, and no ticket knew it
         known[message_id] = ticket.id

@@ -306,11 +306,12 @@ def _hold_customers(session: Session, senders: Collection[str]) -> None:
 
 def look_up_batch(
     session: Session, pipeline: Pipeline, mails: Sequence[tuple[ParsedMail, Findings]]
-) -> None:
+) -> set[str]:
     """Read in a few queries what a batch of mails will look up one by one: the
     senders' directory rows (and their accounts and persons), the tickets their tags
     and tokens name, and the tickets that know the Message-IDs they reference.
-    Processing then finds it all in the transaction's caches."""
+    Processing then finds it all in the transaction's caches. Returns the senders'
+    addresses."""
     senders: set[str] = set()
     numbers: set[str] = set()
     references: set[str] = set()
@@ -332,3 +333,4 @@ def look_up_batch(
             get_held(session, Ticket, ticket.id)  # held for the batch: no second load
     if references:
         _tickets_referencing(session, sorted(references))
+    return senders
