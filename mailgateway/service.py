@@ -6,8 +6,6 @@ the rule "commit before acknowledging, process after" lives in one place.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,93 +33,11 @@ from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline.context import Mailer, Pipeline
-from mailgateway.pipeline.parse import ParsedMail, parse_mail
-from mailgateway.pipeline.process import (
-    Findings,
-    FindingSettings,
-    find,
-    look_up_batch,
-    process_inbox_mail,
-)
+from mailgateway.pipeline.parse import parse_mail
+from mailgateway.pipeline.prepare import PreparedMail, RawIdentity, raw_identity
+from mailgateway.pipeline.process import look_up_batch, process_inbox_mail
 
 log = structlog.get_logger()
-
-# Headers added on the way (by MTAs, by IMAP servers) that must not make one
-# mail look like two when it arrives by two routes.
-_TRACE_HEADERS = frozenset({
-    b"received", b"return-path", b"delivered-to", b"x-original-to", b"x-envelope-to",
-    b"x-received", b"authentication-results", b"arc-authentication-results",
-    b"arc-seal", b"arc-message-signature", b"received-spf", b"x-spam-status",
-    b"x-spam-score", b"x-spam-flag", b"x-spam-level", b"x-virus-scanned", b"status",
-    b"x-uid", b"x-keywords", b"x-status", b"lines", b"content-length",
-})
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class RawIdentity:
-    """How a raw mail is recognised when it arrives again."""
-
-    message_id: str | None
-    sha256: str
-    dedup_key: str
-
-
-def _update_normalised(digest: Any, body: memoryview, chunk: int = 1 << 20) -> None:
-    """Hash `body` with CRLF read as LF, a chunk at a time: a 25 MB mail is not copied."""
-    carry = b""
-    for offset in range(0, len(body), chunk):
-        piece = carry + bytes(body[offset:offset + chunk])
-        carry = b"\r" if piece.endswith(b"\r") else b""
-        digest.update(piece[:-1].replace(b"\r\n", b"\n") if carry else
-                      piece.replace(b"\r\n", b"\n"))
-    digest.update(carry)
-
-
-def raw_identity(raw: bytes) -> RawIdentity:
-    """Message-ID plus a hash of the content without the trace headers that MTAs and
-    mail stores add on the way; computed on bytes (no MIME parsing) so the SMTP
-    listener can answer fast."""
-    start = 0
-    while start < len(raw) and raw[start] in b"\r\n":
-        start += 1
-    split = _HEADER_END.search(raw, start)
-    body_start = split.end() if split else len(raw)
-    head = raw[start:split.start()] if split else raw[start:]
-    match = _MESSAGE_ID.search(head)
-    message_id = None
-    if match:
-        value = b" ".join(match.group(1).split()).decode("ascii", "replace").strip()
-        message_id = value.strip("<>").strip() or None
-    content = hashlib.sha256()
-    for line in re.split(rb"\r?\n(?![ \t])", head):
-        name = line.split(b":", 1)[0].strip().lower()
-        if name not in _TRACE_HEADERS:
-            content.update(b" ".join(line.split()) + b"\n")
-    content.update(b"\0")
-    end = len(raw)
-    while end > body_start and raw[end - 1] in b" \t\r\n":
-        end -= 1
-    _update_normalised(content, memoryview(raw)[body_start:end])
-    key = hashlib.sha256(f"{message_id or ''}\0{content.hexdigest()}".encode()).hexdigest()
-    return RawIdentity(message_id, hashlib.sha256(raw).hexdigest(), key)
-
-
-@dataclass(frozen=True)
-class PreparedMail:
-    """A raw mail with the CPU-bound work done (it may be done in another process)."""
-
-    raw: bytes
-    identity: RawIdentity
-    parsed: ParsedMail
-    findings: Findings
-
-
-def prepare_mail(raw: bytes, settings: FindingSettings) -> PreparedMail:
-    parsed = parse_mail(raw)
-    return PreparedMail(raw, raw_identity(raw), parsed, find(settings, parsed))
-
 
 _INBOX = cast(Table, InboxMail.__table__)
 _INSERT_INBOX = insert(_INBOX)

@@ -19,15 +19,19 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailgateway.errors import TemporaryError
 from mailgateway.ingest.pipe import iter_archive
-from mailgateway.pipeline.process import FindingSettings, finding_settings
-from mailgateway.service import Gateway, Outcome, PreparedMail, prepare_mail
+from mailgateway.pipeline.prepare import (
+    FindingSettings,
+    PreparedMail,
+    finding_settings,
+    prepare_mails,
+)
+from mailgateway.service import Gateway, Outcome
 
 log = structlog.get_logger()
 
@@ -62,10 +66,6 @@ def _batches(source: str) -> Iterator[list[tuple[str, bytes]]]:
         yield batch
 
 
-def _prepare_batch(raws: list[bytes], settings: FindingSettings) -> list[PreparedMail]:
-    return [prepare_mail(raw, settings) for raw in raws]
-
-
 def _pool() -> Executor | None:
     """Worker processes for parsing; fresh interpreters (forkserver), so no database
     connection of this process is ever shared with them.
@@ -81,17 +81,31 @@ def _pool() -> Executor | None:
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
 
 
+_Part = tuple[list[bytes], "Future[list[PreparedMail]] | None"]  # raw mails, their job
+
+
 def _submit(
     pool: Executor | None, batch: list[tuple[str, bytes]], settings: FindingSettings
-) -> list[Future[Any]]:
+) -> list[_Part]:
+    """Hand a batch to the workers in a few parts (none without a pool)."""
     raws = [raw for _, raw in batch]
     if pool is None:
-        done: Future[Any] = Future()
-        done.set_result(_prepare_batch(raws, settings))
-        return [done]
+        return [(raws, None)]
     step = max(1, len(raws) // (2 * (os.cpu_count() or 1)))
-    return [pool.submit(_prepare_batch, raws[i:i + step], settings)
+    return [(raws[i:i + step], pool.submit(prepare_mails, raws[i:i + step], settings))
             for i in range(0, len(raws), step)]
+
+
+def _collect(parts: list[_Part], settings: FindingSettings) -> list[PreparedMail]:
+    """The batch's mails prepared, in order. A part no worker has begun is prepared
+    here: better than waiting for a worker still starting or busy with the part before."""
+    prepared: list[PreparedMail] = []
+    for raws, job in parts:
+        if job is None or job.cancel():
+            prepared += prepare_mails(raws, settings)
+        else:
+            prepared += job.result()
+    return prepared
 
 
 def _store(gateway: Gateway, prepared: list[PreparedMail], report: ImportReport) -> None:
@@ -128,18 +142,18 @@ def import_archive(gateway: Gateway, source: str, *, progress: bool = False) -> 
     pending = next(batches, None)
     # Worker processes cost a second or so to start: worth it only for a real archive.
     pool = _pool() if pending is not None and len(pending) == BATCH else None
-    futures: list[Future[Any]] | None = None
+    parts: list[_Part] | None = None
     try:
         while pending:
             following = next(batches, None)
-            next_futures = _submit(pool, following, settings) if following else []
-            if futures is None:  # the first batch is parsed here while the workers start
-                futures = _submit(None, pending, settings)
-            prepared = [mail for future in futures for mail in future.result()]
+            next_parts = _submit(pool, following, settings) if following else []
+            if parts is None:  # the first batch is prepared here while the workers start
+                parts = _submit(None, pending, settings)
+            prepared = _collect(parts, settings)
             _store(gateway, prepared, report)
             if bar is not None:
                 bar.update(len(prepared))
-            pending, futures = following, next_futures
+            pending, parts = following, next_parts
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

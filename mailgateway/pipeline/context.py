@@ -14,6 +14,7 @@ from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.classify import Classification, OwnMarks
 from mailgateway.pipeline.identify import Sender
 from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.prepare import own_marks
 
 Mailer = Callable[[Session, MailIntent], QueuedMail | None]
 
@@ -35,10 +36,6 @@ class Pipeline:
     @property
     def own(self) -> OwnMarks:
         return own_marks(self.settings)
-
-
-def own_marks(settings: Settings) -> OwnMarks:
-    return OwnMarks(settings.helpdesk.domains, settings.helpdesk.address)
 
 
 @dataclass(frozen=True)

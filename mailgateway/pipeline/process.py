@@ -9,7 +9,7 @@ leaves either all of a mail's effects or none.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from email.utils import parseaddr
 from typing import Any
 
@@ -26,82 +26,25 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from mailgateway.config import Settings
 from mailgateway.db.models import Account, InboxMail, InboxStatus, Person, Staff, ThreadRef, Ticket
 from mailgateway.db.session import get_held, transaction_cache, write_later
 from mailgateway.pipeline import apply
 from mailgateway.pipeline import decide as d
-from mailgateway.pipeline.classify import Classification, OwnMarks, classify
-from mailgateway.pipeline.context import (
-    SENDERS,
-    THREAD_REFS,
-    TICKET_IDS,
-    Analysis,
-    Pipeline,
-    own_marks,
-)
+from mailgateway.pipeline.context import SENDERS, THREAD_REFS, TICKET_IDS, Analysis, Pipeline
 from mailgateway.pipeline.identify import (
     DirectoryMatch,
     Sender,
     SenderKind,
     identify,
-    staff_authority,
 )
 from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.prepare import Findings, find, finding_settings
 from mailgateway.pipeline.quote import strip_quotes
-from mailgateway.pipeline.route import Routing, route_new_ticket
-from mailgateway.pipeline.thread import ThreadKeys, thread_keys
+from mailgateway.pipeline.route import route_new_ticket
+from mailgateway.pipeline.thread import ThreadKeys
 from mailgateway.tickets import find_by_number
 
 log = structlog.get_logger()
-
-@dataclass(frozen=True)
-class Findings:
-    """What the stages that need no database make of a mail.
-
-    A bulk import has them found in its parsing workers (`find`), on the cores
-    the writing process leaves idle; otherwise `analyse` finds them itself.
-    """
-
-    classification: Classification
-    keys: ThreadKeys
-    staff_authority: str | None
-    new_ticket: tuple[Routing, str] | None  # None for automatic mail, never answered
-    unquoted: str | None  # the text without its quotes, should the mail be a reply
-
-
-@dataclass(frozen=True)
-class FindingSettings:
-    """The few settings `find` reads: small enough to hand to a worker process."""
-
-    own: OwnMarks
-    ticket_tag: str
-    address: str
-    secret: str
-    trusted_authserv_ids: tuple[str, ...]
-
-
-def finding_settings(settings: Settings) -> FindingSettings:
-    helpdesk = settings.helpdesk
-    return FindingSettings(own_marks(settings), helpdesk.ticket_tag, helpdesk.address,
-                           helpdesk.secret, tuple(helpdesk.trusted_authserv_ids))
-
-
-def find(settings: FindingSettings, mail: ParsedMail, *, unquote: bool = True) -> Findings:
-    """The pure stages; `unquote=False` leaves quote stripping to when a ticket is found."""
-    classification = classify(mail, settings.own)
-    keys = thread_keys(
-        mail.subject, (*mail.to, *mail.cc, *mail.header_all("Delivered-To")),
-        mail.in_reply_to, mail.references, ticket_tag=settings.ticket_tag,
-        helpdesk_address=settings.address, secret=settings.secret,
-    )
-    human = classification.kind is None
-    return Findings(
-        classification, keys, staff_authority(mail, keys.token, settings.trusted_authserv_ids),
-        route_new_ticket(mail.text) if human else None,
-        strip_quotes(mail.text) if human and unquote else None,
-    )
-
 
 def analyse(
     session: Session, pipeline: Pipeline, mail: ParsedMail, envelope_from: str | None = None,

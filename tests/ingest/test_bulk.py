@@ -18,9 +18,9 @@ from mailgateway.db.models import Event, InboxMail, OutboxMail, Ticket
 from mailgateway.ingest.bulk import import_archive
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.outbound.queue import enqueue
-from mailgateway.pipeline.process import finding_settings
+from mailgateway.pipeline.prepare import finding_settings, prepare_mail
 from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
-from mailgateway.service import Gateway, Outcome, prepare_mail
+from mailgateway.service import Gateway, Outcome
 from mailgateway.views import show_ticket
 from tests.mails import CUSTOMER, PERSON, TECHNICIAN, build_mail, register_desk
 
