@@ -547,3 +547,25 @@ def test_a_mail_that_cannot_be_rendered_is_parked_with_the_reason(
     assert "fattura.pdf" in (row.last_error or "") and "missing" in (row.last_error or "")
     assert _row(sessions, fine).status == OutboxStatus.SENT
     assert len(smtp_sink.deliveries) == 1
+
+
+def test_a_row_written_already_rendered_is_sent_as_it_is(
+    relay_settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    smtp_sink: SmtpSink,
+) -> None:
+    """Rows queued before intents were kept hold their bytes and no intent."""
+    raw = (b"From: assistenza@example.com\r\nTo: cliente@studiorossi.it\r\n"
+           b"Message-ID: <mg.old@example.com>\r\nSubject: Vecchia risposta\r\n\r\nCiao\r\n")
+    with sessions.begin() as session:
+        session.add(OutboxMail(
+            created_at=clock.now(), kind="answer", ticket_id=None, automatic=False,
+            mail_from="assistenza@example.com", recipients=["cliente@studiorossi.it"],
+            message_id="mg.old@example.com", intent=None, raw=raw,
+            status=OutboxStatus.PENDING, attempts=0, next_attempt_at=clock.now()))
+
+    assert dispatch_once(sessions, relay_settings, clock, _smtp(relay_settings)).sent == 1
+
+    [delivery] = smtp_sink.deliveries
+    assert delivery.raw.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")
