@@ -160,8 +160,7 @@ class Gateway:
                     seen.add(mail.identity.dedup_key)
                     fresh.append(index)
             rows = self._store_rows(session, [mails[i] for i in fresh], transport)
-            senders = look_up_batch(session, self.pipeline,
-                                    [(mails[i].parsed, mails[i].findings) for i in fresh])
+            senders = look_up_batch(session, [(mails[i].parsed, mails[i].findings) for i in fresh])
             if self._queues_mail:  # acknowledgments go to the senders: count them at once
                 from mailgateway.outbound.queue import count_recent_answers
 

@@ -247,9 +247,7 @@ def _hold_customers(session: Session, senders: Collection[str]) -> None:
             get_held(session, Person, person.id)
 
 
-def look_up_batch(
-    session: Session, pipeline: Pipeline, mails: Sequence[tuple[ParsedMail, Findings]]
-) -> set[str]:
+def look_up_batch(session: Session, mails: Sequence[tuple[ParsedMail, Findings]]) -> set[str]:
     """Read in a few queries what a batch of mails will look up one by one: the
     senders' directory rows (and their accounts and persons), the tickets their tags
     and tokens name, and the tickets that know the Message-IDs they reference.
