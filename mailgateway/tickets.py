@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import Event, Ticket, TicketCounter, TicketStatus
-from mailgateway.db.session import insert_later
+from mailgateway.db.session import execute_later, transaction_cache, write_later
 from mailgateway.pipeline.thread import format_number
 
 
@@ -102,16 +102,26 @@ _INSERT_EVENT = insert(cast(Table, Event.__table__))
 
 def add_event(session: Session, event: EventRow) -> None:
     """Write `event` with the session's next commit (or `db.session.write_later`)."""
-    insert_later(session, _INSERT_EVENT, dict(event))
+    execute_later(session, _INSERT_EVENT, dict(event))
 
 
 def allocate_number(session: Session, year: int) -> str:
-    """The next human-friendly number for `year`, unique across processes.
+    """The next human-friendly number for `year`, unique across processes, no gaps.
 
     The counter row is incremented in the caller's transaction: PostgreSQL
     holds the row lock until commit, SQLite holds the database write lock
-    (BEGIN IMMEDIATE), so two writers can never read the same value.
+    (BEGIN IMMEDIATE), so two writers can never read the same value. Holding
+    it, the transaction counts on by itself after its first number and writes
+    the counter with its other rows (`db.session.execute_later`); a savepoint
+    that rolls back drops that write and the count, so the next number is read
+    again from the row.
     """
+    counted = transaction_cache(session, _COUNTED, forget_on_rollback=True)
+    if year in counted:
+        counted[year] += 1
+        execute_later(session, _SET, {"wanted": year, "value": counted[year]})
+        return format_number(year, counted[year])
+    write_later(session)  # a count forgotten on rollback: the row must hold the rest first
     result = session.connection().execute(_INCREMENT, {"wanted": year}).scalar_one_or_none()
     if result is None:
         try:
@@ -120,9 +130,11 @@ def allocate_number(session: Session, year: int) -> str:
             result = 1
         except IntegrityError:  # another writer created the year's row first
             result = session.connection().execute(_INCREMENT, {"wanted": year}).scalar_one()
+    counted[year] = result
     return format_number(year, result)
 
 
+_COUNTED = "ticket numbers"
 _COUNTERS = cast(Table, TicketCounter.__table__)
 # Built once, run on the connection: one statement for every ticket opened.
 _INCREMENT = (
@@ -131,6 +143,8 @@ _INCREMENT = (
     .values(last=_COUNTERS.c.last + 1)
     .returning(_COUNTERS.c.last)
 )
+_SET = update(_COUNTERS).where(_COUNTERS.c.year == bindparam("wanted")).values(
+    last=bindparam("value"))
 
 
 def find_by_number(session: Session, number: str) -> Ticket | None:

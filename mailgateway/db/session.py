@@ -210,22 +210,22 @@ def transaction_cache(
     return lookups.setdefault(name, {})
 
 
-def insert_later(session: Session, statement: Executable, row: dict[str, Any]) -> None:
-    """Have `row` inserted with `statement` at the next `write_later` or commit.
+def execute_later(session: Session, statement: Executable, row: dict[str, Any]) -> None:
+    """Have `statement` run with the values `row` at the next `write_later` or commit.
 
     Rows of one statement go in one executemany: a bulk import writes each
     kind of row of a whole batch at once instead of one statement a row. Only
-    for rows nothing reads back before the commit (events, outbox rows and
-    their bookkeeping); a savepoint that rolls back drops the rows queued
-    under it.
+    for writes nothing reads back before the commit (events, messages, outbox
+    rows and their bookkeeping); a savepoint that rolls back drops the rows
+    queued under it.
     """
     transaction = session.get_nested_transaction() or session.get_transaction()
     session.info.setdefault(_LATER, []).append((transaction, statement, row))
 
 
 def write_later(session: Session) -> None:
-    """Insert the rows `insert_later` queued: a statement at a time, in the order of
-    their first rows, and the rows of each in the order they were queued."""
+    """Run what `execute_later` queued: a statement at a time, in the order of their
+    first rows, and the rows of each in the order they were queued."""
     queued = session.info.pop(_LATER, None)
     if not queued:
         return

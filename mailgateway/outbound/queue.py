@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
-from mailgateway.db.session import get_held, insert_later, transaction_cache
+from mailgateway.db.session import execute_later, get_held, transaction_cache
 from mailgateway.outbound.compose import compose, new_message_id
 from mailgateway.outbound.intent import MailIntent, QueuedMail, outbox_document, stored_intent
 
@@ -238,14 +238,14 @@ def _insert(
 
     Nothing reads them back in the transaction (the limiter keeps its own
     counts), so they are written with the caller's commit, one statement per
-    table for a whole batch of mails (`db.session.insert_later`).
+    table for a whole batch of mails (`db.session.execute_later`).
     """
-    insert_later(session, _INSERT_OUTBOX, values)
+    execute_later(session, _INSERT_OUTBOX, values)
     if ticket is not None:
-        insert_later(session, _INSERT_THREAD_REF,
+        execute_later(session, _INSERT_THREAD_REF,
                      {"message_id": values["message_id"], "ticket_id": ticket.id})
     counted = transaction_cache(session, "automatic answers")
     for recipient in answered:
-        insert_later(session, _INSERT_AUTO_ANSWER,
+        execute_later(session, _INSERT_AUTO_ANSWER,
                      {"recipient": recipient, "at": values["created_at"]})
         counted[recipient] = counted.get(recipient, 0) + 1

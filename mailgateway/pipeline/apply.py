@@ -32,8 +32,8 @@ from mailgateway.db.models import (
 )
 from mailgateway.db.session import (
     attach_inserted,
+    execute_later,
     get_held,
-    insert_later,
     transaction_cache,
     wait_before_commit,
 )
@@ -76,7 +76,7 @@ def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> 
         return
     message_id = mail.message_id[:998]
     dialect = session.get_bind().dialect.name
-    insert_later(session, _REMEMBER[dialect], {"message_id": message_id, "ticket_id": ticket.id})
+    execute_later(session, _REMEMBER[dialect], {"message_id": message_id, "ticket_id": ticket.id})
     known = transaction_cache(session, THREAD_REFS, forget_on_rollback=True)
     if message_id in known and known[message_id] is None:  # looked up, and no ticket knew it
         known[message_id] = ticket.id
@@ -124,12 +124,12 @@ def _add_message(
     writes it, so a batch's messages go in one statement, and its files' rows
     in another.
     """
-    insert_later(session, _INSERT_MESSAGE, {
+    execute_later(session, _INSERT_MESSAGE, {
         "ticket_id": ticket.id, "inbox_id": inbox.id, "direction": direction,
         "author": author, "body": body, "internal": internal,
         "refused_attachments": list(refused), "created_at": at})
     for file in files:
-        insert_later(session, _INSERT_ATTACHMENT, {"inbox_id": inbox.id, **file})
+        execute_later(session, _INSERT_ATTACHMENT, {"inbox_id": inbox.id, **file})
 
 
 def _customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:

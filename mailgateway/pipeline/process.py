@@ -88,7 +88,7 @@ def process_inbox_mail(
     explicitly where an id is needed, instead of flushing before every query.
     A caller processing many mails in one transaction passes `flush=False` and
     lets the changes of several mails go to the database together, the rows
-    queued with `db.session.insert_later` included.
+    queued with `db.session.execute_later` included.
     """
     with session.no_autoflush:
         analysis = _process(session, pipeline, inbox, mail, findings)
@@ -206,10 +206,12 @@ def _ticket_numbered(session: Session, number: str) -> Ticket | None:
 
 def _tickets_referencing(session: Session, message_ids: Sequence[str]) -> dict[str, int | None]:
     """The ticket that knows each Message-ID (None: none), from the transaction's cache
-    and, for the ids it has not seen, from the database."""
+    and, for the ids it has not seen (or forgot when a savepoint rolled back), from
+    the database, once what the transaction queued is written."""
     known = transaction_cache(session, THREAD_REFS, forget_on_rollback=True)
     missing = [m for m in message_ids if m not in known]
     if missing:
+        write_later(session)  # the ids the transaction learnt and has not written yet
         known.update(dict.fromkeys(missing))
         known.update(session.execute(
             select(ThreadRef.message_id, ThreadRef.ticket_id)
