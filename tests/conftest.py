@@ -8,6 +8,7 @@ drops it at the end; between tests its tables are truncated.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -169,3 +171,15 @@ def gateway(settings: Settings, clock: FixedClock) -> Iterator[Gateway]:
         yield gateway
     finally:
         gateway.close()
+
+
+@pytest.fixture
+def every_log_level() -> Iterator[None]:
+    """Log lines of every level reach the processors (and `capture_logs`), whatever
+    level a test before configured."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)

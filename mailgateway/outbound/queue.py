@@ -148,6 +148,20 @@ def _over_limit(
     return {key for key in (r.lower() for r in recipients) if counted[key] >= limit}
 
 
+def _report_limited(
+    session: Session, bound: structlog.typing.FilteringBoundLogger, blocked: set[str]
+) -> None:
+    """Warn once per transaction and address: a bulk import that meets the limit for a
+    busy sender says so once, not once for every mail it then leaves unanswered."""
+    warned = transaction_cache(session, "rate-limited addresses")
+    new = sorted(blocked - warned.keys())
+    if new:
+        warned.update(dict.fromkeys(new))
+        bound.warning("auto_answer_rate_limited", recipients=new)
+    else:
+        bound.info("auto_answer_rate_limited", recipients=sorted(blocked))
+
+
 def purge_auto_answers(session: Session, settings: Settings, now: datetime) -> int:
     """Forget the automatic answers older than the limiter's window; the caller commits."""
     cutoff = now - timedelta(minutes=settings.outbound.auto_answer_window_minutes)
@@ -186,7 +200,7 @@ def enqueue(
         cc = [a for a in cc if not _is_own_address(settings, a)]
         blocked = _over_limit(session, settings, now, to + cc)
         if blocked:
-            bound.warning("auto_answer_rate_limited", recipients=sorted(blocked))
+            _report_limited(session, bound, blocked)
         to = [a for a in to if a.lower() not in blocked]
         cc = [a for a in cc if a.lower() not in blocked]
     if not to:

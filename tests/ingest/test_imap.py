@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from sqlalchemy import func, select
 from structlog.testing import capture_logs
 
@@ -43,6 +41,9 @@ from mailgateway.ingest.imap import (
 from mailgateway.service import Gateway
 from tests.dovecot import BASE_CAPABILITIES, REQUIRE_ENV, Dovecot, dovecot_available
 from tests.mails import CUSTOMER, TECHNICIAN, build_mail, deliver, register_desk
+
+# These tests read the poller's info lines; a test before may have set a higher level.
+pytestmark = pytest.mark.usefixtures("every_log_level")
 
 SUPPORT = "assistenza@example.com"
 
@@ -192,17 +193,6 @@ def _require_dovecot() -> None:
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(f"{reason}, and {REQUIRE_ENV}=1")
         pytest.skip(reason)
-
-
-@pytest.fixture(autouse=True)
-def _every_log_level() -> Iterator[None]:
-    """These tests read the poller's info lines; a test before may have set a higher level."""
-    saved = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        yield
-    finally:
-        structlog.configure(**saved)
 
 
 @pytest.fixture

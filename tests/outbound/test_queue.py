@@ -8,6 +8,7 @@ from email.message import EmailMessage
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
 
 from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
@@ -130,15 +131,20 @@ def test_fifty_automatic_mails_to_one_address_queue_ten(
         assert enqueue(session, settings, clock, intent) is not None
 
 
+@pytest.mark.usefixtures("every_log_level")
 def test_limit_holds_within_one_transaction(
     settings: Settings,
     clock: FixedClock,
     sessions: sessionmaker[Session],
 ) -> None:
+    """And says so once: a batch that meets the limit warns once per address."""
     intent = MailIntent(kind=MailKind.REJECTED, to=("loop@altrove.it",), language="it")
-    with sessions.begin() as session:
-        results = [enqueue(session, settings, clock, intent) for _ in range(12)]
+    with capture_logs() as logs, sessions.begin() as session:
+        results = [enqueue(session, settings, clock, intent) for _ in range(13)]
     assert sum(r is not None for r in results) == 10
+    limited = [e for e in logs if e["event"] == "auto_answer_rate_limited"]
+    assert [e["log_level"] for e in limited] == ["warning", "info", "info"]
+    assert limited[0]["recipients"] == ["loop@altrove.it"]
 
 
 def test_mails_written_by_technicians_are_not_limited(
