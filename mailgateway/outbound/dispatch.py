@@ -212,7 +212,8 @@ _MARK_SENT_RENDERED = _MARK_SENT.values(raw=bindparam("raw"))
 
 
 def _render(settings: Settings, clock: Clock, mail: _Claimed) -> bytes:
-    """The row's mail rendered now: a row that cannot be rendered will never be."""
+    """The row's mail rendered now. Waiting cannot mend a row that cannot be rendered:
+    it fails at once, for `outbox retry` once its file or template is back."""
     if mail.intent is None:
         raise PermanentError("the outbox row holds neither a mail nor what to write")
     try:

@@ -181,8 +181,7 @@ def enqueue(
     Runs in the caller's transaction and does not commit. The row holds the
     intent with a snapshot of the ticket, and its Message-ID, fixed now so
     that replies to it find the ticket; the dispatcher renders it
-    (`compose_queued`). The rows are written at once; the caller's own
-    pending changes are left to its flush.
+    (`compose_queued`). Its rows are written with the caller's commit.
     """
     now = clock.now()
     ticket: Ticket | None = None
