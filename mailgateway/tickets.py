@@ -2,7 +2,7 @@
 
 The allowed transitions are data (a table mirroring the desk's guide), so a
 change of policy is a change of one line, and every change of state goes
-through `change_status`, which is the only place that writes an Event for it.
+through `change_status`, which is the only place that makes an event for it.
 Events are rows to insert (`add_event`), not ORM objects: nothing reads them
 back in the transaction that writes them, and a bulk import writes those of
 a whole batch with one statement.

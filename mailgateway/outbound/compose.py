@@ -31,10 +31,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from email.utils import format_datetime, parseaddr
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from mailgateway.attachments import attachment_path
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.errors import PermanentError
@@ -241,15 +241,11 @@ def token_purpose(kind: MailKind) -> TokenPurpose:
 # --- attachments -----------------------------------------------------------
 
 
-def attachment_path(settings: Settings, sha256: str) -> Path:
-    return settings.data_dir / "attachments" / sha256[:2] / sha256
-
-
 def load_attachments(settings: Settings, refs: Iterable[Mapping[str, Any]]) -> list[AttachmentFile]:
     """The stored files an answer carries; a missing one is an error, not a silent omission."""
     files = []
     for ref in refs:
-        path = attachment_path(settings, str(ref["sha256"]))
+        path = attachment_path(settings.data_dir, str(ref["sha256"]))
         try:
             data = path.read_bytes()
         except OSError as exc:

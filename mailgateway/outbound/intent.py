@@ -3,9 +3,8 @@
 Deciding *that* a mail is due belongs to the stage that caused it; turning it
 into an RFC 5322 message belongs to `outbound`. This value is the hand-over,
 and it is what the outbox keeps (`outbox_document`) until the dispatcher
-renders it: rendering and composing cost more than every database write of
-a new ticket together, so they are kept out of the transaction that receives
-the mail.
+renders it: rendering and composing were a fifth of the work of receiving
+a new ticket, so they are kept out of the transaction that receives the mail.
 """
 
 from __future__ import annotations

@@ -11,10 +11,9 @@ from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline import decide as d
-from mailgateway.pipeline.classify import Classification, OwnMarks
+from mailgateway.pipeline.classify import Classification
 from mailgateway.pipeline.identify import Sender
 from mailgateway.pipeline.parse import ParsedMail
-from mailgateway.pipeline.prepare import own_marks
 
 Mailer = Callable[[Session, MailIntent], QueuedMail | None]
 
@@ -32,10 +31,6 @@ class Pipeline:
     settings: Settings
     clock: Clock
     mailer: Mailer
-
-    @property
-    def own(self) -> OwnMarks:
-        return own_marks(self.settings)
 
 
 @dataclass(frozen=True)
