@@ -1,15 +1,18 @@
 """Raw bytes → ParsedMail: the one place that knows how mail is encoded.
 
 Every later stage (classify, identify, thread, quote, route) works on the frozen
-`ParsedMail` and never touches MIME, charsets or a parser library. mail-parser
-is used at this edge only: it builds the message tree and gives the addresses
-and the date, which it recovers well from sloppy headers. Body parts,
-attachments and header text are read from that same tree with our own charset
-policy, because mail-parser falls back to UTF-8 alone (Chinese in `iso-gb2312`
-became `???`) and folds the text of forwarded messages into the body, while a
-forwarded message is an attachment here. The bytes are parsed once; the stdlib
-parser (compat32) is used only when mail-parser raises, and a bytes-level
-salvage only when that raises too, so `parse_mail` never raises.
+`ParsedMail` and never touches MIME, charsets or a parser library. The message
+tree is the stdlib parser's (compat32), the one mail-parser builds too; the
+addresses and the date are mail-parser's readings of their headers, which
+recover well from sloppy ones. mail-parser's own walk of the tree is not run:
+it decodes every part and re-encodes every attachment in base64, which took
+twice as long as parsing, and its results would be thrown away, because body
+parts, attachments and header text are read here with our own charset policy
+(mail-parser falls back to UTF-8 alone: Chinese in `iso-gb2312` became `???`;
+and it folds the text of forwarded messages into the body, while a forwarded
+message is an attachment here). Should mail-parser's readings raise, the
+stdlib's are used; a bytes-level salvage is used when even the tree cannot be
+built, so `parse_mail` never raises.
 
 How bytes, header words and HTML become text (the charset policy, html2text) is
 `decode`'s business: this module walks the tree and decides what each part is.
@@ -24,10 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import Message
-from typing import Any
 
-import mailparser
 import structlog
+from mailparser.dates import parse_mail_date
+from mailparser.utils import get_addresses
 
 from mailgateway.pipeline.decode import (
     aware_datetime,
@@ -115,34 +118,19 @@ def _bare(addresses: list[tuple[str, str]]) -> tuple[str, ...]:
     return tuple(addr.strip().lower() for _, addr in addresses if addr and addr.strip())
 
 
-def _load(raw: bytes, defects: list[str]) -> tuple[Message, Any]:
-    """Parse once: mail-parser when it copes, else the stdlib parser it wraps.
-
-    A header block broken by unindented continuation lines, or preceded by junk, is
-    repaired and parsed a second time: otherwise From and Subject end up in the body.
-    """
-    message, parser = _parse_bytes(raw, defects)
+def _load(raw: bytes, defects: list[str]) -> Message:
+    """Parse once; a header block broken by unindented continuation lines, or
+    preceded by junk, is repaired and parsed a second time: otherwise From and
+    Subject end up in the body."""
+    message = email.message_from_bytes(raw)
     if any(
         isinstance(d, MissingHeaderBodySeparatorDefect) for p in message.walk() for d in p.defects
     ):
         repaired = _repair_header_block(_UNINDENTED_PARAM.sub(rb"\1 \2", raw))
         if repaired != raw:
             defects.append("header lines without indentation joined to the header above")
-            message, parser = _parse_bytes(repaired, defects)
-    return message, parser
-
-
-def _parse_bytes(raw: bytes, defects: list[str]) -> tuple[Message, Any]:
-    try:
-        parser = mailparser.parse_from_bytes(raw)
-        if parser.message is not None:
-            return parser.message, parser
-    except Exception as exc:  # mail-parser's post-processing can fail on broken MIME
-        if isinstance(exc.__cause__, RecursionError):
-            raise  # the stdlib parser beneath would recurse just as deep
-        defects.append(f"mail-parser failed ({type(exc).__name__}); standard parser used")
-        log.info("parse.mailparser_failed", error=repr(exc))
-    return email.message_from_bytes(raw), None
+            message = email.message_from_bytes(repaired)
+    return message
 
 
 def _repair_header_block(raw: bytes) -> bytes:
@@ -231,14 +219,14 @@ class _Body:
 def _read_parts(message: Message, defects: list[str]) -> _Body:
     body = _Body([], [], [])
     for part in _leaves(message):
-        defects.extend(type(d).__name__ for d in part.defects)
         kind = part.get_content_type()
-        if part.is_multipart() and part.get_content_maintype() == "multipart":
-            continue
-        try:
-            _read_leaf(part, kind, body, defects)
-        except Exception as exc:  # one bad part must not cost the rest of the mail
-            defects.append(f"unreadable {kind} part ({type(exc).__name__})")
+        if not (part.is_multipart() and part.get_content_maintype() == "multipart"):
+            try:
+                _read_leaf(part, kind, body, defects)
+            except Exception as exc:  # one bad part must not cost the rest of the mail
+                defects.append(f"unreadable {kind} part ({type(exc).__name__})")
+        # After reading: decoding the payload adds its own defects (bad base64).
+        defects.extend(type(d).__name__ for d in part.defects)
     return body
 
 
@@ -292,11 +280,18 @@ def _all(headers: tuple[tuple[str, str], ...], name: str) -> tuple[str, ...]:
     return tuple(value for key, value in headers if key.lower() == wanted)
 
 
-def _addresses(parser: Any, field: str, raw: tuple[str, ...]) -> list[tuple[str, str]]:
-    """mail-parser's reading of an address header; the stdlib's when it found none."""
-    if parser is not None:
+def _addresses(
+    message: Message | None, header: str, raw: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """mail-parser's reading of an address header (its first occurrence, as mail-parser
+    reads it); the stdlib's when it found none or could not read it."""
+    if message is not None:
         try:
-            found = [(_name(str(n)), str(a)) for n, a in getattr(parser, field) or [] if a]
+            found = [
+                (_name("" if name == address else name), address)
+                for name, address in get_addresses(message.get(header), decode_names=True)
+                if address
+            ]
         except Exception:  # keep going with the stdlib reading
             found = []
         if found:
@@ -304,8 +299,9 @@ def _addresses(parser: Any, field: str, raw: tuple[str, ...]) -> list[tuple[str,
     return decode_addresses(raw)
 
 
-# Address header → mail-parser's attribute for it ("": read by the stdlib only).
-_ADDRESS_FIELDS = {"from": "from_", "to": "to", "cc": "cc", "reply-to": "reply_to", "sender": ""}
+# Address headers; those mail-parser reads (the others are read by the stdlib only).
+_ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "sender")
+_MAILPARSER_READS = frozenset({"from", "to", "cc", "reply-to"})
 
 
 def _name(display: str) -> str:
@@ -314,16 +310,16 @@ def _name(display: str) -> str:
 
 
 def _address_map(
-    parser: Any, raw: list[tuple[str, str]], hint: str | None = None
+    message: Message | None, raw: list[tuple[str, str]], hint: str | None = None
 ) -> dict[str, list[tuple[str, str]]]:
     """Address headers read from their raw values: decoding first would split names at commas."""
     found: dict[str, list[tuple[str, str]]] = {}
-    for header, attribute in _ADDRESS_FIELDS.items():
+    for header in _ADDRESS_HEADERS:
         values = tuple(v for k, v in raw if k.lower() == header)
         eight_bit = any(has_8bit(v) for v in values)  # mail-parser escapes those
         values = tuple(decode_8bit_header(v, None, hint) for v in values)
-        reader = None if eight_bit or not attribute else parser
-        found[header] = _addresses(reader, attribute, values)
+        reader = None if eight_bit or header not in _MAILPARSER_READS else message
+        found[header] = _addresses(reader, header, values)
     return found
 
 
@@ -366,13 +362,22 @@ def _assemble(
     )
 
 
-def _from_message(message: Message, parser: Any, defects: list[str]) -> ParsedMail:
+def _from_message(message: Message, defects: list[str]) -> ParsedMail:
     raw = [(str(name), str(value)) for name, value in message.raw_items()]
     hint = _body_charset(message) if any(has_8bit(v) for _, v in raw) else None
     headers = tuple((name, decode_header_value(value, defects, hint)) for name, value in raw)
-    date = aware_datetime(getattr(parser, "date", None)) if parser is not None else None
     body = _read_parts(message, defects)
-    return _assemble(headers, _address_map(parser, raw, hint), date, body, defects)
+    return _assemble(headers, _address_map(message, raw, hint), _date(raw), body, defects)
+
+
+def _date(raw: list[tuple[str, str]]) -> datetime | None:
+    """mail-parser's reading of the first Date header; None sends `_assemble` to the
+    stdlib's."""
+    value = next((v for k, v in raw if k.lower() == "date"), None)
+    try:
+        return aware_datetime(parse_mail_date(value).value) if value is not None else None
+    except Exception:  # the stdlib reading follows
+        return None
 
 
 def _body_charset(message: Message) -> str | None:
@@ -403,7 +408,7 @@ def _salvage(raw: bytes, defects: list[str]) -> ParsedMail:
 
 
 def _nothing(defects: list[str]) -> ParsedMail:
-    empty: dict[str, list[tuple[str, str]]] = {key: [] for key in _ADDRESS_FIELDS}
+    empty: dict[str, list[tuple[str, str]]] = {key: [] for key in _ADDRESS_HEADERS}
     return _assemble((), empty, None, _Body([], [], []), defects)
 
 
@@ -423,8 +428,7 @@ def _parse(raw: bytes) -> ParsedMail:
     if len(stripped) != len(raw):
         defects.append("blank lines before the headers removed")
     try:
-        message, parser = _load(stripped, defects)
-        return _from_message(message, parser, defects)
+        return _from_message(_load(stripped, defects), defects)
     except Exception as exc:  # the last resorts below still keep the mail
         defects.append(f"message tree unusable ({type(exc).__name__}); headers split by hand")
         log.warning("parse.salvage", error=repr(exc))

@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import mailparser
 import pytest
 import yaml
 
@@ -54,8 +55,10 @@ def test_known_trouble_makers_parse() -> None:
     gb = parsed(corpus_file("zammad/test/data/mail/mail060.box"))
     assert "差出人" in gb.text and "äöü" in gb.text
     assert any("iso-gb2312" in d for d in gb.defects)
-    sendgrid = parsed(corpus_file("sisimai/set-of-emails/maildir/bsd/lhost-sendgrid-01.eml"))
-    assert any("mail-parser failed" in d for d in sendgrid.defects)
+    sendgrid_file = corpus_file("sisimai/set-of-emails/maildir/bsd/lhost-sendgrid-01.eml")
+    with pytest.raises(AttributeError):  # mail-parser's own walk of the parts fails on it
+        mailparser.parse_from_bytes(sendgrid_file.read_bytes())
+    sendgrid = parsed(sendgrid_file)
     assert sendgrid.from_addr and sendgrid.text
 
 
