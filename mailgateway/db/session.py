@@ -12,10 +12,11 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Executable, create_engine, event, func, insert
+from sqlalchemy import Engine, Executable, Table, create_engine, event, func, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, SessionTransaction, make_transient_to_detached, sessionmaker
 
@@ -152,6 +153,12 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
             for name in (_LOOKUPS, _AWAITED, _LATER, _FORGOTTEN_ON_ROLLBACK):
                 session.info.pop(name, None)
 
+    @event.listens_for(factory, "before_flush")
+    def _write_queued_first(session: Session, *_: Any) -> None:
+        # The ORM may update a row that is still queued (a ticket opened and answered
+        # in the same batch): the row must be there first.
+        write_later(session)
+
     @event.listens_for(factory, "before_commit")
     def _finish_waited(session: Session) -> None:
         write_later(session)
@@ -224,8 +231,9 @@ def execute_later(session: Session, statement: Executable, row: dict[str, Any]) 
 
 
 def write_later(session: Session) -> None:
-    """Run what `execute_later` queued: a statement at a time, in the order of their
-    first rows, and the rows of each in the order they were queued."""
+    """Run what `execute_later` queued: a statement at a time, parents before the rows
+    that point at them (tickets before their messages), and the rows of each
+    statement in the order they were queued."""
     queued = session.info.pop(_LATER, None)
     if not queued:
         return
@@ -233,8 +241,19 @@ def write_later(session: Session) -> None:
     for _, statement, row in queued:
         grouped.setdefault(id(statement), (statement, []))[1].append(row)
     connection = session.connection()
-    for statement, rows in grouped.values():
+    for statement, rows in sorted(grouped.values(), key=lambda group: _rank(group[0])):
         connection.execute(statement, rows)
+
+
+def _rank(statement: Executable) -> int:
+    """Where the statement's table comes in its metadata's order of dependencies."""
+    table = getattr(statement, "table", None)
+    return _table_rank(table) if isinstance(table, Table) else 0
+
+
+@cache
+def _table_rank(table: Table) -> int:
+    return table.metadata.sorted_tables.index(table)
 
 
 def wait_before_commit(session: Session, pending: Future[Any]) -> None:
@@ -244,8 +263,8 @@ def wait_before_commit(session: Session, pending: Future[Any]) -> None:
 
 
 def attach_inserted(session: Session, row: object) -> None:
-    """Make `row`, just written with a Core INSERT, a persistent object of `session`
-    as though it had been loaded: no query, no flush.
+    """Make `row`, just written with a Core INSERT (or queued with `execute_later`),
+    a persistent object of `session` as though it had been loaded: no query, no flush.
 
     The ORM knows nothing of that INSERT, so should the savepoint it was written
     under roll back, the row is detached again here: SQLite gives the next row

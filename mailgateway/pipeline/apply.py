@@ -50,6 +50,7 @@ from mailgateway.tickets import (
     add_event,
     allocate_number,
     change_status,
+    new_ticket_id,
     record_event,
 )
 
@@ -211,22 +212,21 @@ def _watchers(session: Session, mail: ParsedMail, account: Account, primary: str
 
 
 _TICKETS = cast(Table, Ticket.__table__)
-_INSERT_TICKET = insert(_TICKETS).returning(_TICKETS.c.id)
+_INSERT_TICKET = insert(_TICKETS)
 
 
 def _insert_ticket(
     session: Session, account: Account, person: Person | None, **values: Any
 ) -> Ticket:
-    """Write the ticket row at once, for its id, and return it as a persistent object.
-
-    Its message, event and the inbox row that point at it then wait for the
-    session's next flush, which in a bulk import takes a whole batch at a time,
-    instead of a flush per ticket.
-    """
-    values = {column.key: None for column in _TICKETS.c if column.key != "id"} | values
-    values |= {"account_id": account.id, "person_id": person.id if person else None}
-    ticket_id = session.connection().execute(_INSERT_TICKET, values).scalar_one()
-    ticket = Ticket(id=ticket_id, **values)
+    """Queue the ticket row with the batch's other rows and return it as a persistent
+    object, as though loaded: its id is known before the row is written
+    (`new_ticket_id`), so nothing is written for it until the commit or the next
+    flush, which in a bulk import takes a whole batch at a time."""
+    values = {column.key: None for column in _TICKETS.c} | values
+    values |= {"id": new_ticket_id(session), "account_id": account.id,
+               "person_id": person.id if person else None}
+    execute_later(session, _INSERT_TICKET, values)
+    ticket = Ticket(**values)
     attach_inserted(session, ticket)
     for name, value in (("account", account), ("person", person), ("assignee", None)):
         set_committed_value(ticket, name, value)

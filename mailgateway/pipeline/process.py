@@ -198,6 +198,7 @@ def _ticket_numbered(session: Session, number: str) -> Ticket | None:
         ticket = get_held(session, Ticket, known[number])
         if ticket is not None and ticket.number == number:
             return ticket
+    write_later(session)  # a ticket the transaction opened may still be queued
     ticket = find_by_number(session, number)
     if ticket is not None:
         known[number] = ticket.id

@@ -115,8 +115,8 @@ def test_a_failing_mail_is_quarantined_alone_and_the_batch_goes_on(
         register_desk(gateway)
         mails = [
             build_mail(subject="Primo"),
-            # Fails after its ticket row was written: that row and its number roll back,
-            # and on SQLite the next ticket is given the same id.
+            # Fails after its ticket was given an id and a number: both roll back with
+            # its savepoint. The number is given to the next ticket, the id never is.
             build_mail(subject="Secondo", body="BOOM", message_id="second@client.test"),
             build_mail(subject="Terzo", message_id="third@client.test"),
             build_mail(subject="R: [Ticket#2026-000002] Terzo", body="Ancora io."),
@@ -147,6 +147,7 @@ def test_a_failing_mail_is_quarantined_alone_and_the_batch_goes_on(
         assert len(acknowledged) == 3
         # The failed mail's event, queued for the commit, went with its savepoint.
         assert sorted(opened) == ticket_ids
+        assert ticket_ids[1] > ticket_ids[0] + 1  # the failed ticket's id was left unused
         [opening, reply] = ticket(gateway, "2026-000002")["messages"]
         assert "MPRI" in opening["body"]
         assert reply["body"] == "Ancora io."
@@ -174,3 +175,16 @@ def test_import_of_an_archive_bigger_than_a_batch(
     with desk.sessions() as session:
         numbers = session.execute(select(Ticket.number).order_by(Ticket.id)).scalars().all()
     assert numbers == [f"2026-{n:06d}" for n in range(1, 231)]
+
+
+def test_tickets_opened_one_transaction_at_a_time_get_consecutive_ids(desk: Gateway) -> None:
+    """A ticket's id is known before its row is written; a transaction that opens one
+    ticket takes one id (PostgreSQL: from the sequence), and the ids go on from the
+    largest written."""
+    for subject in ("Primo", "Secondo", "Terzo"):
+        received = desk.receive(build_mail(subject=subject), transport="smtp")
+        assert desk.process(received.inbox_id) == "processed"
+    batch(desk, [build_mail(subject="Quarto"), build_mail(subject="Quinto")])
+    with desk.sessions() as session:
+        ids = session.execute(select(Ticket.id).order_by(Ticket.id)).scalars().all()
+    assert ids == list(range(ids[0], ids[0] + 5))
