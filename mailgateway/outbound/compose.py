@@ -38,7 +38,7 @@ from mailgateway.attachments import attachment_path
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.errors import PermanentError
-from mailgateway.outbound.intent import MailIntent, MailKind
+from mailgateway.outbound.intent import MailIntent, MailKind, new_message_id
 from mailgateway.outbound.render import RenderedMail, choose_language, render
 from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
 
@@ -188,11 +188,6 @@ def _line(name: str, value: str) -> str:
 
 
 # --- pure pieces -----------------------------------------------------------
-
-
-def new_message_id(settings: Settings) -> str:
-    """A fresh Message-ID of ours, without the angle brackets."""
-    return f"mg.{uuid.uuid4().hex}@{settings.helpdesk.domains[0]}"
 
 
 def _bare_id(value: str) -> str:

@@ -9,11 +9,14 @@ a new ticket, so they are kept out of the transaction that receives the mail.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from mailgateway.config import Settings
 
 
 class MailKind(StrEnum):
@@ -123,3 +126,8 @@ def stored_intent(document: Mapping[str, Any]) -> StoredIntent:
         context=_from_json(document["context"]),
     )
     return StoredIntent(intent, document["ticket_number"])
+
+
+def new_message_id(settings: Settings) -> str:
+    """A fresh Message-ID of ours, without the angle brackets: 128 random bits."""
+    return f"mg.{os.urandom(16).hex()}@{settings.helpdesk.domains[0]}"

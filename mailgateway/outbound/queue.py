@@ -36,8 +36,13 @@ from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
 from mailgateway.db.session import execute_later, get_held, transaction_cache
-from mailgateway.outbound.compose import compose, new_message_id
-from mailgateway.outbound.intent import MailIntent, QueuedMail, outbox_document, stored_intent
+from mailgateway.outbound.intent import (
+    MailIntent,
+    QueuedMail,
+    new_message_id,
+    outbox_document,
+    stored_intent,
+)
 
 
 def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
@@ -238,6 +243,10 @@ def compose_queued(
 
     Raises `PermanentError` when it cannot be built (a stored file gone).
     """
+    # Here, not at the top: receiving mail only queues it, and need not load the
+    # templates' machinery (Jinja2) at start-up.
+    from mailgateway.outbound.compose import compose
+
     stored = stored_intent(document)
     context = settings_context(settings) | dict(stored.intent.context)
     return compose(settings, clock, stored.intent, context,
