@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 import structlog
 from sqlalchemy import CursorResult, Table, bindparam, delete, func, insert, select
@@ -44,11 +45,7 @@ from mailgateway.outbound.intent import (
     stored_intent,
 )
 
-
-def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
-    """A logger bound at call time, so the configuration made at start-up applies."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
-    return logger.bind(transport="outbound", **values)
+log = structlog.get_logger(__name__)
 
 
 def settings_context(settings: Settings) -> dict[str, Any]:
@@ -153,18 +150,30 @@ def _over_limit(
     return {key for key in (r.lower() for r in recipients) if counted[key] >= limit}
 
 
+# Per database and process: when each address was last warned about.
+_WARNED: WeakKeyDictionary[object, dict[str, datetime]] = WeakKeyDictionary()
+_MOST_REMEMBERED = 10_000
+
+
 def _report_limited(
-    session: Session, bound: structlog.typing.FilteringBoundLogger, blocked: set[str]
+    session: Session, settings: Settings, now: datetime, fields: dict[str, Any],
+    blocked: set[str],
 ) -> None:
-    """Warn once per transaction and address: a bulk import that meets the limit for a
-    busy sender says so once, not once for every mail it then leaves unanswered."""
-    warned = transaction_cache(session, "rate-limited addresses")
-    new = sorted(blocked - warned.keys())
+    """Warn once per address and limiter window: a bulk import, or a loop with a
+    sender's robot, that meets the limit says so once, not for every mail it then
+    leaves unanswered; those are logged at info."""
+    window = timedelta(minutes=settings.outbound.auto_answer_window_minutes)
+    warned = _WARNED.setdefault(session.get_bind(), {})
+    if len(warned) > _MOST_REMEMBERED:
+        for address, at in list(warned.items()):
+            if now - at >= window:
+                del warned[address]
+    new = sorted(a for a in blocked if a not in warned or now - warned[a] >= window)
     if new:
-        warned.update(dict.fromkeys(new))
-        bound.warning("auto_answer_rate_limited", recipients=new)
+        warned.update(dict.fromkeys(new, now))
+        log.warning("auto_answer_rate_limited", recipients=new, **fields)
     else:
-        bound.info("auto_answer_rate_limited", recipients=sorted(blocked))
+        log.info("auto_answer_rate_limited", recipients=sorted(blocked), **fields)
 
 
 def purge_auto_answers(session: Session, settings: Settings, now: datetime) -> int:
@@ -194,7 +203,8 @@ def enqueue(
         ticket = get_held(session, Ticket, intent.ticket_id)
         if ticket is None:
             raise ValueError(f"ticket id {intent.ticket_id} does not exist")
-    bound = _log(ticket=ticket.number if ticket else None, kind=intent.kind.value)
+    fields = {"transport": "outbound", "ticket": ticket.number if ticket else None,
+              "kind": intent.kind.value}
     seen: set[str] = set()
     to, cc = _unique(intent.to, seen), _unique(intent.cc, seen)
     if intent.automatic:
@@ -204,11 +214,11 @@ def enqueue(
         cc = [a for a in cc if not _is_own_address(settings, a)]
         blocked = _over_limit(session, settings, now, to + cc)
         if blocked:
-            _report_limited(session, bound, blocked)
+            _report_limited(session, settings, now, fields, blocked)
         to = [a for a in to if a.lower() not in blocked]
         cc = [a for a in cc if a.lower() not in blocked]
     if not to:
-        bound.info("outbound_mail_skipped", reason="no recipient left")
+        log.info("outbound_mail_skipped", reason="no recipient left", **fields)
         return None
 
     context = dict(ticket_context(settings, ticket)) if ticket is not None else {}
@@ -232,7 +242,7 @@ def enqueue(
         "sent_at": None,
     }
     _insert(session, values, ticket, [a.lower() for a in to + cc] if intent.automatic else [])
-    bound.info("outbox_enqueued", message_id=message_id, recipients=to + cc)
+    log.info("outbox_enqueued", message_id=message_id, recipients=to + cc, **fields)
     return QueuedMail(intent.kind, message_id, intent.ticket_id, tuple(to + cc))
 
 

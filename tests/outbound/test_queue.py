@@ -147,6 +147,34 @@ def test_limit_holds_within_one_transaction(
     assert limited[0]["recipients"] == ["loop@altrove.it"]
 
 
+@pytest.mark.usefixtures("every_log_level")
+def test_the_limit_is_reported_once_per_address_and_window(
+    settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+) -> None:
+    """Not once per transaction: a listener taking one mail a transaction, or a bulk
+    import taking batches, warns of a looping address once in the limiter's window."""
+    loop = MailIntent(kind=MailKind.REJECTED, to=("loop@altrove.it",), language="it")
+    other = MailIntent(kind=MailKind.REJECTED, to=("robot@altrove.it",), language="it")
+    with capture_logs() as logs:
+        for _ in range(14):
+            with sessions.begin() as session:
+                enqueue(session, settings, clock, loop)
+                enqueue(session, settings, clock, other)
+            clock.advance(seconds=30)
+        clock.advance(minutes=settings.outbound.auto_answer_window_minutes)
+        for _ in range(12):
+            with sessions.begin() as session:
+                enqueue(session, settings, clock, loop)
+    warnings = [e["recipients"] for e in logs
+                if e["event"] == "auto_answer_rate_limited" and e["log_level"] == "warning"]
+    assert warnings == [["loop@altrove.it"], ["robot@altrove.it"], ["loop@altrove.it"]]
+    infos = [e for e in logs
+             if e["event"] == "auto_answer_rate_limited" and e["log_level"] == "info"]
+    assert len(infos) == 3 * 2 + 1
+
+
 def test_mails_written_by_technicians_are_not_limited(
     settings: Settings,
     clock: FixedClock,
