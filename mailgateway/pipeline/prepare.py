@@ -95,7 +95,9 @@ class Findings:
     keys: ThreadKeys
     staff_authority: str | None
     new_ticket: tuple[Routing, str] | None  # None for automatic mail, never answered
-    unquoted: str | None  # the text without its quotes, should the mail be a reply
+    # The text without its quotes, should the mail be a reply; None when no tag, token
+    # or reference could make it one (a new request: its quotes are kept).
+    unquoted: str | None
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,11 @@ def find(settings: FindingSettings, mail: ParsedMail, *, unquote: bool = True) -
         helpdesk_address=settings.address, secret=settings.secret,
     )
     human = classification.kind is None
+    may_reply = bool(keys.tag_number or keys.token or keys.references)
     return Findings(
         classification, keys, staff_authority(mail, keys.token, settings.trusted_authserv_ids),
         route_new_ticket(mail.text) if human else None,
-        strip_quotes(mail.text) if human and unquote else None,
+        strip_quotes(mail.text) if human and unquote and may_reply else None,
     )
 
 

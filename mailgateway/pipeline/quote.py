@@ -208,11 +208,11 @@ def _attribution_start(lines: Sequence[str], verb_line: int, prefix: str) -> int
 def _verb(lines: Sequence[str], end: int) -> tuple[int, str] | None:
     """Where the attribution verb ending at line `end` is: its line and the text before it."""
     line = lines[end]
-    own_verb = patterns.VERB_AT_END.search(line)
+    own_verb = patterns.verb_at_end(line)
     if own_verb:
         return end, line[: own_verb.start()]
     previous = lines[end - 1] if end > 0 and inspectable(lines[end - 1]) else ""
-    if previous and patterns.VERB_AT_END.search(f"{previous} {line}"):
+    if previous and patterns.verb_at_end(f"{previous} {line}"):
         return end, ""  # the verb itself wraps: "… ha" / "scritto:"
     if not line.rstrip().endswith((":", "：")):
         return None
