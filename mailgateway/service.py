@@ -20,22 +20,22 @@ from mailgateway.clock import Clock, SystemClock
 from mailgateway.config import Settings
 from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus
 from mailgateway.db.session import (
-    attach_inserted,
     create_db_engine,
     insert_raw,
     insert_raws,
     is_postgresql,
     is_transient,
     session_factory,
+    write_later,
     write_lock,
 )
 from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent, QueuedMail
-from mailgateway.pipeline.context import Mailer, Pipeline
+from mailgateway.pipeline.context import BatchEntry, Mailer, Pipeline
 from mailgateway.pipeline.parse import parse_mail
 from mailgateway.pipeline.prepare import PreparedMail, RawIdentity, raw_identity
-from mailgateway.pipeline.process import look_up_batch, process_inbox_mail
+from mailgateway.pipeline.process import look_up_batch, process_inbox_mail, record_fate
 
 log = structlog.get_logger()
 
@@ -166,14 +166,15 @@ class Gateway:
 
                 count_recent_answers(session, self.settings, self.clock.now(), senders)
             for index, row in zip(fresh, rows, strict=True):
-                outcomes[index] = self._process_stored(session, row, mails[index], careful)
+                outcomes[index] = self._process_stored(
+                    session, row, mails[index], transport, careful)
         return outcomes
 
     def _store_rows(
         self, session: Session, mails: Sequence[PreparedMail], transport: str
-    ) -> list[InboxMail]:
-        """Insert the inbox rows and their bytes; return the rows as objects of `session`
-        (as though loaded, so processing them costs no query).
+    ) -> list[BatchEntry]:
+        """Insert the inbox rows and their bytes; return the entries processing
+        records their fates on.
 
         The ids are read back by dedup key rather than with RETURNING: SQLite cannot
         say which id went to which row of a multi-row insert, so SQLAlchemy would
@@ -189,19 +190,15 @@ class Gateway:
             select(_INBOX.c.dedup_key, _INBOX.c.id).where(_INBOX.c.dedup_key.in_(keys))).all())
         ids = [found[key] for key in keys]
         insert_raws(session, [(inbox_id, m.raw) for inbox_id, m in zip(ids, mails, strict=True)])
-        rows = []
-        for inbox_id, row_values in zip(ids, values, strict=True):
-            row = InboxMail(id=inbox_id, reason=None, subject=None, sender=None, ticket_id=None,
-                            processed_at=None, **row_values)
-            attach_inserted(session, row)
-            rows.append(row)
-        return rows
+        return [BatchEntry(inbox_id, row["envelope_from"], row["status"])
+                for inbox_id, row in zip(ids, values, strict=True)]
 
     def _process_stored(
-        self, session: Session, row: InboxMail, mail: PreparedMail, careful: bool
+        self, session: Session, row: BatchEntry, mail: PreparedMail, transport: str,
+        careful: bool,
     ) -> Outcome:
         structlog.contextvars.bind_contextvars(
-            message_id=mail.identity.message_id, transport=row.transport)
+            message_id=mail.identity.message_id, transport=transport)
         try:
             if careful:
                 with session.begin_nested():
@@ -218,6 +215,9 @@ class Gateway:
             log.error("mail quarantined", reason=reason, exc_info=exc)
             row.status, row.reason = InboxStatus.QUARANTINED.value, reason
             row.processed_at, row.attempts = self.clock.now(), row.attempts + 1
+            # Written now, outside any savepoint: the next mail's may roll back.
+            record_fate(session, row)
+            write_later(session)
             return Outcome(InboxStatus.QUARANTINED.value)
         finally:
             structlog.contextvars.unbind_contextvars("ticket", "message_id", "transport")

@@ -22,7 +22,6 @@ from mailgateway.attachments import safe_filename, store_file_soon
 from mailgateway.db.models import (
     Account,
     Attachment,
-    InboxMail,
     Message,
     Person,
     Staff,
@@ -39,7 +38,14 @@ from mailgateway.db.session import (
 )
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.pipeline import decide as d
-from mailgateway.pipeline.context import SENDERS, THREAD_REFS, TICKET_IDS, Analysis, Pipeline
+from mailgateway.pipeline.context import (
+    SENDERS,
+    THREAD_REFS,
+    TICKET_IDS,
+    Analysis,
+    InboxEntry,
+    Pipeline,
+)
 from mailgateway.pipeline.identify import Sender
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.thread import clean_subject
@@ -115,7 +121,7 @@ _INSERT_ATTACHMENT = insert(_ATTACHMENTS).values(
 
 
 def _add_message(
-    session: Session, ticket: Ticket, inbox: InboxMail, *, direction: str, author: str,
+    session: Session, ticket: Ticket, inbox: InboxEntry, *, direction: str, author: str,
     body: str, at: datetime, internal: bool = False, refused: Sequence[str] = (),
     files: Sequence[dict[str, Any]] = (),
 ) -> None:
@@ -235,7 +241,7 @@ def _insert_ticket(
 
 def open_ticket(
     session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.OpenTicket,
-    inbox: InboxMail,
+    inbox: InboxEntry,
 ) -> Ticket:
     mail, settings, now = analysis.mail, pipeline.settings, pipeline.clock.now()
     account = (get_held(session, Account, decision.account_id) if decision.account_id is not None
@@ -278,7 +284,7 @@ def open_ticket(
 
 def add_customer_reply(
     session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.CustomerReply,
-    inbox: InboxMail,
+    inbox: InboxEntry,
 ) -> Ticket:
     now = pipeline.clock.now()
     ticket = get_held(session, Ticket, decision.ticket.id)
@@ -326,7 +332,7 @@ def _apply_commands(
 
 def add_staff_reply(
     session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.StaffReply,
-    inbox: InboxMail,
+    inbox: InboxEntry,
 ) -> Ticket:
     now, actor = pipeline.clock.now(), analysis.sender.email
     ticket = get_held(session, Ticket, decision.ticket.id)

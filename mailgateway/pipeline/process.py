@@ -11,26 +11,36 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from email.utils import parseaddr
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import (
     BindParameter,
     CompoundSelect,
+    Table,
     bindparam,
     literal,
     null,
     select,
     true,
     union_all,
+    update,
 )
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import Account, InboxMail, InboxStatus, Person, Staff, ThreadRef, Ticket
-from mailgateway.db.session import get_held, transaction_cache, write_later
+from mailgateway.db.session import execute_later, get_held, transaction_cache, write_later
 from mailgateway.pipeline import apply
 from mailgateway.pipeline import decide as d
-from mailgateway.pipeline.context import SENDERS, THREAD_REFS, TICKET_IDS, Analysis, Pipeline
+from mailgateway.pipeline.context import (
+    SENDERS,
+    THREAD_REFS,
+    TICKET_IDS,
+    Analysis,
+    BatchEntry,
+    InboxEntry,
+    Pipeline,
+)
 from mailgateway.pipeline.identify import (
     DirectoryMatch,
     Sender,
@@ -79,7 +89,7 @@ def analyse(
 
 
 def process_inbox_mail(
-    session: Session, pipeline: Pipeline, inbox: InboxMail, mail: ParsedMail,
+    session: Session, pipeline: Pipeline, inbox: InboxEntry, mail: ParsedMail,
     *, flush: bool = True, findings: Findings | None = None,
 ) -> Analysis:
     """Apply the decision for `inbox` and record its fate on the row.
@@ -92,14 +102,29 @@ def process_inbox_mail(
     """
     with session.no_autoflush:
         analysis = _process(session, pipeline, inbox, mail, findings)
+    if isinstance(inbox, BatchEntry):
+        record_fate(session, inbox)
     if flush:
         write_later(session)
         session.flush()
     return analysis
 
 
+_INBOX = cast(Table, InboxMail.__table__)
+_RECORD_FATE = update(_INBOX).where(_INBOX.c.id == bindparam("entry_id"))
+
+
+def record_fate(session: Session, entry: BatchEntry) -> None:
+    """Queue the write of what became of a batch's mail (`db.session.execute_later`)."""
+    execute_later(session, _RECORD_FATE, {
+        "entry_id": entry.id, "status": entry.status, "reason": entry.reason,
+        "subject": entry.subject, "sender": entry.sender, "ticket_id": entry.ticket_id,
+        "processed_at": entry.processed_at, "attempts": entry.attempts,
+    })
+
+
 def _process(
-    session: Session, pipeline: Pipeline, inbox: InboxMail, parsed: ParsedMail,
+    session: Session, pipeline: Pipeline, inbox: InboxEntry, parsed: ParsedMail,
     findings: Findings | None,
 ) -> Analysis:
     analysis = analyse(session, pipeline, parsed, inbox.envelope_from, findings)
