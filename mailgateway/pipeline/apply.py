@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from functools import cache
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Table, bindparam, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Insert, Table, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -64,11 +63,19 @@ log = structlog.get_logger()
 
 
 _THREAD_REFS = cast(Table, ThreadRef.__table__)
-# Built once per dialect: one runs for every mail that reaches a ticket.
-_REMEMBER = {
-    "postgresql": postgresql_insert(_THREAD_REFS).on_conflict_do_nothing(),
-    "sqlite": sqlite_insert(_THREAD_REFS).on_conflict_do_nothing(),
-}
+
+
+@cache
+def _remembering(dialect: str) -> Insert:
+    """Built once per dialect, on first use: one runs for every mail that reaches a
+    ticket, and importing PostgreSQL's dialect (with asyncio) slowed SQLite's start-up."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(_THREAD_REFS).on_conflict_do_nothing()
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(_THREAD_REFS).on_conflict_do_nothing()
 
 
 def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> None:
@@ -83,7 +90,8 @@ def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> 
         return
     message_id = mail.message_id[:998]
     dialect = session.get_bind().dialect.name
-    execute_later(session, _REMEMBER[dialect], {"message_id": message_id, "ticket_id": ticket.id})
+    execute_later(session, _remembering(dialect),
+                  {"message_id": message_id, "ticket_id": ticket.id})
     known = transaction_cache(session, THREAD_REFS, forget_on_rollback=True)
     if message_id in known and known[message_id] is None:  # looked up, and no ticket knew it
         known[message_id] = ticket.id
