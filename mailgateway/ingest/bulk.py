@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import cast
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -98,20 +99,23 @@ def _submit(
     raws = [raw for _, raw in batch]
     if pool is None:
         return [(raws, None)]
-    step = max(1, len(raws) // (2 * (os.cpu_count() or 1)))
+    step = max(1, len(raws) // (4 * (os.cpu_count() or 1)))
     return [(raws[i:i + step], pool.submit(prepare_mails, raws[i:i + step], settings))
             for i in range(0, len(raws), step)]
 
 
 def _collect(parts: list[_Part], settings: FindingSettings) -> list[PreparedMail]:
-    """The batch's mails prepared, in order. A part no worker has begun is prepared
-    here: better than waiting for a worker still starting or busy with the part before."""
-    prepared: list[PreparedMail] = []
-    for raws, job in parts:
+    """The batch's mails prepared, in order. The parts no worker has begun are taken
+    back, from the last one on, and prepared here while the workers finish theirs:
+    a worker still starting, or behind, is helped rather than waited for."""
+    done: dict[int, list[PreparedMail]] = {}
+    for index in range(len(parts) - 1, -1, -1):
+        raws, job = parts[index]
         if job is None or job.cancel():
-            prepared += prepare_mails(raws, settings)
-        else:
-            prepared += job.result()
+            done[index] = prepare_mails(raws, settings)
+    prepared: list[PreparedMail] = []
+    for index, (_, job) in enumerate(parts):
+        prepared += done[index] if index in done else cast(Future[list[PreparedMail]], job).result()
     return prepared
 
 
