@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine, Executable, Table, create_engine, event, func, insert
 from sqlalchemy.engine import make_url
@@ -284,7 +284,13 @@ def get_held(session: Session, model: type[_Model], ident: int | None) -> _Model
     a batch looked up would be gone, and loaded again, by the time the next
     mail needs it.
     """
-    found = session.get(model, ident) if ident is not None else None
+    if ident is None:
+        return None
+    held = transaction_cache(session, "held")
+    found = held.get((model, ident))
+    if found is not None and found in session:  # not detached by a rolled-back savepoint
+        return cast(_Model, found)
+    found = session.get(model, ident)
     if found is not None:
-        transaction_cache(session, "held")[(model, ident)] = found
+        held[(model, ident)] = found
     return found

@@ -84,11 +84,16 @@ class StoredIntent:
 _DATETIME = "$datetime"  # JSON has no date type; the templates format real datetimes
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _to_json(value: Any) -> Any:
+    if type(value) in _PLAIN:  # most of a context: no call deeper
+        return value
     if isinstance(value, datetime):
         return {_DATETIME: value.isoformat()}
     if isinstance(value, Mapping):
-        return {str(k): _to_json(v) for k, v in value.items()}
+        return {str(k): v if type(v) in _PLAIN else _to_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_to_json(v) for v in value]
     return value
