@@ -135,6 +135,18 @@ def allocate_number(session: Session, year: int) -> str:
 
 
 _COUNTED = "ticket numbers"
+_COUNTERS = cast(Table, TicketCounter.__table__)
+# Built once, run on the connection: one statement for every ticket opened.
+_INCREMENT = (
+    update(_COUNTERS)
+    .where(_COUNTERS.c.year == bindparam("wanted"))
+    .values(last=_COUNTERS.c.last + 1)
+    .returning(_COUNTERS.c.last)
+)
+_SET = update(_COUNTERS).where(_COUNTERS.c.year == bindparam("wanted")).values(
+    last=bindparam("value"))
+
+
 _TICKETS = cast(Table, Ticket.__table__)
 _FREE_IDS = "free ticket ids"
 _MOST_IDS_AT_ONCE = 32
@@ -168,16 +180,6 @@ def new_ticket_id(session: Session) -> int:
             free["last"] = last + 1
             ids.append(last + 1)
     return ids.pop()
-_COUNTERS = cast(Table, TicketCounter.__table__)
-# Built once, run on the connection: one statement for every ticket opened.
-_INCREMENT = (
-    update(_COUNTERS)
-    .where(_COUNTERS.c.year == bindparam("wanted"))
-    .values(last=_COUNTERS.c.last + 1)
-    .returning(_COUNTERS.c.last)
-)
-_SET = update(_COUNTERS).where(_COUNTERS.c.year == bindparam("wanted")).values(
-    last=bindparam("value"))
 
 
 def find_by_number(session: Session, number: str) -> Ticket | None:
