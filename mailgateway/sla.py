@@ -15,8 +15,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-import holidays
-
 from mailgateway.config import SlaSettings
 from mailgateway.errors import ConfigError
 
@@ -59,6 +57,10 @@ class OfficeHours:
 def _holidays(country: str, year: int) -> frozenset[date]:
     if not country:
         return frozenset()
+    # Imported here: the package and a country's calendar take 0.1-0.25 s to load,
+    # which every command paid at start-up, most of them for nothing.
+    import holidays
+
     return frozenset(holidays.country_holidays(country, years=year))
 
 
@@ -82,6 +84,8 @@ def office_hours(settings: SlaSettings) -> OfficeHours:
         raise ConfigError(f"sla.timezone {settings.timezone!r} is not a known time zone.") from None
     if settings.holidays:
         try:
+            import holidays
+
             holidays.country_holidays(settings.holidays)
         except NotImplementedError:
             raise ConfigError(
