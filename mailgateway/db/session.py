@@ -222,9 +222,12 @@ def execute_later(session: Session, statement: Executable, row: dict[str, Any]) 
 
     Rows of one statement go in one executemany: a bulk import writes each
     kind of row of a whole batch at once instead of one statement a row. Only
-    for writes nothing reads back before the commit (events, messages, outbox
-    rows and their bookkeeping); a savepoint that rolls back drops the rows
-    queued under it.
+    for rows no query looks for before they are written: events, messages,
+    outbox rows and their bookkeeping, and new tickets, which are read back
+    from the session's identity map (a lookup that must go to the database
+    runs `write_later` first). A savepoint that rolls back drops the rows
+    queued under it; rows queued before a savepoint begins must be written
+    before it (`write_later`), or a rollback of it would take them along.
     """
     transaction = session.get_nested_transaction() or session.get_transaction()
     session.info.setdefault(_LATER, []).append((transaction, statement, row))
