@@ -266,12 +266,12 @@ def wait_before_commit(session: Session, pending: Future[Any]) -> None:
 
 
 def attach_inserted(session: Session, row: object) -> None:
-    """Make `row`, just written with a Core INSERT (or queued with `execute_later`),
-    a persistent object of `session` as though it had been loaded: no query, no flush.
+    """Make `row`, whose INSERT is queued with `execute_later`, a persistent object of
+    `session` as though it had been loaded: no query, no flush.
 
-    The ORM knows nothing of that INSERT, so should the savepoint it was written
-    under roll back, the row is detached again here: SQLite gives the next row
-    the same id, and the session must not hold a stale object under it.
+    The ORM knows nothing of that INSERT, so should the savepoint it was queued
+    under roll back (and the INSERT be dropped with it), the object is detached
+    again here: the session must not hold an object whose row was never written.
     """
     make_transient_to_detached(row)
     session.add(row)
