@@ -304,6 +304,19 @@ def test_headers_ids_and_addresses() -> None:
     assert result.header("X-Missing") is None
 
 
+def test_address_headers_read_alike_whether_seen_before_or_not() -> None:
+    # Header values are remembered once read; a second mail must read the same,
+    # and an address-like display name must never become the sender.
+    spoof = "From: alice@example.com <bob@example.com>\nTo: assistenza@example.com\n\nx"
+    for _ in range(2):
+        result = parse_mail(spoof.encode())
+        assert (result.from_addr, result.from_name) == ("bob@example.com", "alice@example.com")
+    many = ", ".join(f"Utente {i} <utente{i}@example.it>" for i in range(60))
+    assert len(many) > 1000  # too long to be remembered, read all the same
+    result = parse_mail(mail(f"Cc: {many}", b"x"))
+    assert result.cc == tuple(f"utente{i}@example.it" for i in range(60))
+
+
 def test_missing_message_id_is_none() -> None:
     assert parse_mail(mail("Message-ID:   ", b"x")).message_id is None
     assert parse_mail(mail("Subject: x", b"x")).message_id is None
