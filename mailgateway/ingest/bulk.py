@@ -186,6 +186,8 @@ def _import_archive(gateway: Gateway, source: str, progress: bool) -> ImportRepo
     # Worker processes cost a second or so to start: worth it only for a real archive.
     pool = _pool() if pending is not None and len(pending) == BATCH else None
     parts = _submit(pool, pending, settings) if pending else []
+    if pool is not None:
+        gateway.load_calendar()
     try:
         while pending:
             following = next(batches, None)
