@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmarks.__main__ import render_table
 from benchmarks.core import Row, percentile, run_measured, summarize_error
-from benchmarks.gateway import count_threaded
+from benchmarks.gateway import ImportResult, count_threaded
 from benchmarks.generate import generate_corpus
 
 
@@ -22,6 +22,16 @@ def test_count_threaded_follows_each_reply_to_its_request() -> None:
     first_reply = next(i for i, m in enumerate(corpus.mails) if m.kind == "reply")
     inbox[first_reply]["ticket"] = "2026-999999"
     assert count_threaded(corpus, inbox) == corpus.replies - 1
+
+
+def test_import_rate_is_the_summary_s_not_its_rounded_seconds() -> None:
+    def result(summary: str) -> ImportResult:
+        return ImportResult(2.0, 500, 278, 222, 0, {}, summary=summary)
+
+    assert result("500 mails in 1.1 s, 474 a second: 278 new tickets").work_mails_per_second \
+        == 474
+    assert result("500 mails in 1.25 s: 278 new tickets").work_mails_per_second == 400
+    assert result("").work_mails_per_second == 0
 
 
 def test_percentile_is_nearest_rank() -> None:
