@@ -183,12 +183,12 @@ def _import_archive(gateway: Gateway, source: str, progress: bool) -> ImportRepo
     settings = finding_settings(gateway.settings)
     batches = _batches(source)
     pending = next(batches, None)
-    # Worker processes cost a second or so to start: worth it only for a real archive.
+    # A worker pays off only for an archive of a batch or more.
     pool = _pool() if pending is not None and len(pending) == BATCH else None
     parts = _submit(pool, pending, settings) if pending else []
-    if pool is not None:
-        gateway.load_calendar()
     try:
+        if pool is not None:
+            gateway.load_calendar()
         while pending:
             following = next(batches, None)
             next_parts = _submit(pool, following, settings) if following else []
