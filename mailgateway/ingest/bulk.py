@@ -187,7 +187,7 @@ def _import_archive(gateway: Gateway, source: str, progress: bool) -> ImportRepo
     pool = _pool() if pending is not None and len(pending) == BATCH else None
     parts = _submit(pool, pending, settings) if pending else []
     try:
-        if pool is not None:
+        if pending:  # a configuration the calendar rejects stops the import here
             gateway.load_calendar()
         while pending:
             following = next(batches, None)

@@ -13,8 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.clock import FixedClock
-from mailgateway.config import Settings
+from mailgateway.config import Settings, settings_from_mapping
 from mailgateway.db.models import Event, InboxMail, OutboxMail, Ticket
+from mailgateway.errors import ConfigError
 from mailgateway.ingest.bulk import import_archive
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.outbound.queue import enqueue
@@ -175,6 +176,26 @@ def test_import_of_an_archive_bigger_than_a_batch(
     with desk.sessions() as session:
         numbers = session.execute(select(Ticket.number).order_by(Ticket.id)).scalars().all()
     assert numbers == [f"2026-{n:06d}" for n in range(1, 231)]
+
+
+def test_a_calendar_the_configuration_breaks_stops_the_import_before_any_mail(
+    config_data: dict[str, Any], clock: FixedClock, tmp_path: Path
+) -> None:
+    """Opening a ticket needs the office calendar: a bad one is said once, up front,
+    rather than quarantining every mail of the archive."""
+    config_data["sla"] = {"business_hours": "always"}
+    gateway = Gateway(settings_from_mapping(config_data), clock)
+    try:
+        register_desk(gateway)
+        archive = tmp_path / "archive"
+        archive.mkdir()
+        (archive / "1.eml").write_bytes(build_mail(sender=CUSTOMER, subject="Richiesta"))
+        with pytest.raises(ConfigError, match="business_hours"):
+            import_archive(gateway, str(archive))
+        with gateway.sessions() as session:
+            assert session.execute(select(InboxMail.id)).first() is None
+    finally:
+        gateway.close()
 
 
 def test_tickets_opened_one_transaction_at_a_time_get_consecutive_ids(desk: Gateway) -> None:
