@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Engine, Executable, Table, create_engine, event, func, insert
 from sqlalchemy.engine import make_url
@@ -105,9 +106,16 @@ class FairLock:
             self._condition.notify_all()
 
 
+_WRITE_LOCKS: WeakKeyDictionary[Engine, FairLock] = WeakKeyDictionary()
+
+
 def write_lock(engine: Engine) -> AbstractContextManager[None]:
-    """What a writer holds around a transaction: the fair lock on SQLite, nothing elsewhere."""
-    return FairLock() if engine.dialect.name == "sqlite" else nullcontext()
+    """What every writer of `engine` holds around a transaction: on SQLite the one fair
+    lock of that engine (listener, processor and dispatcher queue in arrival order),
+    nothing elsewhere."""
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    return _WRITE_LOCKS.setdefault(engine, FairLock())
 
 
 def insert_raw(session: Session, inbox_id: int, raw: bytes) -> None:
