@@ -98,7 +98,6 @@ def _fill(settings: Settings, n: int) -> bytes:
         kind=MailKind.ANSWER,
         to=("cliente@studiobench.it",),
         language="it",
-        ticket_id=None,
         context={
             "number": "2026-000001",
             "subject": "Errore 98,20 su MOCO",

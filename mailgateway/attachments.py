@@ -7,10 +7,8 @@ to a plain base name before it is stored or shown. File bodies live under
 stored once, and writing it before the database commit is harmless, since
 an unreferenced file is only a cache entry.
 
-Files are written by a few background threads (`store_file_soon`): creating,
-writing and syncing a file is waiting on the disk, and the thread that
-processes mail goes on meanwhile. Whoever references a file waits for its
-write before committing (`db.session.wait_before_commit`).
+A file is written, synced and renamed into place before the row that
+references it is committed.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import mimetypes
 import os
 import tempfile
 import unicodedata
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 MAX_NAME_BYTES = 200
@@ -50,13 +47,11 @@ def attachment_path(data_dir: Path, sha256: str) -> Path:
     return data_dir / "attachments" / sha256[:2] / sha256
 
 
-_WRITERS = ThreadPoolExecutor(4, thread_name_prefix="attachment-writer")
-
-
-def store_file_soon(data_dir: Path, payload: bytes) -> tuple[str, Future[None]]:
-    """The sha256 of `payload` now, and the write of its file under it, under way."""
+def store_file(data_dir: Path, payload: bytes) -> str:
+    """Write `payload` under its sha256 (once: the same file sent twice is kept once)."""
     digest = hashlib.sha256(payload).hexdigest()
-    return digest, _WRITERS.submit(_write_once, attachment_path(data_dir, digest), payload)
+    _write_once(attachment_path(data_dir, digest), payload)
+    return digest
 
 
 def _write_once(target: Path, payload: bytes) -> None:

@@ -9,39 +9,36 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import structlog
-from sqlalchemy import Engine, Table, insert, select
+from sqlalchemy import Engine, Table, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock, SystemClock
 from mailgateway.config import Settings
-from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus
-from mailgateway.db.session import (
-    create_db_engine,
-    insert_raw,
-    insert_raws,
-    is_postgresql,
-    is_transient,
-    session_factory,
-    write_later,
-    write_lock,
-)
+from mailgateway.db.dialect import claimed, insert_blobs, is_transient, write_lock
+from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus, Ticket
+from mailgateway.db.session import create_db_engine, session_factory
 from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent, QueuedMail
-from mailgateway.pipeline.context import BatchEntry, Mailer, Pipeline
+from mailgateway.pipeline.context import Mailer, Pipeline
 from mailgateway.pipeline.parse import parse_mail
-from mailgateway.pipeline.prepare import PreparedMail, RawIdentity, raw_identity
-from mailgateway.pipeline.process import look_up_batch, process_inbox_mail, record_fate
+from mailgateway.pipeline.prepare import RawIdentity, raw_identity
+from mailgateway.pipeline.process import process_inbox_mail, quarantine
 from mailgateway.sla import first_response_due
+from mailgateway.store import SessionStore, Store
 
 log = structlog.get_logger()
 
-_INBOX = cast(Table, InboxMail.__table__)
-_INSERT_INBOX = insert(_INBOX)
+_INBOX_RAW = cast(Table, InboxRaw.__table__)
+
+
+def store_raws(session: Session, rows: Sequence[tuple[int, bytes]]) -> None:
+    """Keep mails' bytes beside their inbox rows, a large one streamed (`insert_blobs`)."""
+    insert_blobs(session, _INBOX_RAW, "inbox_id", "raw", rows)
 
 
 @dataclass(frozen=True)
@@ -66,12 +63,13 @@ class Gateway:
         self.engine = engine or create_db_engine(settings.database)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self.writing = write_lock(self.engine)
-        self._queues_mail = mailer is None  # to the outbox, rather than a caller's mailer
         if mailer is None:
             from mailgateway.outbound.queue import enqueue
 
-            def mailer(session: Session, intent: MailIntent) -> QueuedMail | None:
-                return enqueue(session, settings, self.clock, intent)
+            def mailer(
+                store: Store, intent: MailIntent, ticket: Ticket | None
+            ) -> QueuedMail | None:
+                return enqueue(store, settings, self.clock, intent, ticket)
 
         self.pipeline = Pipeline(settings, self.clock, mailer)
         self._domains = tuple(d.lower() for d in settings.helpdesk.domains)
@@ -105,12 +103,13 @@ class Gateway:
         identity = raw_identity(raw)
         structlog.contextvars.bind_contextvars(
             message_id=identity.message_id, transport=transport)
-        values = self._inbox_values(raw, identity, transport, envelope_from, envelope_to)
         try:
             with self.writing, self.sessions.begin() as session:
-                inbox_id = session.execute(
-                    insert(InboxMail).values(values).returning(InboxMail.id)).scalar_one()
-                insert_raw(session, inbox_id, raw)
+                row = self.inbox_row(raw, identity, transport, envelope_from, envelope_to)
+                session.add(row)
+                session.flush()
+                inbox_id = row.id
+                store_raws(session, [(inbox_id, raw)])
         except IntegrityError:
             existing = self._find_duplicate(identity.dedup_key)
             if existing is None:
@@ -123,114 +122,18 @@ class Gateway:
         log.info("mail stored", inbox_id=inbox_id, size=len(raw))
         return Received(inbox_id, duplicate=False)
 
-    def _inbox_values(
+    def inbox_row(
         self, raw: bytes, identity: RawIdentity, transport: str,
         envelope_from: str | None = None, envelope_to: Sequence[str] = (),
-    ) -> dict[str, Any]:
-        """The inbox row's columns; the null sender of bounces stays "" (not None)."""
-        return {
-            "received_at": self.clock.now(), "transport": transport,
-            "envelope_from": envelope_from[:998] if envelope_from is not None else None,
-            "envelope_to": [a[:320] for a in envelope_to][:100],
-            "message_id": identity.message_id[:998] if identity.message_id else None,
-            "sha256": identity.sha256, "dedup_key": identity.dedup_key, "size": len(raw),
-            "status": InboxStatus.RECEIVED.value, "attempts": 0,
-        }
-
-    def receive_batch(self, mails: Sequence[PreparedMail], transport: str) -> list[Outcome]:
-        """Store and process many mails in one transaction (bulk import).
-
-        The batch is stored with a statement per table and processed with no
-        savepoints: savepoints and the flushes they force cost as much as the
-        work itself. Should any mail fail, the whole batch rolls back and is
-        done again with a savepoint per mail, so the failing one is quarantined
-        alone. If the batch cannot commit, nothing of it is stored and the
-        caller may fall back to one mail at a time.
-        """
-        try:
-            return self._receive_batch(mails, transport, careful=False)
-        except Exception as exc:  # in a mail's processing or in the batch's commit
-            if isinstance(exc, OperationalError) and is_transient(exc):
-                raise
-            log.info("a mail of the batch failed; doing the batch again mail by mail",
-                     error=f"{exc.__class__.__name__}: {exc}"[:200])
-            return self._receive_batch(mails, transport, careful=True)
-
-    def _receive_batch(
-        self, mails: Sequence[PreparedMail], transport: str, *, careful: bool
-    ) -> list[Outcome]:
-        outcomes: list[Outcome] = [Outcome("duplicate")] * len(mails)
-        with self.writing, self.sessions.begin() as session:
-            keys = [m.identity.dedup_key for m in mails]
-            seen = set(session.execute(
-                select(InboxMail.dedup_key).where(InboxMail.dedup_key.in_(keys))).scalars())
-            fresh: list[int] = []
-            for index, mail in enumerate(mails):
-                if mail.identity.dedup_key not in seen:
-                    seen.add(mail.identity.dedup_key)
-                    fresh.append(index)
-            rows = self._store_rows(session, [mails[i] for i in fresh], transport)
-            senders = look_up_batch(session, [(mails[i].parsed, mails[i].findings) for i in fresh])
-            if self._queues_mail:  # acknowledgments go to the senders: count them at once
-                from mailgateway.outbound.queue import count_recent_answers
-
-                count_recent_answers(session, self.settings, self.clock.now(), senders)
-            for index, row in zip(fresh, rows, strict=True):
-                outcomes[index] = self._process_stored(
-                    session, row, mails[index], transport, careful)
-        return outcomes
-
-    def _store_rows(
-        self, session: Session, mails: Sequence[PreparedMail], transport: str
-    ) -> list[BatchEntry]:
-        """Insert the inbox rows and their bytes; return the entries processing
-        records their fates on.
-
-        The ids are read back by dedup key rather than with RETURNING: SQLite cannot
-        say which id went to which row of a multi-row insert, so SQLAlchemy would
-        send one INSERT per mail.
-        """
-        if not mails:
-            return []
-        values = [self._inbox_values(m.raw, m.identity, transport) for m in mails]
-        connection = session.connection()
-        connection.execute(_INSERT_INBOX, values)
-        keys = [m.identity.dedup_key for m in mails]
-        found = dict(connection.execute(
-            select(_INBOX.c.dedup_key, _INBOX.c.id).where(_INBOX.c.dedup_key.in_(keys))).all())
-        ids = [found[key] for key in keys]
-        insert_raws(session, [(inbox_id, m.raw) for inbox_id, m in zip(ids, mails, strict=True)])
-        return [BatchEntry(inbox_id, row["envelope_from"], row["status"])
-                for inbox_id, row in zip(ids, values, strict=True)]
-
-    def _process_stored(
-        self, session: Session, row: BatchEntry, mail: PreparedMail, transport: str,
-        careful: bool,
-    ) -> Outcome:
-        structlog.contextvars.bind_contextvars(
-            message_id=mail.identity.message_id, transport=transport)
-        try:
-            if careful:
-                with session.begin_nested():
-                    analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed,
-                                                  findings=mail.findings)
-            else:
-                analysis = process_inbox_mail(session, self.pipeline, row, mail.parsed,
-                                              flush=False, findings=mail.findings)
-            return Outcome(row.status, type(analysis.decision).__name__)
-        except Exception as exc:
-            if not careful or (isinstance(exc, OperationalError) and is_transient(exc)):
-                raise
-            reason = f"{exc.__class__.__name__}: {exc}"[:2000]
-            log.error("mail quarantined", reason=reason, exc_info=exc)
-            row.status, row.reason = InboxStatus.QUARANTINED.value, reason
-            row.processed_at, row.attempts = self.clock.now(), row.attempts + 1
-            # Written now, outside any savepoint: the next mail's may roll back.
-            record_fate(session, row)
-            write_later(session)
-            return Outcome(InboxStatus.QUARANTINED.value)
-        finally:
-            structlog.contextvars.unbind_contextvars("ticket", "message_id", "transport")
+    ) -> InboxMail:
+        """A new inbox row for `raw`; the null sender of bounces stays "" (not None)."""
+        return InboxMail(
+            received_at=self.clock.now(), transport=transport,
+            envelope_from=envelope_from[:998] if envelope_from is not None else None,
+            envelope_to=[a[:320] for a in envelope_to][:100],
+            message_id=identity.message_id[:998] if identity.message_id else None,
+            sha256=identity.sha256, dedup_key=identity.dedup_key, size=len(raw),
+            status=InboxStatus.RECEIVED.value, attempts=0)
 
     def _find_duplicate(self, dedup_key: str) -> int | None:
         with self.sessions() as session:
@@ -257,9 +160,8 @@ class Gateway:
         return Outcome(InboxStatus.RECEIVED.value)
 
     def _claim(self, session: Session, inbox_id: int) -> InboxMail | None:
-        query = select(InboxMail).where(InboxMail.id == inbox_id)
-        if is_postgresql(self.engine):
-            query = query.with_for_update(skip_locked=True)
+        """The row, locked for this transaction; None while another process holds it."""
+        query = claimed(select(InboxMail).where(InboxMail.id == inbox_id), session)
         return session.execute(query).scalar_one_or_none()
 
     def _process(self, inbox_id: int, raw: bytes | None = None) -> Outcome:
@@ -285,7 +187,7 @@ class Gateway:
                     message_id=row.message_id, transport=row.transport)
                 if row.status != InboxStatus.RECEIVED.value:
                     return Outcome(row.status)
-                analysis = process_inbox_mail(session, self.pipeline, row, parsed)
+                analysis = process_inbox_mail(SessionStore(session), self.pipeline, row, parsed)
                 return Outcome(row.status, type(analysis.decision).__name__)
         except OperationalError as exc:
             if is_transient(exc):
@@ -306,15 +208,11 @@ class Gateway:
         return status
 
     def _quarantine(self, inbox_id: int, exc: Exception) -> Outcome:
-        """Keep the mail with the reason it failed, visible and re-processable."""
-        reason = f"{exc.__class__.__name__}: {exc}"[:2000]
-        log.error("mail quarantined", reason=reason, exc_info=exc)
         with self.writing, self.sessions.begin() as session:
             row = session.get(InboxMail, inbox_id)
             if row is None:
                 raise exc
-            row.status, row.reason = InboxStatus.QUARANTINED.value, reason
-            row.processed_at, row.attempts = self.clock.now(), row.attempts + 1
+            quarantine(row, exc, self.clock.now())
         return Outcome(InboxStatus.QUARANTINED.value)
 
     def pending(self, limit: int = 100) -> list[int]:

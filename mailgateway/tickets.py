@@ -3,24 +3,18 @@
 The allowed transitions are data (a table mirroring the desk's guide), so a
 change of policy is a change of one line, and every change of state goes
 through `change_status`, which is the only place that makes an event for it.
-Events are rows to insert (`add_event`), not ORM objects: nothing reads them
-back in the transaction that writes them, and a bulk import writes those of
-a whole batch with one statement.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import TypedDict, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import Event, Ticket, TicketCounter, TicketStatus
-from mailgateway.db.session import execute_later, transaction_cache, write_later
-from mailgateway.pipeline.thread import format_number
 
 
 class TicketAction(StrEnum):
@@ -56,29 +50,18 @@ def next_status(current: str, action: TicketAction) -> TicketStatus | None:
     return TRANSITIONS.get((action, TicketStatus(current)))
 
 
-class EventRow(TypedDict):
-    """The columns of one row of `events`."""
-
-    ticket_id: int
-    at: datetime
-    actor: str
-    kind: str
-    from_status: str | None
-    to_status: str | None
-    reason: str
-
-
 def change_status(
-    ticket: Ticket, action: TicketAction, *, actor: str, at: datetime, reason: str = ""
-) -> EventRow | None:
-    """Apply `action`; return its event. Returns None (no event) if nothing moves."""
+    session: Session, ticket: Ticket, action: TicketAction, *, actor: str, at: datetime,
+    reason: str = "",
+) -> Event | None:
+    """Apply `action` and add its event; None (no event) when nothing moves."""
     target = next_status(ticket.status, action)
     if target is None:
         return None
-    event = EventRow(ticket_id=ticket.id, at=at, actor=actor, kind=action.value,
-                     from_status=ticket.status, to_status=target.value, reason=reason)
-    if target != ticket.status:
-        ticket.status = target.value
+    event = Event(ticket=ticket, at=at, actor=actor, kind=action.value,
+                  from_status=ticket.status, to_status=target.value, reason=reason)
+    session.add(event)
+    ticket.status = target.value
     if target == TicketStatus.CHIUSO:
         ticket.closed_at = at
     if action == TicketAction.STAFF_ANSWERED:
@@ -88,21 +71,33 @@ def change_status(
     return event
 
 
+def record_created(
+    session: Session, ticket: Ticket, *, actor: str, at: datetime, reason: str = ""
+) -> Event:
+    """The first event of a ticket: from no state to its first."""
+    event = Event(ticket=ticket, at=at, actor=actor, kind=TicketAction.CREATED.value,
+                  from_status=None, to_status=ticket.status, reason=reason)
+    session.add(event)
+    return event
+
+
 def record_event(
-    ticket: Ticket, kind: str, *, actor: str, at: datetime, reason: str = ""
-) -> EventRow:
-    """An event that changes no state (assignment, field change, refused mail)."""
+    session: Session, ticket: Ticket, kind: str, *, actor: str, at: datetime, reason: str = ""
+) -> Event:
+    """Add an event that changes no state (creation, assignment, field change, refusal)."""
     ticket.updated_at = at
-    return EventRow(ticket_id=ticket.id, at=at, actor=actor, kind=kind,
-                    from_status=ticket.status, to_status=ticket.status, reason=reason)
+    event = Event(ticket=ticket, at=at, actor=actor, kind=kind,
+                  from_status=ticket.status, to_status=ticket.status, reason=reason)
+    session.add(event)
+    return event
 
 
-_INSERT_EVENT = insert(cast(Table, Event.__table__))
+def format_number(year: int, sequence: int) -> str:
+    return f"{year:04d}-{sequence:06d}"
 
 
-def add_event(session: Session, event: EventRow) -> None:
-    """Write `event` with the session's next commit (or `db.session.write_later`)."""
-    execute_later(session, _INSERT_EVENT, dict(event))
+def format_tag(ticket_tag: str, number: str) -> str:
+    return ticket_tag.format(number=number)
 
 
 def allocate_number(session: Session, year: int) -> str:
@@ -110,76 +105,21 @@ def allocate_number(session: Session, year: int) -> str:
 
     The counter row is incremented in the caller's transaction: PostgreSQL
     holds the row lock until commit, SQLite holds the database write lock
-    (BEGIN IMMEDIATE), so two writers can never read the same value. Holding
-    it, the transaction counts on by itself after its first number and writes
-    the counter with its other rows (`db.session.execute_later`); a savepoint
-    that rolls back drops that write and the count, so the next number is read
-    again from the row.
+    (BEGIN IMMEDIATE), so two writers can never read the same value, and a
+    transaction or savepoint that rolls back gives its numbers back.
     """
-    counted = transaction_cache(session, _COUNTED, forget_on_rollback=True)
-    if year in counted:
-        counted[year] += 1
-        execute_later(session, _SET, {"wanted": year, "value": counted[year]})
-        return format_number(year, counted[year])
-    write_later(session)  # a count forgotten on rollback: the row must hold the rest first
-    result = session.connection().execute(_INCREMENT, {"wanted": year}).scalar_one_or_none()
-    if result is None:
+    increment = (update(TicketCounter).where(TicketCounter.year == year)
+                 .values(last=TicketCounter.last + 1).returning(TicketCounter.last)
+                 .execution_options(synchronize_session=False))
+    last = session.execute(increment).scalar_one_or_none()
+    if last is None:
         try:
             with session.begin_nested():
                 session.add(TicketCounter(year=year, last=1))
-            result = 1
+            last = 1
         except IntegrityError:  # another writer created the year's row first
-            result = session.connection().execute(_INCREMENT, {"wanted": year}).scalar_one()
-    counted[year] = result
-    return format_number(year, result)
-
-
-_COUNTED = "ticket numbers"
-_COUNTERS = cast(Table, TicketCounter.__table__)
-# Built once, run on the connection: one statement for every ticket opened.
-_INCREMENT = (
-    update(_COUNTERS)
-    .where(_COUNTERS.c.year == bindparam("wanted"))
-    .values(last=_COUNTERS.c.last + 1)
-    .returning(_COUNTERS.c.last)
-)
-_SET = update(_COUNTERS).where(_COUNTERS.c.year == bindparam("wanted")).values(
-    last=bindparam("value"))
-
-
-_TICKETS = cast(Table, Ticket.__table__)
-_FREE_IDS = "free ticket ids"
-_MOST_IDS_AT_ONCE = 32
-_NEXT_IDS = text(
-    "SELECT nextval(pg_get_serial_sequence('tickets', 'id')) FROM generate_series(1, :n)")
-
-
-def new_ticket_id(session: Session) -> int:
-    """The id of a ticket the transaction is about to write with its other rows.
-
-    Knowing it before the row is written lets a batch of mails write all its
-    tickets with one statement (`db.session.execute_later`), instead of one
-    INSERT per ticket for its id. PostgreSQL takes ids from the column's
-    sequence, one at first and twice as many each time the transaction needs
-    more, so a transaction that opens one ticket wastes none. SQLite, whose
-    write lock the transaction holds, counts on from the largest id. The count
-    only goes up: the id of a ticket rolled back with a savepoint is never
-    given again in the same transaction, where caches may still name it.
-    """
-    free = transaction_cache(session, _FREE_IDS)
-    ids: list[int] = free.setdefault("ids", [])
-    if not ids:
-        connection = session.connection()
-        if connection.dialect.name == "postgresql":
-            wanted = free["wanted"] = min(free.get("wanted", 0) * 2 or 1, _MOST_IDS_AT_ONCE)
-            ids.extend(reversed(connection.execute(_NEXT_IDS, {"n": wanted}).scalars().all()))
-        else:
-            last = free.get("last")
-            if last is None:
-                last = connection.execute(select(func.max(_TICKETS.c.id))).scalar() or 0
-            free["last"] = last + 1
-            ids.append(last + 1)
-    return ids.pop()
+            last = session.execute(increment).scalar_one()
+    return format_number(year, last)
 
 
 def find_by_number(session: Session, number: str) -> Ticket | None:

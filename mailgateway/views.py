@@ -10,8 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from mailgateway.db.models import Account, InboxMail, Message, Ticket
 from mailgateway.errors import UserError
-from mailgateway.pipeline.thread import format_tag
-from mailgateway.tickets import find_by_number
+from mailgateway.tickets import find_by_number, format_tag
 
 
 def _time(value: datetime | None) -> str | None:

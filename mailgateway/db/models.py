@@ -195,6 +195,7 @@ class ThreadRef(Base):
     __tablename__ = "thread_refs"
     message_id: Mapped[str] = mapped_column(String(998), primary_key=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    ticket: Mapped[Ticket] = relationship()
 
 
 class Event(Base):
@@ -233,6 +234,7 @@ class InboxMail(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     processed_at: Mapped[datetime | None]
+    ticket: Mapped[Ticket | None] = relationship()
 
 
 class InboxRaw(Base):
@@ -268,6 +270,7 @@ class OutboxMail(Base):
     claimed_until: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None]
+    ticket: Mapped[Ticket | None] = relationship()
 
 
 class AutoAnswer(Base):

@@ -28,6 +28,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailgateway.errors import TemporaryError
+from mailgateway.ingest.batch import receive_batch
 from mailgateway.ingest.pipe import iter_archive
 from mailgateway.pipeline.prepare import (
     FindingSettings,
@@ -127,7 +128,7 @@ def _collect(parts: list[_Part], settings: FindingSettings) -> list[PreparedMail
 
 def _store(gateway: Gateway, prepared: list[PreparedMail], report: ImportReport) -> None:
     try:
-        outcomes = gateway.receive_batch(prepared, "import")
+        outcomes = receive_batch(gateway, prepared, "import")
     except SQLAlchemyError as exc:
         log.warning("batch could not commit; importing one by one", error=str(exc)[:200])
         outcomes = []

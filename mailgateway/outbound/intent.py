@@ -50,7 +50,6 @@ class MailIntent:
     kind: MailKind
     to: tuple[str, ...]
     language: str
-    ticket_id: int | None = None
     cc: tuple[str, ...] = ()
     in_reply_to: str | None = None          # the Message-ID we answer, without <>
     references: tuple[str, ...] = ()        # the thread so far, oldest first, without <>
@@ -69,7 +68,6 @@ class QueuedMail:
 
     kind: MailKind
     message_id: str
-    ticket_id: int | None
     recipients: tuple[str, ...]
 
 
@@ -117,8 +115,7 @@ def outbox_document(intent: MailIntent, ticket_number: str | None) -> dict[str, 
     """
     return {
         "kind": intent.kind.value, "to": list(intent.to), "cc": list(intent.cc),
-        "language": intent.language, "ticket_id": intent.ticket_id,
-        "ticket_number": ticket_number, "in_reply_to": intent.in_reply_to,
+        "language": intent.language, "ticket_number": ticket_number, "in_reply_to": intent.in_reply_to,
         "references": list(intent.references), "context": _to_json(intent.context),
     }
 
@@ -126,8 +123,7 @@ def outbox_document(intent: MailIntent, ticket_number: str | None) -> dict[str, 
 def stored_intent(document: Mapping[str, Any]) -> StoredIntent:
     intent = MailIntent(
         kind=MailKind(document["kind"]), to=tuple(document["to"]), cc=tuple(document["cc"]),
-        language=document["language"], ticket_id=document["ticket_id"],
-        in_reply_to=document["in_reply_to"], references=tuple(document["references"]),
+        language=document["language"], in_reply_to=document["in_reply_to"], references=tuple(document["references"]),
         context=_from_json(document["context"]),
     )
     return StoredIntent(intent, document["ticket_number"])

@@ -26,17 +26,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import structlog
-from sqlalchemy import CursorResult, Table, bindparam, delete, func, insert, select
+from sqlalchemy import CursorResult, delete
 from sqlalchemy.orm import Session
 
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
-from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
-from mailgateway.db.session import execute_later, get_held, transaction_cache
+from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, Ticket
 from mailgateway.outbound.intent import (
     MailIntent,
     QueuedMail,
@@ -44,6 +43,7 @@ from mailgateway.outbound.intent import (
     outbox_document,
     stored_intent,
 )
+from mailgateway.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -104,50 +104,18 @@ def _unique(addresses: Iterable[str], seen: set[str]) -> list[str]:
     return kept
 
 
-_AUTO_ANSWERS = cast(Table, AutoAnswer.__table__)
-# Built once: these run for every mail queued.
-_COUNT_RECENT = (
-    select(_AUTO_ANSWERS.c.recipient, func.count())
-    .where(
-        _AUTO_ANSWERS.c.recipient.in_(bindparam("keys", expanding=True)),
-        _AUTO_ANSWERS.c.at > bindparam("cutoff"),
-    )
-    .group_by(_AUTO_ANSWERS.c.recipient)
-)
-_OUTBOX = cast(Table, OutboxMail.__table__)
-_INSERT_OUTBOX = insert(_OUTBOX)
-_INSERT_THREAD_REF = insert(cast(Table, ThreadRef.__table__))
-_INSERT_AUTO_ANSWER = insert(_AUTO_ANSWERS)
-
-
-def count_recent_answers(
-    session: Session, settings: Settings, now: datetime, recipients: Iterable[str]
-) -> None:
-    """Count the automatic answers in the window of the `recipients` not counted yet in
-    this transaction, in one query: a batch of mails asks once for all its senders."""
-    counted = transaction_cache(session, "automatic answers")
-    missing = sorted({r.lower() for r in recipients} - counted.keys())
-    if missing:
-        cutoff = now - timedelta(minutes=settings.outbound.auto_answer_window_minutes)
-        counted.update(dict.fromkeys(missing, 0))
-        counted.update(session.connection().execute(
-            _COUNT_RECENT, {"keys": missing, "cutoff": cutoff}).all())
-
-
 def _over_limit(
-    session: Session, settings: Settings, now: datetime, recipients: list[str]
+    store: Store, settings: Settings, now: datetime, recipients: list[str]
 ) -> set[str]:
     """Recipients who already had `auto_answer_limit` automatic mails in the window.
 
     Only counts: rows older than the window are ignored here and deleted by
     `purge_auto_answers`, once per dispatcher pass rather than once per mail.
-    The counts are kept for the rest of the transaction (and raised as answers
-    are queued), so a batch of mails asks the database once per recipient.
     """
-    count_recent_answers(session, settings, now, recipients)
-    counted = transaction_cache(session, "automatic answers")
+    cutoff = now - timedelta(minutes=settings.outbound.auto_answer_window_minutes)
+    counts = store.automatic_answers({r.lower() for r in recipients}, cutoff)
     limit = settings.outbound.auto_answer_limit
-    return {key for key in (r.lower() for r in recipients) if counted[key] >= limit}
+    return {key for key, count in counts.items() if count >= limit}
 
 
 # Per database and process: when each address was last warned about.
@@ -188,21 +156,17 @@ def purge_auto_answers(session: Session, settings: Settings, now: datetime) -> i
 
 
 def enqueue(
-    session: Session, settings: Settings, clock: Clock, intent: MailIntent
+    store: Store, settings: Settings, clock: Clock, intent: MailIntent,
+    ticket: Ticket | None = None,
 ) -> QueuedMail | None:
-    """Queue the mail `intent` asks for; None when nobody may receive it.
+    """Queue the mail `intent` asks for, about `ticket`; None when nobody may receive it.
 
     Runs in the caller's transaction and does not commit. The row holds the
     intent with a snapshot of the ticket, and its Message-ID, fixed now so
     that replies to it find the ticket; the dispatcher renders it
-    (`compose_queued`). Its rows are written with the caller's commit.
+    (`compose_queued`).
     """
     now = clock.now()
-    ticket: Ticket | None = None
-    if intent.ticket_id is not None:
-        ticket = get_held(session, Ticket, intent.ticket_id)
-        if ticket is None:
-            raise ValueError(f"ticket id {intent.ticket_id} does not exist")
     fields = {"transport": "outbound", "ticket": ticket.number if ticket else None,
               "kind": intent.kind.value}
     seen: set[str] = set()
@@ -212,9 +176,9 @@ def enqueue(
         # address (a group without one) is deliberate, and comes back marked as ours.
         to = [a for a in to if not _is_own_address(settings, a)]
         cc = [a for a in cc if not _is_own_address(settings, a)]
-        blocked = _over_limit(session, settings, now, to + cc)
+        blocked = _over_limit(store, settings, now, to + cc)
         if blocked:
-            _report_limited(session, settings, now, fields, blocked)
+            _report_limited(store.session, settings, now, fields, blocked)
         to = [a for a in to if a.lower() not in blocked]
         cc = [a for a in cc if a.lower() not in blocked]
     if not to:
@@ -224,26 +188,18 @@ def enqueue(
     context = dict(ticket_context(settings, ticket)) if ticket is not None else {}
     effective = replace(intent, to=tuple(to), cc=tuple(cc), context=context | dict(intent.context))
     message_id = new_message_id(settings)
-    values: dict[str, Any] = {
-        "created_at": now,
-        "kind": intent.kind.value,
-        "ticket_id": intent.ticket_id,
-        "automatic": intent.automatic,
-        "mail_from": settings.helpdesk.address,
-        "recipients": to + cc,
-        "message_id": message_id,
-        "intent": outbox_document(effective, ticket.number if ticket else None),
-        "raw": None,
-        "status": OutboxStatus.PENDING,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "claimed_until": None,
-        "last_error": None,
-        "sent_at": None,
-    }
-    _insert(session, values, ticket, [a.lower() for a in to + cc] if intent.automatic else [])
+    store.session.add(OutboxMail(
+        created_at=now, kind=intent.kind.value, ticket=ticket, automatic=intent.automatic,
+        mail_from=settings.helpdesk.address, recipients=to + cc, message_id=message_id,
+        intent=outbox_document(effective, ticket.number if ticket else None),
+        status=OutboxStatus.PENDING, attempts=0, next_attempt_at=now))
+    if ticket is not None:
+        store.remember_message_id(message_id, ticket)
+    if intent.automatic:
+        for recipient in to + cc:
+            store.add_automatic_answer(recipient.lower(), now)
     log.info("outbox_enqueued", message_id=message_id, recipients=to + cc, **fields)
-    return QueuedMail(intent.kind, message_id, intent.ticket_id, tuple(to + cc))
+    return QueuedMail(intent.kind, message_id, tuple(to + cc))
 
 
 def compose_queued(
@@ -253,31 +209,9 @@ def compose_queued(
 
     Raises `PermanentError` when it cannot be built (a stored file gone).
     """
-    # Here, not at the top: receiving mail only queues it, and need not load the
-    # templates' machinery (Jinja2) at start-up.
     from mailgateway.outbound.compose import compose
 
     stored = stored_intent(document)
     context = settings_context(settings) | dict(stored.intent.context)
     return compose(settings, clock, stored.intent, context,
                    ticket_number=stored.ticket_number, message_id=message_id).raw
-
-
-def _insert(
-    session: Session, values: dict[str, Any], ticket: Ticket | None, answered: list[str]
-) -> None:
-    """Queue the outbox row, its thread reference and the limiter's rows for the commit.
-
-    Nothing reads them back in the transaction (the limiter keeps its own
-    counts), so they are written with the caller's commit, one statement per
-    table for a whole batch of mails (`db.session.execute_later`).
-    """
-    execute_later(session, _INSERT_OUTBOX, values)
-    if ticket is not None:
-        execute_later(session, _INSERT_THREAD_REF,
-                     {"message_id": values["message_id"], "ticket_id": ticket.id})
-    counted = transaction_cache(session, "automatic answers")
-    for recipient in answered:
-        execute_later(session, _INSERT_AUTO_ANSWER,
-                     {"recipient": recipient, "at": values["created_at"]})
-        counted[recipient] = counted.get(recipient, 0) + 1

@@ -9,154 +9,88 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from functools import cache
-from typing import Any, cast
+from typing import Any
 
 import structlog
-from sqlalchemy import Insert, Table, bindparam, func, insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
-from mailgateway.attachments import safe_filename, store_file_soon
+from mailgateway.attachments import safe_filename, store_file
 from mailgateway.db.models import (
     Account,
     Attachment,
+    InboxMail,
     Message,
     Person,
     Staff,
-    ThreadRef,
     Ticket,
     TicketStatus,
 )
-from mailgateway.db.session import (
-    attach_inserted,
-    execute_later,
-    get_held,
-    transaction_cache,
-    wait_before_commit,
-)
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.pipeline import decide as d
-from mailgateway.pipeline.context import (
-    SENDERS,
-    THREAD_REFS,
-    TICKET_IDS,
-    Analysis,
-    InboxEntry,
-    Pipeline,
-)
+from mailgateway.pipeline.context import Analysis, Pipeline
 from mailgateway.pipeline.identify import Sender
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.thread import clean_subject
 from mailgateway.sla import first_response_due
+from mailgateway.store import Store
 from mailgateway.tickets import (
-    EventRow,
     TicketAction,
-    add_event,
     allocate_number,
     change_status,
-    new_ticket_id,
+    record_created,
     record_event,
 )
 
 log = structlog.get_logger()
 
 
-_THREAD_REFS = cast(Table, ThreadRef.__table__)
-
-
-@cache
-def _remembering(dialect: str) -> Insert:
-    """Built once per dialect, on first use: one runs for every mail that reaches a
-    ticket, and importing PostgreSQL's dialect (with asyncio) slowed SQLite's start-up."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        return postgresql.insert(_THREAD_REFS).on_conflict_do_nothing()
-    from sqlalchemy.dialects import sqlite
-
-    return sqlite.insert(_THREAD_REFS).on_conflict_do_nothing()
-
-
-def _remember_message_id(session: Session, mail: ParsedMail, ticket: Ticket) -> None:
-    """Replies may reference this mail; the first ticket to know an id keeps it.
-
-    The row is written with the commit. Until then the mails of the same batch
-    find it in the transaction's cache of referenced ids, which holds every id
-    the batch references (`process.look_up_batch`); a mail processed alone
-    writes it before anything else could look.
-    """
-    if not mail.message_id:
-        return
-    message_id = mail.message_id[:998]
-    dialect = session.get_bind().dialect.name
-    execute_later(session, _remembering(dialect),
-                  {"message_id": message_id, "ticket_id": ticket.id})
-    known = transaction_cache(session, THREAD_REFS, forget_on_rollback=True)
-    if message_id in known and known[message_id] is None:  # looked up, and no ticket knew it
-        known[message_id] = ticket.id
+def _remember_message_id(store: Store, mail: ParsedMail, ticket: Ticket) -> None:
+    """Replies may reference this mail; the first ticket to know an id keeps it."""
+    if mail.message_id:
+        store.remember_message_id(mail.message_id[:998], ticket)
 
 
 def _keep_attachments(
-    session: Session, pipeline: Pipeline, mail: ParsedMail
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Store what may be kept: the kept files' rows (without their message) and the
-    names of the files refused for their size. The files are written while the
-    pipeline goes on; the commit waits for them."""
+    pipeline: Pipeline, mail: ParsedMail
+) -> tuple[list[Attachment], list[str]]:
+    """Store what may be kept: the kept files' rows, and the names of the files
+    refused for their size."""
     limit = pipeline.settings.helpdesk.max_attachment_bytes
-    kept: list[dict[str, Any]] = []
+    kept: list[Attachment] = []
     refused: list[str] = []
     for part in mail.attachments:
         name = safe_filename(part.filename, part.content_type)
         if len(part.payload) > limit:
             refused.append(name)
             continue
-        digest, written = store_file_soon(pipeline.settings.data_dir, part.payload)
-        wait_before_commit(session, written)
-        kept.append({"filename": name, "content_type": part.content_type[:255],
-                     "size": len(part.payload), "sha256": digest})
+        digest = store_file(pipeline.settings.data_dir, part.payload)
+        kept.append(Attachment(filename=name, content_type=part.content_type[:255],
+                               size=len(part.payload), sha256=digest))
     return kept, refused
 
 
-_MESSAGES = cast(Table, Message.__table__)
-_ATTACHMENTS = cast(Table, Attachment.__table__)
-_INSERT_MESSAGE = insert(_MESSAGES)
-# A file's row names its message by the mail it came in (one message a mail), so
-# that both can wait for the commit: the messages of a batch are written first.
-_INSERT_ATTACHMENT = insert(_ATTACHMENTS).values(
-    message_id=select(func.max(_MESSAGES.c.id))
-    .where(_MESSAGES.c.inbox_id == bindparam("inbox_id")).scalar_subquery())
-
-
 def _add_message(
-    session: Session, ticket: Ticket, inbox: InboxEntry, *, direction: str, author: str,
-    body: str, at: datetime, internal: bool = False, refused: Sequence[str] = (),
-    files: Sequence[dict[str, Any]] = (),
-) -> None:
-    """Write a message of `ticket` and its kept files' rows with the commit.
+    store: Store, ticket: Ticket, row: InboxMail, *, direction: str, author: str, body: str,
+    at: datetime, internal: bool = False, refused: Sequence[str] = (),
+    files: Sequence[Attachment] = (),
+) -> Message:
+    message = Message(ticket=ticket, inbox_id=row.id, direction=direction, author=author,
+                      body=body, internal=internal, refused_attachments=list(refused),
+                      created_at=at, attachments=list(files))
+    store.session.add(message)
+    return message
 
-    Rows, not ORM objects: nothing reads a message back in the transaction that
-    writes it, so a batch's messages go in one statement, and its files' rows
-    in another.
-    """
-    execute_later(session, _INSERT_MESSAGE, {
-        "ticket_id": ticket.id, "inbox_id": inbox.id, "direction": direction,
-        "author": author, "body": body, "internal": internal,
-        "refused_attachments": list(refused), "created_at": at})
-    for file in files:
-        execute_later(session, _INSERT_ATTACHMENT, {"inbox_id": inbox.id, **file})
+
+def _file_refs(files: Sequence[Attachment]) -> list[dict[str, Any]]:
+    """The kept files as the templates and the dispatcher read them."""
+    return [{"filename": f.filename, "content_type": f.content_type, "size": f.size,
+             "sha256": f.sha256} for f in files]
 
 
 def _customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:
     primary = ticket.person.email if ticket.person is not None else ticket.account.main_email
     return (primary,), tuple(w for w in ticket.watchers or () if w != primary)
-
-
-def _language(pipeline: Pipeline, ticket: Ticket | None, account: Account | None = None) -> str:
-    chosen = account.language if account is not None else None
-    if ticket is not None:
-        chosen = ticket.language
-    return chosen or pipeline.settings.helpdesk.language
 
 
 def _thread_ids(
@@ -171,7 +105,7 @@ def _thread_ids(
 
 
 def _mail(
-    session: Session, pipeline: Pipeline, analysis: Analysis, kind: MailKind,
+    store: Store, pipeline: Pipeline, analysis: Analysis, kind: MailKind,
     to: Sequence[str], ticket: Ticket | None, *, cc: Sequence[str] = (),
     to_customer_thread: bool = False, **context: Any,
 ) -> None:
@@ -180,137 +114,114 @@ def _mail(
     if not intent_to:
         return
     in_reply_to, references = _thread_ids(analysis.mail, ticket, to_customer_thread)
-    intent = MailIntent(
-        kind=kind, to=intent_to, cc=tuple(cc), ticket_id=ticket.id if ticket else None,
-        language=_language(pipeline, ticket), in_reply_to=in_reply_to,
-        references=references, context=context,
-    )
+    language = ticket.language if ticket is not None else pipeline.settings.helpdesk.language
+    intent = MailIntent(kind=kind, to=intent_to, cc=tuple(cc), language=language,
+                        in_reply_to=in_reply_to, references=references, context=context)
     if intent.automatic and not analysis.classification.may_auto_answer:
         log.info("automatic answer suppressed", kind=kind.value,
                  reason=analysis.classification.reason)
         return
-    pipeline.mailer(session, intent)
+    pipeline.mailer(store, intent, ticket)
 
 
 def apply_reject(
-    session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.Reject
+    store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.Reject
 ) -> Ticket | None:
-    ticket = get_held(session, Ticket, decision.ticket.id) if decision.ticket else None
+    ticket = analysis.ticket if decision.ticket is not None else None
     if ticket is not None:
-        add_event(session, record_event(ticket, "refused_mail", actor=analysis.sender.email,
-                                        at=pipeline.clock.now(), reason=decision.reason))
-    _mail(session, pipeline, analysis, decision.answer, (analysis.mail.from_addr,), ticket,
+        record_event(store.session, ticket, "refused_mail", actor=analysis.sender.email,
+                     at=pipeline.clock.now(), reason=decision.reason)
+    _mail(store, pipeline, analysis, decision.answer, (analysis.mail.from_addr,), ticket,
           subject=analysis.mail.subject, reason=decision.reason)
     return ticket
 
 
-def _unverified_account(session: Session, pipeline: Pipeline, sender: Sender) -> Account:
+def _unverified_account(store: Store, pipeline: Pipeline, sender: Sender) -> Account:
     account = Account(name=sender.name or sender.email, main_email=sender.email,
                       vat_number="", verified=False, created_at=pipeline.clock.now())
-    session.add(account)
-    session.flush()
-    transaction_cache(session, SENDERS).pop(sender.email, None)
+    store.add_account(account)
     return account
 
 
-def _watchers(session: Session, mail: ParsedMail, account: Account, primary: str) -> list[str]:
+def _watchers(store: Store, mail: ParsedMail, account: Account, primary: str) -> list[str]:
     """Collaborators in Cc who belong to the account follow the ticket."""
     candidates = [a for a in mail.cc if a != primary]
     if not candidates:
         return []
-    persons = session.execute(
+    persons = store.session.execute(
         select(Person.email).where(Person.email.in_(candidates),
                                    Person.account_id == account.id)).scalars()
     allowed = set(persons) | ({account.main_email} & set(candidates))
     return [a for a in candidates if a in allowed]
 
 
-_TICKETS = cast(Table, Ticket.__table__)
-_INSERT_TICKET = insert(_TICKETS)
-
-
-def _insert_ticket(
-    session: Session, account: Account, person: Person | None, **values: Any
-) -> Ticket:
-    """Queue the ticket row with the batch's other rows and return it as a persistent
-    object, as though loaded: its id is known before the row is written
-    (`new_ticket_id`), so nothing is written for it until the commit or the next
-    flush, which in a bulk import takes a whole batch at a time."""
-    values = {column.key: None for column in _TICKETS.c} | values
-    values |= {"id": new_ticket_id(session), "account_id": account.id,
-               "person_id": person.id if person else None}
-    execute_later(session, _INSERT_TICKET, values)
-    ticket = Ticket(**values)
-    attach_inserted(session, ticket)
-    for name, value in (("account", account), ("person", person), ("assignee", None)):
-        set_committed_value(ticket, name, value)
-    return ticket
-
-
 def open_ticket(
-    session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.OpenTicket,
-    inbox: InboxEntry,
+    store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.OpenTicket,
+    row: InboxMail,
 ) -> Ticket:
     mail, settings, now = analysis.mail, pipeline.settings, pipeline.clock.now()
-    account = (get_held(session, Account, decision.account_id) if decision.account_id is not None
-               else _unverified_account(session, pipeline, analysis.sender))
+    session = store.session
+    account = (session.get(Account, decision.account_id) if decision.account_id is not None
+               else _unverified_account(store, pipeline, analysis.sender))
     assert account is not None
-    person = get_held(session, Person, decision.person_id) if decision.person_id else None
+    person = session.get(Person, decision.person_id) if decision.person_id else None
     routing = decision.routing
     subject = clean_subject(mail.subject, settings.helpdesk.ticket_tag) or "(senza oggetto)"
-    ticket = _insert_ticket(
-        session, account, person,
+    ticket = Ticket(
         number=allocate_number(session, now.year), status=TicketStatus.APERTO.value,
         subject=subject[:1000], product=routing.product, request_type=routing.request_type,
-        impact=routing.impact, group=routing.group,
-        linked_ticket_id=decision.linked_ticket.id if decision.linked_ticket else None,
+        impact=routing.impact, group=routing.group, account=account, person=person,
+        assignee=None,
+        linked_ticket_id=analysis.ticket.id if decision.linked_ticket and analysis.ticket else None,
         language=account.language or settings.helpdesk.language,
         rules=list(routing.rules), created_at=now, updated_at=now,
         root_message_id=mail.message_id[:998] if mail.message_id else None,
         due_at=first_response_due(now, settings.sla),
-        watchers=_watchers(session, mail, account, analysis.sender.email),
+        watchers=_watchers(store, mail, account, analysis.sender.email),
     )
-    refused = [safe_filename(a.filename, a.content_type) for a in mail.attachments]
-    _add_message(session, ticket, inbox, direction="in", author=analysis.sender.email,
-                 body=decision.description, at=now, refused=refused)
-    add_event(session, EventRow(ticket_id=ticket.id, at=now, actor=analysis.sender.email,
-                                kind="created", from_status=None, to_status=ticket.status,
-                                reason=decision.reason))
+    store.add_ticket(ticket)
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
-    transaction_cache(session, TICKET_IDS)[ticket.number] = ticket.id
-    _remember_message_id(session, mail, ticket)
+    refused = [safe_filename(a.filename, a.content_type) for a in mail.attachments]
+    _add_message(store, ticket, row, direction="in", author=analysis.sender.email,
+                 body=decision.description, at=now, refused=refused)
+    record_created(session, ticket, actor=analysis.sender.email, at=now, reason=decision.reason)
+    _remember_message_id(store, mail, ticket)
     to, cc = _customer_recipients(ticket)
-    _mail(session, pipeline, analysis, MailKind.ACKNOWLEDGMENT, to, ticket, cc=cc,
+    _mail(store, pipeline, analysis, MailKind.ACKNOWLEDGMENT, to, ticket, cc=cc,
           refused_attachments=refused, body=decision.description,
           unverified=not account.verified)
-    _mail(session, pipeline, analysis, MailKind.NEW_TICKET_NOTICE,
+    _mail(store, pipeline, analysis, MailKind.NEW_TICKET_NOTICE,
           (settings.group_address(ticket.group),), ticket, body=decision.description,
           author=analysis.sender.email, refused_attachments=refused,
           unverified=not account.verified)
     return ticket
 
 
+def _found(analysis: Analysis) -> Ticket:
+    """The ticket the mail threads to: a reply's decision always has one."""
+    assert analysis.ticket is not None
+    structlog.contextvars.bind_contextvars(ticket=analysis.ticket.number)
+    return analysis.ticket
+
+
 def add_customer_reply(
-    session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.CustomerReply,
-    inbox: InboxEntry,
+    store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.CustomerReply,
+    row: InboxMail,
 ) -> Ticket:
-    now = pipeline.clock.now()
-    ticket = get_held(session, Ticket, decision.ticket.id)
-    assert ticket is not None
-    structlog.contextvars.bind_contextvars(ticket=ticket.number)
-    files, refused = _keep_attachments(session, pipeline, analysis.mail)
-    _add_message(session, ticket, inbox, direction="in", author=analysis.sender.email,
-                 body=decision.body, at=now, refused=refused, files=files)
-    event = change_status(ticket, TicketAction.CUSTOMER_REPLIED, actor=analysis.sender.email,
-                          at=now, reason=decision.reason)
-    add_event(session, event or record_event(ticket, "customer_replied",
-                                             actor=analysis.sender.email, at=now,
-                                             reason=decision.reason))
-    _remember_message_id(session, analysis.mail, ticket)
+    now, author = pipeline.clock.now(), analysis.sender.email
+    ticket = _found(analysis)
+    files, refused = _keep_attachments(pipeline, analysis.mail)
+    _add_message(store, ticket, row, direction="in", author=author, body=decision.body,
+                 at=now, refused=refused, files=files)
+    if change_status(store.session, ticket, TicketAction.CUSTOMER_REPLIED, actor=author,
+                     at=now, reason=decision.reason) is None:
+        record_event(store.session, ticket, TicketAction.CUSTOMER_REPLIED.value, actor=author,
+                     at=now, reason=decision.reason)
+    _remember_message_id(store, analysis.mail, ticket)
     notify = (ticket.assignee.email if ticket.assignee is not None
               else pipeline.settings.group_address(ticket.group))
-    _mail(session, pipeline, analysis, MailKind.CUSTOMER_REPLY_NOTICE, (notify,), ticket,
-          body=decision.body, author=analysis.sender.email, attachments=files)
+    _mail(store, pipeline, analysis, MailKind.CUSTOMER_REPLY_NOTICE, (notify,), ticket,
+          body=decision.body, author=author, attachments=_file_refs(files))
     return ticket
 
 
@@ -324,9 +235,8 @@ def _apply_commands(
             staff = session.execute(select(Staff).where(
                 (Staff.email == wanted) | (Staff.name.ilike(wanted)))).scalars().first()
             if staff is None:
-                add_event(session, record_event(
-                    ticket, "command_refused", actor=actor, at=now,
-                    reason=f"#assegna: no technician {command.argument!r}"))
+                record_event(session, ticket, "command_refused", actor=actor, at=now,
+                             reason=f"#assegna: no technician {command.argument!r}")
                 continue
             ticket.assignee = staff
         elif command.name in ("product", "type", "impact"):
@@ -334,41 +244,35 @@ def _apply_commands(
             setattr(ticket, column[command.name], command.argument)
         else:
             continue
-        add_event(session, record_event(ticket, command.name, actor=actor, at=now,
-                                        reason=command.argument))
+        record_event(session, ticket, command.name, actor=actor, at=now,
+                     reason=command.argument)
 
 
 def add_staff_reply(
-    session: Session, pipeline: Pipeline, analysis: Analysis, decision: d.StaffReply,
-    inbox: InboxEntry,
+    store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.StaffReply,
+    row: InboxMail,
 ) -> Ticket:
-    now, actor = pipeline.clock.now(), analysis.sender.email
-    ticket = get_held(session, Ticket, decision.ticket.id)
-    assert ticket is not None
-    structlog.contextvars.bind_contextvars(ticket=ticket.number)
-    staff = get_held(session, Staff, analysis.sender.staff_id)
+    now, actor, session = pipeline.clock.now(), analysis.sender.email, store.session
+    ticket = _found(analysis)
+    staff = session.get(Staff, analysis.sender.staff_id)
     _apply_commands(session, ticket, decision.commands, actor, now)
-    files: list[dict[str, Any]] = []
+    files: list[Attachment] = []
     if decision.body:
-        files, refused = _keep_attachments(session, pipeline, analysis.mail)
-        _add_message(session, ticket, inbox, direction="out", author=actor,
-                     body=decision.body, at=now, internal=decision.internal,
-                     refused=refused, files=files)
+        files, refused = _keep_attachments(pipeline, analysis.mail)
+        _add_message(store, ticket, row, direction="out", author=actor, body=decision.body,
+                     at=now, internal=decision.internal, refused=refused, files=files)
     for action in decision.actions:
         if action in (TicketAction.TAKEN, TicketAction.STAFF_ANSWERED) and ticket.assignee is None:
             ticket.assignee = staff
-        event = change_status(ticket, action, actor=actor, at=now, reason=decision.reason)
-        if event is not None:
-            add_event(session, event)
+        change_status(session, ticket, action, actor=actor, at=now, reason=decision.reason)
     if decision.internal:
-        add_event(session, record_event(ticket, "note", actor=actor, at=now,
-                                        reason=decision.reason))
-    _remember_message_id(session, analysis.mail, ticket)
+        record_event(session, ticket, "note", actor=actor, at=now, reason=decision.reason)
+    _remember_message_id(store, analysis.mail, ticket)
     if decision.body and not decision.internal:
         to, cc = _customer_recipients(ticket)
         answer = replace(analysis, classification=replace(
             analysis.classification, may_auto_answer=True))
-        _mail(session, pipeline, answer, MailKind.ANSWER, to, ticket, cc=cc,
+        _mail(store, pipeline, answer, MailKind.ANSWER, to, ticket, cc=cc,
               to_customer_thread=True, body=decision.body, author=staff.name if staff else actor,
-              attachments=files)
+              attachments=_file_refs(files))
     return ticket

@@ -27,7 +27,6 @@ from mailgateway.tickets import OPEN_STATES, TicketAction
 class TicketRef:
     """What the decision needs to know about the ticket a mail threads to."""
 
-    id: int
     number: str
     status: str
     account_id: int

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from mailgateway.reply_token import ReplyToken, read_reply_address
+from mailgateway.tickets import format_number
 
 # Reply and forward prefixes seen in the wild (it, en, de, nl, fr, es, sv, da, no, pl, pt).
 _PREFIX = re.compile(
@@ -31,14 +32,6 @@ class ThreadKeys:
     tag_number: str | None
     token: ReplyToken | None
     references: tuple[str, ...]
-
-
-def format_number(year: int, sequence: int) -> str:
-    return f"{year:04d}-{sequence:06d}"
-
-
-def format_tag(ticket_tag: str, number: str) -> str:
-    return ticket_tag.format(number=number)
 
 
 @lru_cache(maxsize=8)

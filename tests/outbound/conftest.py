@@ -90,7 +90,7 @@ def make_ticket(sessions: sessionmaker[Session], clock: FixedClock) -> TicketFac
             )
             session.add(ticket)
             session.flush()
-            session.refresh(ticket, ["account", "person"])
+            session.refresh(ticket, ["account", "person", "assignee"])
         return ticket
 
     return make

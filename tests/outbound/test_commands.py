@@ -17,6 +17,7 @@ from mailgateway.errors import UserError
 from mailgateway.outbound.commands import register
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.outbound.queue import enqueue
+from mailgateway.store import SessionStore
 
 
 @dataclass
@@ -37,7 +38,7 @@ def _run(app: _App, *argv: str) -> int:
 def app(settings: Settings, clock: FixedClock, sessions: sessionmaker[Session]) -> _App:
     with sessions.begin() as session:
         for n in range(3):
-            enqueue(session, settings, clock, MailIntent(
+            enqueue(SessionStore(session), settings, clock, MailIntent(
                 kind=MailKind.ANSWER, to=(f"cliente{n}@studiorossi.it",), language="it",
                 context={"body": "Risposta"}))
     with sessions.begin() as session:

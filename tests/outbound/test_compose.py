@@ -62,7 +62,6 @@ def _intent(
 ) -> MailIntent:
     values: dict[str, Any] = {
         "to": ("niccolo@studiorossi.it",),
-        "ticket_id": 1,
         "in_reply_to": "CAF1234@mail.studiorossi.it",
         "references": ("CAF1234@mail.studiorossi.it",),
     } | fields
@@ -127,7 +126,7 @@ def test_scheduled_mails_are_auto_generated(settings: Settings, clock: FixedCloc
 
 
 def test_ticketless_mail_has_no_tag_and_no_token(settings: Settings, clock: FixedClock) -> None:
-    intent = _intent(MailKind.UNKNOWN_SENDER, ticket_id=None, to=("ignoto@altrove.it",))
+    intent = _intent(MailKind.UNKNOWN_SENDER, to=("ignoto@altrove.it",))
     context = settings_context(settings) | {"subject": "Richiesta urgente"}
     message = _reparse(compose(settings, clock, intent, context, ticket_number=None))
 

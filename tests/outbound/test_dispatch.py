@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
-from mailgateway.db.models import OutboxMail, OutboxStatus
+from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
 from mailgateway.errors import PermanentError, TemporaryError, UserError
 from mailgateway.outbound.dispatch import (
     RETRY_POLICY,
@@ -34,6 +34,7 @@ from mailgateway.outbound.transports import (
     build_transport,
 )
 from mailgateway.reply_token import TokenPurpose, read_reply_address
+from mailgateway.store import SessionStore
 from tests.outbound.conftest import TicketFactory, outbox_ids
 from tests.smtp_sink import SmtpSink
 
@@ -45,7 +46,7 @@ def _queue(
     count: int = 1,
     *,
     to: str = "cliente@studiorossi.it",
-    ticket_id: int | None = None,
+    ticket: Ticket | None = None,
 ) -> list[int]:
     """`count` technician answers (not rate-limited) in one transaction."""
     ids = []
@@ -55,10 +56,9 @@ def _queue(
                 kind=MailKind.ANSWER,
                 to=(to,),
                 language="it",
-                ticket_id=ticket_id,
                 context={"body": f"Risposta {n}"},
             )
-            row = enqueue(session, settings, clock, intent)
+            row = enqueue(SessionStore(session), settings, clock, intent, ticket)
             assert row is not None
             ids.append(row.message_id)
     return outbox_ids(sessions, ids)
@@ -117,7 +117,6 @@ def test_acknowledgment_through_the_relay(
         kind=MailKind.ACKNOWLEDGMENT,
         to=(ticket.person.email,),
         language=language,
-        ticket_id=ticket.id,
         in_reply_to="CAB123@mail.studiorossi.it",
         references=("older@mail.studiorossi.it", "CAB123@mail.studiorossi.it"),
         context={
@@ -126,7 +125,7 @@ def test_acknowledgment_through_the_relay(
         },
     )
     with sessions.begin() as session:
-        row = enqueue(session, settings, clock, intent)
+        row = enqueue(SessionStore(session), settings, clock, intent, ticket)
         assert row is not None
         message_id = row.message_id
     [outbox_id] = outbox_ids(sessions, [message_id])
@@ -533,7 +532,7 @@ def test_a_mail_that_cannot_be_rendered_is_parked_with_the_reason(
     gone = {"filename": "fattura.pdf", "content_type": "application/pdf",
             "sha256": "0" * 64, "size": 10}
     with sessions.begin() as session:
-        broken = enqueue(session, relay_settings, clock, MailIntent(
+        broken = enqueue(SessionStore(session), relay_settings, clock, MailIntent(
             kind=MailKind.ANSWER, to=("cliente@studiorossi.it",), language="it",
             context={"body": "In allegato", "attachments": [gone]}))
         assert broken is not None

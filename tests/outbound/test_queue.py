@@ -15,6 +15,7 @@ from mailgateway.config import Settings
 from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
 from mailgateway.outbound.intent import MailIntent, MailKind, stored_intent
 from mailgateway.outbound.queue import compose_queued, enqueue, purge_auto_answers
+from mailgateway.store import SessionStore
 from tests.outbound.conftest import TicketFactory, outbox_ids
 
 
@@ -45,13 +46,12 @@ def test_enqueue_writes_the_row_and_its_thread_ref(
         to=(ticket.person.email,),
         cc=("segreteria@studiorossi.it", ticket.person.email.upper()),
         language="it",
-        ticket_id=ticket.id,
         in_reply_to="first@studiorossi.it",
         references=("first@studiorossi.it",),
         context={"body": "Errore 98,20", "refused_attachments": ["log.txt"]},
     )
     with sessions.begin() as session:
-        row = enqueue(session, settings, clock, intent)
+        row = enqueue(SessionStore(session), settings, clock, intent, ticket)
         assert row is not None
         message_id = row.message_id
     [outbox_id] = outbox_ids(sessions, [message_id])
@@ -94,11 +94,10 @@ def test_enqueue_does_not_commit(
         kind=MailKind.ANSWER,
         to=("x@studiorossi.it",),
         language="it",
-        ticket_id=ticket.id,
         context={"body": "Risposta"},
     )
     with sessions() as session:
-        assert enqueue(session, settings, clock, intent) is not None
+        assert enqueue(SessionStore(session), settings, clock, intent, ticket) is not None
         session.rollback()
     assert _count(sessions) == 0
 
@@ -117,18 +116,18 @@ def test_fifty_automatic_mails_to_one_address_queue_ten(
     queued = 0
     for _ in range(50):
         with sessions.begin() as session:
-            queued += enqueue(session, settings, clock, intent) is not None
+            queued += enqueue(SessionStore(session), settings, clock, intent) is not None
         clock.advance(seconds=5)
     assert queued == settings.outbound.auto_answer_limit == 10
     assert _count(sessions) == 10
 
     other = MailIntent(kind=MailKind.UNKNOWN_SENDER, to=("someone@altrove.it",), language="en")
     with sessions.begin() as session:
-        assert enqueue(session, settings, clock, other) is not None
+        assert enqueue(SessionStore(session), settings, clock, other) is not None
 
     clock.advance(minutes=settings.outbound.auto_answer_window_minutes)
     with sessions.begin() as session:
-        assert enqueue(session, settings, clock, intent) is not None
+        assert enqueue(SessionStore(session), settings, clock, intent) is not None
 
 
 @pytest.mark.usefixtures("every_log_level")
@@ -140,7 +139,7 @@ def test_limit_holds_within_one_transaction(
     """And says so once: a batch that meets the limit warns once per address."""
     intent = MailIntent(kind=MailKind.REJECTED, to=("loop@altrove.it",), language="it")
     with capture_logs() as logs, sessions.begin() as session:
-        results = [enqueue(session, settings, clock, intent) for _ in range(13)]
+        results = [enqueue(SessionStore(session), settings, clock, intent) for _ in range(13)]
     assert sum(r is not None for r in results) == 10
     limited = [e for e in logs if e["event"] == "auto_answer_rate_limited"]
     assert [e["log_level"] for e in limited] == ["warning", "info", "info"]
@@ -160,13 +159,13 @@ def test_the_limit_is_reported_once_per_address_and_window(
     with capture_logs() as logs:
         for _ in range(14):
             with sessions.begin() as session:
-                enqueue(session, settings, clock, loop)
-                enqueue(session, settings, clock, other)
+                enqueue(SessionStore(session), settings, clock, loop)
+                enqueue(SessionStore(session), settings, clock, other)
             clock.advance(seconds=30)
         clock.advance(minutes=settings.outbound.auto_answer_window_minutes)
         for _ in range(12):
             with sessions.begin() as session:
-                enqueue(session, settings, clock, loop)
+                enqueue(SessionStore(session), settings, clock, loop)
     warnings = [e["recipients"] for e in logs
                 if e["event"] == "auto_answer_rate_limited" and e["log_level"] == "warning"]
     assert warnings == [["loop@altrove.it"], ["robot@altrove.it"], ["loop@altrove.it"]]
@@ -186,11 +185,11 @@ def test_mails_written_by_technicians_are_not_limited(
         kind=MailKind.ANSWER,
         to=("cliente@studiorossi.it",),
         language="it",
-        ticket_id=ticket.id,
         context={"body": "Ecco"},
     )
     with sessions.begin() as session:
-        assert all(enqueue(session, settings, clock, intent) for _ in range(15))
+        store = SessionStore(session)
+        assert all(enqueue(store, settings, clock, intent, ticket) for _ in range(15))
     assert _count(sessions) == 15
 
 
@@ -201,14 +200,12 @@ def test_a_limited_cc_is_dropped_and_the_mail_still_goes(
     make_ticket: TicketFactory,
 ) -> None:
     ticket = make_ticket()
-    busy = MailIntent(
-        kind=MailKind.REMINDER, to=("watcher@studiorossi.it",), language="it", ticket_id=ticket.id
-    )
+    busy = MailIntent(kind=MailKind.REMINDER, to=("watcher@studiorossi.it",), language="it")
     with sessions.begin() as session:
         for _ in range(10):
-            enqueue(session, settings, clock, busy)
+            enqueue(SessionStore(session), settings, clock, busy, ticket)
         row = enqueue(
-            session,
+            SessionStore(session),
             settings,
             clock,
             MailIntent(
@@ -216,8 +213,8 @@ def test_a_limited_cc_is_dropped_and_the_mail_still_goes(
                 to=("owner@studiorossi.it",),
                 cc=("watcher@studiorossi.it",),
                 language="it",
-                ticket_id=ticket.id,
             ),
+            ticket,
         )
         assert row is not None
         assert row.recipients == ("owner@studiorossi.it",)
@@ -237,7 +234,7 @@ def test_no_automatic_answer_to_our_own_address(
         language="it",
     )
     with sessions.begin() as session:
-        assert enqueue(session, settings, clock, intent) is None
+        assert enqueue(SessionStore(session), settings, clock, intent) is None
     assert _count(sessions) == 0
 
     # A notice to the desk's own address (no group address configured) is deliberate.
@@ -246,11 +243,10 @@ def test_no_automatic_answer_to_our_own_address(
         kind=MailKind.NEW_TICKET_NOTICE,
         to=(settings.group_address(None),),
         language="it",
-        ticket_id=ticket.id,
         context={"body": "x"},
     )
     with sessions.begin() as session:
-        row = enqueue(session, settings, clock, notice)
+        row = enqueue(SessionStore(session), settings, clock, notice, ticket)
         assert row is not None and row.recipients == ("assistenza@example.com",)
 
 
@@ -267,23 +263,15 @@ def test_a_ticketless_mail_has_no_thread_ref(
         context={"subject": "Help"},
     )
     with sessions.begin() as session:
-        row = enqueue(session, settings, clock, intent)
-        assert row is not None and row.ticket_id is None
+        row = enqueue(SessionStore(session), settings, clock, intent)
+        assert row is not None
+        session.flush()
+        assert session.scalar(select(OutboxMail.ticket_id)) is None
         assert session.scalar(select(func.count()).select_from(ThreadRef)) == 0
     with sessions() as session:
         message = _rendered(settings, clock, session, row.message_id)
     assert message["Subject"] == "Address not registered: Help"
     assert message["In-Reply-To"] == "<their@altrove.it>"
-
-
-def test_an_unknown_ticket_is_a_programming_error(
-    settings: Settings,
-    clock: FixedClock,
-    sessions: sessionmaker[Session],
-) -> None:
-    intent = MailIntent(kind=MailKind.ANSWER, to=("a@b.it",), language="it", ticket_id=999_999)
-    with sessions() as session, pytest.raises(ValueError, match="999999"):
-        enqueue(session, settings, clock, intent)
 
 
 def test_purge_forgets_answers_older_than_the_window(
@@ -294,10 +282,10 @@ def test_purge_forgets_answers_older_than_the_window(
     intent = MailIntent(kind=MailKind.UNKNOWN_SENDER, to=("robot@altrove.it",), language="it")
     for _ in range(3):
         with sessions.begin() as session:
-            enqueue(session, settings, clock, intent)
+            enqueue(SessionStore(session), settings, clock, intent)
     clock.advance(minutes=settings.outbound.auto_answer_window_minutes)
     with sessions.begin() as session:
-        enqueue(session, settings, clock, intent)
+        enqueue(SessionStore(session), settings, clock, intent)
     with sessions.begin() as session:
         assert purge_auto_answers(session, settings, clock.now()) == 3
     with sessions() as session:
@@ -314,10 +302,10 @@ def test_the_mail_tells_the_ticket_as_it_was_when_queued(
     change what the mail says, and its dates stay dates for the templates."""
     ticket = make_ticket()
     intent = MailIntent(kind=MailKind.NEW_TICKET_NOTICE, to=("gruppo@example.com",),
-                        language="it", ticket_id=ticket.id,
+                        language="it",
                         context={"body": "Errore 98,20", "author": "niccolo@studiorossi.it"})
     with sessions.begin() as session:
-        row = enqueue(session, settings, clock, intent)
+        row = enqueue(SessionStore(session), settings, clock, intent, ticket)
         assert row is not None
     with sessions.begin() as session:
         stored = session.get(Ticket, ticket.id)

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 from mailgateway.config import Settings
 from mailgateway.db.models import Account, InboxMail, InboxRaw, Message, OutboxMail, Ticket
 from mailgateway.outbound.intent import QueuedMail
-from mailgateway.pipeline.thread import format_tag
 from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
 from mailgateway.service import Gateway
+from mailgateway.tickets import format_tag
 from mailgateway.views import list_inbox, show_ticket
 from tests.mails import CUSTOMER, PERSON, TECHNICIAN, build_mail, deliver, register_desk
 
@@ -303,7 +303,7 @@ def test_mail_to_closed_ticket_opens_linked_one(settings: Settings, clock: Any) 
 
 
 def test_failure_quarantines_and_retry_reprocesses(settings: Settings, clock: Any) -> None:
-    def broken(session: Any, intent: Any) -> QueuedMail | None:
+    def broken(store: Any, intent: Any, ticket: Any) -> QueuedMail | None:
         raise RuntimeError("template store unavailable")
 
     gateway = Gateway(settings, clock, mailer=broken)

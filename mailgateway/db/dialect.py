@@ -1,0 +1,148 @@
+"""What differs between SQLite and PostgreSQL, and nothing else.
+
+SQLite has one writer at a time: every transaction takes the write lock at
+its start (BEGIN IMMEDIATE), so concurrent writers queue instead of failing
+half-way with a stale snapshot, and within one process they queue in arrival
+order behind one fair lock per engine (`write_lock`). PostgreSQL has row
+locks: work is claimed with `FOR UPDATE SKIP LOCKED`, so several processes
+share a queue without waiting on each other (`claimed`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
+
+from sqlalchemy import Engine, Insert, Select, Table, event, func, insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+_Row = TypeVar("_Row")
+
+
+def is_postgresql(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def tune_sqlite(engine: Engine) -> None:
+    """WAL (readers never wait for the writer), a 30 s busy timeout, foreign keys on,
+    and the write lock taken when a transaction begins."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when a transaction begins.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class FairLock:
+    """A first-come, first-served lock for SQLite's single writer within one process.
+
+    SQLite makes a blocked writer poll with growing sleeps (up to 100 ms), so a
+    listener thread could wait many turns behind the processor. Queueing the
+    writers here in arrival order bounds each wait to the transactions ahead.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._condition:
+            turn = self._next
+            self._next += 1
+            while turn != self._serving:
+                self._condition.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._condition:
+            self._serving += 1
+            self._condition.notify_all()
+
+
+_WRITE_LOCKS: WeakKeyDictionary[Engine, FairLock] = WeakKeyDictionary()
+
+
+def write_lock(engine: Engine) -> AbstractContextManager[None]:
+    """What every writer of `engine` holds around a transaction: on SQLite the one fair
+    lock of that engine (listener, processor and dispatcher queue in arrival order),
+    nothing elsewhere."""
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    return _WRITE_LOCKS.setdefault(engine, FairLock())
+
+
+def claimed(query: Select[_Row], session: Session) -> Select[_Row]:
+    """`query` locking the rows it selects for this transaction, skipping rows another
+    transaction holds (PostgreSQL); on SQLite the transaction's write lock already
+    keeps every other writer out."""
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=True)
+    return query
+
+
+def insert_ignoring_duplicates(table: Table, session: Session) -> Insert:
+    """An INSERT of `table` that leaves a row whose key exists as it is."""
+    # Imported here: PostgreSQL's dialect (with asyncio) slows every SQLite command's start.
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def insert_blobs(
+    session: Session, table: Table, key: str, column: str, rows: Sequence[tuple[int, bytes]],
+    chunk: int = 1 << 20,
+) -> None:
+    """Insert `(key, bytes)` rows, the small ones in one statement. On SQLite a large
+    value is streamed into its row a chunk at a time (incremental blob I/O): binding
+    a 30 MB value makes SQLite build the whole record in memory, twice its size on
+    top of the caller's copy."""
+    streamed = session.get_bind().dialect.name == "sqlite"
+    small = [{key: k, column: value} for k, value in rows if not streamed or len(value) <= chunk]
+    if small:
+        session.execute(insert(table), small)
+    for row_key, value in rows:
+        if not streamed or len(value) <= chunk:
+            continue
+        session.execute(insert(table).values({key: row_key, column: func.zeroblob(len(value))}))
+        connection = session.connection().connection.driver_connection
+        assert connection is not None
+        view = memoryview(value)
+        with connection.blobopen(table.name, column, row_key) as blob:
+            for offset in range(0, len(value), chunk):
+                blob.write(view[offset:offset + chunk])
+
+
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "08000", "08003", "08006"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying may help: a busy or locked database, a lost connection,
+    a serialization failure. A schema or data error is not transient."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    text = str(exc.orig).lower()
+    if "database is locked" in text or "database is busy" in text:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate in _TRANSIENT_SQLSTATES or (
+        sqlstate is None and "connection" in text and exc.__class__.__name__ == "OperationalError")
