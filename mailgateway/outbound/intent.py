@@ -115,7 +115,8 @@ def outbox_document(intent: MailIntent, ticket_number: str | None) -> dict[str, 
     """
     return {
         "kind": intent.kind.value, "to": list(intent.to), "cc": list(intent.cc),
-        "language": intent.language, "ticket_number": ticket_number, "in_reply_to": intent.in_reply_to,
+        "language": intent.language, "ticket_number": ticket_number,
+        "in_reply_to": intent.in_reply_to,
         "references": list(intent.references), "context": _to_json(intent.context),
     }
 
@@ -123,7 +124,8 @@ def outbox_document(intent: MailIntent, ticket_number: str | None) -> dict[str, 
 def stored_intent(document: Mapping[str, Any]) -> StoredIntent:
     intent = MailIntent(
         kind=MailKind(document["kind"]), to=tuple(document["to"]), cc=tuple(document["cc"]),
-        language=document["language"], in_reply_to=document["in_reply_to"], references=tuple(document["references"]),
+        language=document["language"], in_reply_to=document["in_reply_to"],
+        references=tuple(document["references"]),
         context=_from_json(document["context"]),
     )
     return StoredIntent(intent, document["ticket_number"])
