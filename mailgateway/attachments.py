@@ -48,13 +48,14 @@ def attachment_path(data_dir: Path, sha256: str) -> Path:
 
 
 def store_file(data_dir: Path, payload: bytes) -> str:
-    """Write `payload` under its sha256 (once: the same file sent twice is kept once)."""
+    """Write `payload` under its sha256, returned (once: the same file sent twice is
+    kept once)."""
     digest = hashlib.sha256(payload).hexdigest()
-    _write_once(attachment_path(data_dir, digest), payload)
+    write_file(attachment_path(data_dir, digest), payload)
     return digest
 
 
-def _write_once(target: Path, payload: bytes) -> None:
+def write_file(target: Path, payload: bytes) -> None:
     """Write atomically, and durably: the file, then its directory entry."""
     if target.exists():
         return

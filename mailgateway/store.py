@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from sqlalchemy import (
@@ -33,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, joinedload
 
+from mailgateway.attachments import store_file
 from mailgateway.db.dialect import insert_ignoring_duplicates
 from mailgateway.db.models import Account, AutoAnswer, Person, Staff, ThreadRef, Ticket
 from mailgateway.pipeline.identify import DirectoryMatch, SenderKind
@@ -70,6 +72,11 @@ class Store(Protocol):
         ...
 
     def add_automatic_answer(self, recipient: str, at: datetime) -> None: ...
+
+    def keep_file(self, data_dir: Path, payload: bytes) -> str:
+        """Store an attachment's bytes under `data_dir` by their sha256, returned; the
+        file is on disk before the rows that name it are committed."""
+        ...
 
 
 _EMAILS: BindParameter[Any] = bindparam("emails", expanding=True)
@@ -162,3 +169,6 @@ class SessionStore:
 
     def add_automatic_answer(self, recipient: str, at: datetime) -> None:
         self._session.add(AutoAnswer(recipient=recipient, at=at))
+
+    def keep_file(self, data_dir: Path, payload: bytes) -> str:
+        return store_file(data_dir, payload)

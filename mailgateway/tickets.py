@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -108,18 +109,20 @@ def allocate_number(session: Session, year: int) -> str:
     (BEGIN IMMEDIATE), so two writers can never read the same value, and a
     transaction or savepoint that rolls back gives its numbers back.
     """
-    increment = (update(TicketCounter).where(TicketCounter.year == year)
-                 .values(last=TicketCounter.last + 1).returning(TicketCounter.last)
-                 .execution_options(synchronize_session=False))
-    last = session.execute(increment).scalar_one_or_none()
+    last = session.execute(_INCREMENT, {"wanted": year}).scalar_one_or_none()
     if last is None:
         try:
             with session.begin_nested():
                 session.add(TicketCounter(year=year, last=1))
             last = 1
         except IntegrityError:  # another writer created the year's row first
-            last = session.execute(increment).scalar_one()
+            last = session.execute(_INCREMENT, {"wanted": year}).scalar_one()
     return format_number(year, last)
+
+
+_COUNTERS = cast(Table, TicketCounter.__table__)
+_INCREMENT = (update(_COUNTERS).where(_COUNTERS.c.year == bindparam("wanted"))
+              .values(last=_COUNTERS.c.last + 1).returning(_COUNTERS.c.last))
 
 
 def find_by_number(session: Session, number: str) -> Ticket | None:

@@ -15,14 +15,19 @@ store and a savepoint per mail, so the failing mail is quarantined alone.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from mailgateway.attachments import attachment_path, write_file
 from mailgateway.db.dialect import insert_ignoring_duplicates, is_transient
 from mailgateway.db.models import Account, AutoAnswer, InboxMail, InboxStatus, Person, Ticket
 from mailgateway.pipeline.identify import DirectoryMatch, SenderKind
@@ -41,6 +46,8 @@ from mailgateway.store import (
 
 log = structlog.get_logger()
 
+_FILE_WRITERS = ThreadPoolExecutor(4, thread_name_prefix="attachment-writer")
+
 
 class BatchStore:
     """The store of a batch (see the module's docstring).
@@ -57,6 +64,7 @@ class BatchStore:
         self._answers: dict[str, int] = {}
         self._customers: list[Account | Person] = []
         self._remembered: list[tuple[str, Ticket]] = []
+        self._files: list[Future[None]] = []
 
     @property
     def session(self) -> Session:
@@ -127,9 +135,9 @@ class BatchStore:
             DirectoryMatch(SenderKind.ACCOUNT, account.id, account.name, account.id),)
 
     def remember_message_id(self, message_id: str, ticket: Ticket) -> None:
-        if message_id not in self._references:
-            self._read_references([message_id])
-        if self._references[message_id] is None:
+        """An id not read ahead (every id of the batch's mails was) is one of our own
+        new ones, which no ticket knows: no query for it."""
+        if self._references.get(message_id) is None:
             self._references[message_id] = ticket
             self._remembered.append((message_id, ticket))
 
@@ -143,13 +151,48 @@ class BatchStore:
         self._session.add(AutoAnswer(recipient=recipient, at=at))
         self._answers[recipient] = self.automatic_answers([recipient], at)[recipient] + 1
 
+    def keep_file(self, data_dir: Path, payload: bytes) -> str:
+        """Written by a few threads while the batch goes on (creating, writing and
+        syncing a file is waiting on the disk); `write` waits for them."""
+        digest = hashlib.sha256(payload).hexdigest()
+        target = attachment_path(data_dir, digest)
+        self._files.append(_FILE_WRITERS.submit(write_file, target, payload))
+        return digest
+
     def write(self) -> None:
-        """Write what the batch added: every row, then the Message-IDs it learnt."""
+        """Write what the batch added: its files, every row, then the Message-IDs it
+        learnt."""
+        for written in self._files:
+            written.result()  # raises, and so fails the batch, when a file could not be
+        number_new_rows(self._session)
         self._session.flush()
         if self._remembered:
             self._session.execute(
                 insert_ignoring_duplicates(THREAD_REFS, self._session),
                 [{"message_id": m, "ticket_id": t.id} for m, t in self._remembered])
+
+
+def number_new_rows(session: Session) -> None:
+    """On SQLite, give the session's new rows their ids before they are written.
+
+    SQLite cannot say which id went to which row of a many-row INSERT, so the
+    ORM writes a row whose id the database chooses with an INSERT of its own;
+    with the ids given here, each table's rows of a batch go in one statement.
+    The ids are SQLite's own choice (the largest so far, plus one): the batch
+    holds the database's write lock, so no other writer can take one meanwhile.
+    PostgreSQL already writes many rows in one statement and returns their ids.
+    """
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    unnumbered: dict[type[Any], list[Any]] = {}
+    for row in session.new:
+        if getattr(row, "id", 0) is None:
+            unnumbered.setdefault(type(row), []).append(row)
+    for model, rows in unnumbered.items():
+        last = session.execute(select(func.max(model.id))).scalar() or 0
+        rows.sort(key=lambda row: inspect(row).insert_order)  # in the order they were added
+        for offset, row in enumerate(rows, start=1):
+            row.id = last + offset
 
 
 def receive_batch(gateway: Gateway, mails: Sequence[PreparedMail], transport: str) -> list[Outcome]:
@@ -202,6 +245,7 @@ def _store_new(
             seen.add(mail.identity.dedup_key)
             fresh.append((index, gateway.inbox_row(mail.raw, mail.identity, transport)))
     session.add_all(row for _, row in fresh)
+    number_new_rows(session)
     session.flush()
     store_raws(session, [(row.id, mails[index].raw) for index, row in fresh])
     return fresh

@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgateway.attachments import safe_filename, store_file
+from mailgateway.attachments import safe_filename
 from mailgateway.db.models import (
     Account,
     Attachment,
@@ -52,7 +52,7 @@ def _remember_message_id(store: Store, mail: ParsedMail, ticket: Ticket) -> None
 
 
 def _keep_attachments(
-    pipeline: Pipeline, mail: ParsedMail
+    store: Store, pipeline: Pipeline, mail: ParsedMail
 ) -> tuple[list[Attachment], list[str]]:
     """Store what may be kept: the kept files' rows, and the names of the files
     refused for their size."""
@@ -64,7 +64,7 @@ def _keep_attachments(
         if len(part.payload) > limit:
             refused.append(name)
             continue
-        digest = store_file(pipeline.settings.data_dir, part.payload)
+        digest = store.keep_file(pipeline.settings.data_dir, part.payload)
         kept.append(Attachment(filename=name, content_type=part.content_type[:255],
                                size=len(part.payload), sha256=digest))
     return kept, refused
@@ -210,7 +210,7 @@ def add_customer_reply(
 ) -> Ticket:
     now, author = pipeline.clock.now(), analysis.sender.email
     ticket = _found(analysis)
-    files, refused = _keep_attachments(pipeline, analysis.mail)
+    files, refused = _keep_attachments(store, pipeline, analysis.mail)
     _add_message(store, ticket, row, direction="in", author=author, body=decision.body,
                  at=now, refused=refused, files=files)
     if change_status(store.session, ticket, TicketAction.CUSTOMER_REPLIED, actor=author,
@@ -258,7 +258,7 @@ def add_staff_reply(
     _apply_commands(session, ticket, decision.commands, actor, now)
     files: list[Attachment] = []
     if decision.body:
-        files, refused = _keep_attachments(pipeline, analysis.mail)
+        files, refused = _keep_attachments(store, pipeline, analysis.mail)
         _add_message(store, ticket, row, direction="out", author=actor, body=decision.body,
                      at=now, internal=decision.internal, refused=refused, files=files)
     for action in decision.actions:
