@@ -8,9 +8,8 @@ non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +22,7 @@ from mailgateway.clock import Clock, FixedClock, SystemClock, parse_instant
 from mailgateway.config import Settings, load_settings
 from mailgateway.errors import ConfigError, MailGatewayError, TemporaryError, UserError
 from mailgateway.log import configure_logging
+from mailgateway.views import emit
 
 Handler = Callable[[argparse.Namespace, "App"], int | None]
 
@@ -51,16 +51,6 @@ class App:
     def close(self) -> None:
         for closer in self._closers:
             closer()
-
-
-def emit(args: argparse.Namespace, data: Any, lines: Iterable[str]) -> None:
-    """Print `data` as one JSON document with --json, else the human lines."""
-    if getattr(args, "json", False):
-        json.dump(data, sys.stdout, ensure_ascii=False, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        for line in lines:
-            print(line)
 
 
 def _db_upgrade(args: argparse.Namespace, app: App) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +15,16 @@ from sqlalchemy.orm import Session, selectinload
 from mailgateway.db.models import Account, InboxMail, Message, Ticket
 from mailgateway.errors import UserError
 from mailgateway.tickets import find_by_number, format_tag
+
+
+def emit(args: argparse.Namespace, data: Any, lines: Iterable[str]) -> None:
+    """Print `data` as one JSON document with --json, else the human lines."""
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, ensure_ascii=False, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        for line in lines:
+            print(line)
 
 
 def _time(value: datetime | None) -> str | None:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
+from mailgateway.views import emit
 
 if TYPE_CHECKING:
     from mailgateway.outbound.dispatch import Dispatcher
@@ -83,8 +84,6 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def _outbox_list(args: argparse.Namespace, app: AppLike) -> int:
-    from mailgateway.cli import emit
-
     with app.sessions() as session:
         rows = list_outbox(session, args.status, args.limit)
     emit(args, rows, (_line(row) for row in rows))

@@ -1,9 +1,9 @@
 """The decision for one mail, as data, before anything is written.
 
 `decide` is pure: it takes what parsing, classification, identification and
-threading found, and returns what should happen and why. `process.py`
-applies it in one transaction; an admin's dry run (SPEC's `rules test`)
-needs only to print it, so the dry run and the real run cannot drift apart.
+threading found, and returns what should happen and why; `process.py`
+has `apply` write it in one transaction. Being data, a decision can be
+shown, logged or tested without anything being written.
 """
 
 from __future__ import annotations
