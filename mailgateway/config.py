@@ -43,8 +43,11 @@ class HelpdeskSettings:
     max_attachment_bytes: int = 26_214_400
     data_dir: str = "var"
     # Technicians' mail is trusted without a reply token when one of these
-    # hosts (authserv-id) reports dmarc=pass or dkim=pass for the sender.
+    # hosts (authserv-id) reports dmarc=pass or dkim=pass for the sender, on a
+    # transport that trusts Authentication-Results (see README, "Security").
     trusted_authserv_ids: tuple[str, ...] = ()
+    # A technician's signed reply address older than this carries an answer, no command.
+    staff_token_max_age_days: int = 90
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,10 @@ class SmtpSettings:
     max_recipients: int = 50
     idle_timeout_seconds: int = 300
     shutdown_grace_seconds: int = 30
+    # The MTA in front removes Authentication-Results of helpdesk.trusted_authserv_ids
+    # from incoming mail, so those left are its own (never true for a listener that is
+    # the MX itself).
+    trust_authentication_results: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,9 @@ class ImapSettings:
     timeout_seconds: int = 30
     reconnect_initial_seconds: float = 1.0
     reconnect_max_seconds: float = 300.0
+    # The server that fills this mailbox removes Authentication-Results of
+    # helpdesk.trusted_authserv_ids from incoming mail (see README, "Security").
+    trust_authentication_results: bool = False
 
     def resolved_password(self) -> str:
         """The password, from the environment variable when one is named."""

@@ -1,11 +1,21 @@
-"""Signed reply addresses: `<local>+<purpose><number>.<signature>@<domain>`.
+"""Signed reply addresses: what a reply proves about who wrote it and about what.
 
 Mail clients keep the Reply-To address when answering, so a token in it
 threads a reply even when the subject tag was deleted, and proves the writer
-received our mail. Two purposes keep the roles apart: a customer token
-threads only; a staff token also lets a known technician act (answer, close,
-reassign), so a forged From: without it cannot. The signature is a truncated
-HMAC-SHA256, base32 lower-case because some MTAs lower-case local parts.
+received our mail. Two purposes keep the roles apart:
+
+- a customer token, `<local>+c<number>.<signature>@<domain>`, threads only;
+- a staff token, `<local>+s<number>.<recipient>.<day>.<signature>@<domain>`,
+  also names whom the mail went to (a technician, or a group's address) and
+  the day it was made. It lets a technician act on that one ticket, and only
+  a technician the mail went to (directly or through their group) may use
+  it; once it is older than `staff_token_max_age_days` it may still carry an
+  answer, but no command.
+
+The recipient is a keyed digest of the address, so the address stays out of
+the token and the token stays short (a local part has at most 64 octets).
+The signature is a truncated HMAC-SHA256 of everything before it. Digests
+and signature are base32 lower-case: some MTAs lower-case local parts.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
+from datetime import date, timedelta
 from enum import StrEnum
 
 
@@ -27,22 +38,79 @@ class TokenPurpose(StrEnum):
 class ReplyToken:
     purpose: TokenPurpose
     ticket_number: str
+    recipient: str = ""        # staff: the digest of the address the mail went to
+    issued: date | None = None  # staff: the day the token was made
+
+    def was_sent_to(self, address: str, secret: str) -> bool:
+        """True when the mail carrying this token went to `address`."""
+        return bool(self.recipient) and hmac.compare_digest(
+            self.recipient, recipient_digest(secret, address))
+
+
+def staff_token(secret: str, ticket_number: str, recipient: str, today: date) -> ReplyToken:
+    """The token of a mail to `recipient` (a technician or a group) about a ticket."""
+    return ReplyToken(TokenPurpose.STAFF, ticket_number, recipient_digest(secret, recipient),
+                      today)
 
 
 _SIGNATURE_CHARS = 16
-_TOKEN = re.compile(r"^(?P<purpose>[cs])(?P<number>[0-9A-Za-z-]{1,32})\.(?P<sig>[a-z2-7]{16})$")
+_RECIPIENT_CHARS = 6
+_EPOCH = date(1970, 1, 1)
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+_TOKEN = re.compile(
+    r"^(?P<purpose>[cs])(?P<number>[0-9a-z-]{1,32})"
+    r"(?:\.(?P<recipient>[a-z2-7]{6})\.(?P<day>[a-z2-7]{1,4}))?"
+    r"\.(?P<signature>[a-z2-7]{16})$")
 
 
-def _signature(secret: str, purpose: TokenPurpose, number: str) -> str:
-    digest = hmac.new(secret.encode(), f"{purpose.value}:{number}".encode(), hashlib.sha256)
-    return base64.b32encode(digest.digest()).decode().lower()[:_SIGNATURE_CHARS]
+def _b32(digest: bytes, chars: int) -> str:
+    return base64.b32encode(digest).decode().lower()[:chars]
+
+
+def recipient_digest(secret: str, address: str) -> str:
+    key = hmac.new(secret.encode(), b"recipient:" + address.strip().lower().encode(),
+                   hashlib.sha256)
+    return _b32(key.digest(), _RECIPIENT_CHARS)
+
+
+def _day(value: date) -> str:
+    number, digits = (value - _EPOCH).days, ""
+    while True:
+        number, rest = divmod(number, 32)
+        digits = _BASE32[rest] + digits
+        if not number:
+            return digits
+
+
+def _read_day(text: str) -> date:
+    number = 0
+    for char in text:
+        number = number * 32 + _BASE32.index(char)
+    return _EPOCH + timedelta(days=number)
+
+
+def _fields(token: ReplyToken) -> tuple[str, ...]:
+    """What the token says, as written after the `+`, without its signature."""
+    fields: tuple[str, ...] = (f"{token.purpose.value}{token.ticket_number}".lower(),)
+    if token.recipient and token.issued is not None:
+        fields += (token.recipient, _day(token.issued))
+    return fields
+
+
+def _signature(secret: str, token: ReplyToken) -> str:
+    # The number upper-case and ":" between the fields: a customer token made before
+    # staff tokens named their recipient still verifies.
+    message = ":".join((token.purpose.value, token.ticket_number.upper(),
+                        *_fields(token)[1:]))
+    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256)
+    return _b32(digest.digest(), _SIGNATURE_CHARS)
 
 
 def reply_address(helpdesk_address: str, secret: str, token: ReplyToken) -> str:
     """The signed address to put in Reply-To for `token`."""
     local, _, domain = helpdesk_address.partition("@")
-    signature = _signature(secret, token.purpose, token.ticket_number)
-    return f"{local}+{token.purpose.value}{token.ticket_number}.{signature}@{domain}"
+    tag = ".".join((*_fields(token), _signature(secret, token)))
+    return f"{local}+{tag}@{domain}"
 
 
 def read_reply_address(address: str, helpdesk_address: str, secret: str) -> ReplyToken | None:
@@ -57,7 +125,9 @@ def read_reply_address(address: str, helpdesk_address: str, secret: str) -> Repl
         return None
     purpose = TokenPurpose(match["purpose"])
     number = match["number"].upper()
-    expected = _signature(secret, purpose, number)
-    if not hmac.compare_digest(expected, match["sig"]):
+    token = ReplyToken(purpose, number)
+    if match["recipient"] is not None:
+        token = ReplyToken(purpose, number, match["recipient"], _read_day(match["day"]))
+    if not hmac.compare_digest(_signature(secret, token), match["signature"]):
         return None
-    return ReplyToken(purpose, number)
+    return token

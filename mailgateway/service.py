@@ -99,6 +99,7 @@ class Gateway:
         transport: str,
         envelope_from: str | None = None,
         envelope_to: Sequence[str] = (),
+        trust_authentication_results: bool = False,
     ) -> Received:
         identity = raw_identity(raw)
         structlog.contextvars.bind_contextvars(
@@ -106,6 +107,7 @@ class Gateway:
         try:
             with self.writing, self.sessions.begin() as session:
                 row = self.inbox_row(raw, identity, transport, envelope_from, envelope_to)
+                row.trusts_authentication_results = trust_authentication_results
                 session.add(row)
                 session.flush()
                 inbox_id = row.id

@@ -83,11 +83,11 @@ _EMAILS: BindParameter[Any] = bindparam("emails", expanding=True)
 # Every directory row with one of the addresses, in one round trip.
 DIRECTORY: CompoundSelect[Any] = union_all(
     select(literal(SenderKind.STAFF.value), Staff.email, Staff.id, Staff.name, null(),
-           Staff.active).where(Staff.email.in_(_EMAILS)),
+           Staff.active, Staff.group).where(Staff.email.in_(_EMAILS)),
     select(literal(SenderKind.PERSON.value), Person.email, Person.id, Person.name,
-           Person.account_id, true()).where(Person.email.in_(_EMAILS)),
+           Person.account_id, true(), null()).where(Person.email.in_(_EMAILS)),
     select(literal(SenderKind.ACCOUNT.value), Account.main_email, Account.id, Account.name,
-           Account.id, true()).where(Account.main_email.in_(_EMAILS)),
+           Account.id, true(), null()).where(Account.main_email.in_(_EMAILS)),
 )
 
 
@@ -96,9 +96,10 @@ def read_directory(
 ) -> dict[str, tuple[DirectoryMatch, ...]]:
     """The directory rows of `emails`; an address with none maps to ()."""
     found: dict[str, list[DirectoryMatch]] = {email: [] for email in emails}
-    for kind, email, id_, name, account_id, active in session.execute(
+    for kind, email, id_, name, account_id, active, group in session.execute(
             DIRECTORY, {"emails": list(emails)}):
-        found[email].append(DirectoryMatch(SenderKind(kind), id_, name, account_id, bool(active)))
+        found[email].append(
+            DirectoryMatch(SenderKind(kind), id_, name, account_id, bool(active), group))
     return {email: tuple(matches) for email, matches in found.items()}
 
 

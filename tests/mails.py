@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import make_msgid
 
 from mailgateway.directory import add_account, add_person, add_staff
+from mailgateway.reply_token import reply_address, staff_token
 from mailgateway.service import Gateway
 
 CUSTOMER = "rossi@studiorossi.it"
 PERSON = "anna@studiorossi.it"
 TECHNICIAN = "luca@example.com"
+GROUP = "tecnici@example.com"  # the tests' [groups.tecnica] address
+
+
+def staff_reply_address(
+    number: str, recipient: str = TECHNICIAN, issued: date = date(2026, 3, 2),
+    secret: str = "test-secret",
+) -> str:
+    """The signed reply address of a notice about ticket `number` sent to `recipient`."""
+    return reply_address("assistenza@example.com", secret,
+                         staff_token(secret, number, recipient, issued))
 
 
 def build_mail(

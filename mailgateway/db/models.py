@@ -234,6 +234,8 @@ class InboxMail(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     processed_at: Mapped[datetime | None]
+    # Came through a transport whose MTA strips outsiders' Authentication-Results.
+    trusts_authentication_results: Mapped[bool] = mapped_column(Boolean, default=False)
     ticket: Mapped[Ticket | None] = relationship()
 
 

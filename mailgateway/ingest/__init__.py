@@ -29,8 +29,10 @@ class Receiver(Protocol):
         transport: str,
         envelope_from: str | None = None,
         envelope_to: Sequence[str] = (),
+        trust_authentication_results: bool = False,
     ) -> Received:
         """Commit the raw mail durably; only then may the transport acknowledge.
+        `trust_authentication_results`: the MTA in front strips outsiders' headers.
 
         Blocking (database I/O). Raises `TemporaryError` when it could not commit.
         """

@@ -40,7 +40,7 @@ from mailgateway.config import Settings
 from mailgateway.errors import PermanentError
 from mailgateway.outbound.intent import MailIntent, MailKind, new_message_id
 from mailgateway.outbound.render import RenderedMail, choose_language, render
-from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
+from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address, staff_token
 
 # Mails that go to technicians carry a staff token: answering them may act on the ticket.
 STAFF_KINDS = frozenset(
@@ -233,6 +233,17 @@ def token_purpose(kind: MailKind) -> TokenPurpose:
     return TokenPurpose.STAFF if kind in STAFF_KINDS else TokenPurpose.CUSTOMER
 
 
+def reply_token(
+    settings: Settings, clock: Clock, intent: MailIntent, ticket_number: str
+) -> ReplyToken:
+    """What the mail's Reply-To proves: to a technician or group, that this mail about
+    this ticket reached them today; to a customer, which ticket it is about."""
+    if token_purpose(intent.kind) is TokenPurpose.STAFF:
+        return staff_token(settings.helpdesk.secret, ticket_number, intent.to[0],
+                           clock.now().date())
+    return ReplyToken(TokenPurpose.CUSTOMER, ticket_number)
+
+
 # --- attachments -----------------------------------------------------------
 
 
@@ -356,8 +367,8 @@ def _headers(
     if intent.cc:
         fields.append(_address_list("Cc", intent.cc))
     if ticket_number is not None:
-        token = ReplyToken(token_purpose(intent.kind), ticket_number)
-        address = reply_address(helpdesk.address, helpdesk.secret, token)
+        address = reply_address(helpdesk.address, helpdesk.secret,
+                                reply_token(settings, clock, intent, ticket_number))
         fields.append(_fold("Reply-To", _mailbox(helpdesk.name, address)))
     fields.append(fold_text_header("Subject", tagged_subject(settings, subject, ticket_number)))
     fields.append(_line("Date", format_datetime(clock.now())))

@@ -31,6 +31,7 @@ class MailKind(StrEnum):
     REMINDER = "reminder"                  # RISPOSTO for reminder_days
     AUTOCLOSE = "autoclose"                # RISPOSTO for autoclose_days: closed
     OVERDUE = "overdue"                    # first-response SLA missed: to the group
+    REFUSED_NOTICE = "refused_notice"      # a technician's mail refused: to the group
 
 
 AUTOMATIC_KINDS = frozenset(

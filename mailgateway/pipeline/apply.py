@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -261,6 +261,8 @@ def add_staff_reply(
         files, refused = _keep_attachments(store, pipeline, analysis.mail)
         _add_message(store, ticket, row, direction="out", author=actor, body=decision.body,
                      at=now, internal=decision.internal, refused=refused, files=files)
+    if decision.refused:
+        _record_refusal(store, pipeline, analysis, ticket, decision.refused)
     for action in decision.actions:
         if action in (TicketAction.TAKEN, TicketAction.STAFF_ANSWERED) and ticket.assignee is None:
             ticket.assignee = staff
@@ -275,4 +277,31 @@ def add_staff_reply(
         _mail(store, pipeline, answer, MailKind.ANSWER, to, ticket, cc=cc,
               to_customer_thread=True, body=decision.body, author=staff.name if staff else actor,
               attachments=_file_refs(files))
+    return ticket
+
+
+_REFUSAL = "staff_mail_refused"
+_REFUSALS_TOLD_EVERY = timedelta(hours=24)
+
+
+def _record_refusal(
+    store: Store, pipeline: Pipeline, analysis: Analysis, ticket: Ticket, reason: str
+) -> None:
+    """An event on the ticket the mail tried to touch, and a word to its group,
+    once a day at most: a forger sending a thousand mails makes one notice."""
+    now = pipeline.clock.now()
+    told = any(e.kind == _REFUSAL and e.at > now - _REFUSALS_TOLD_EVERY for e in ticket.events)
+    record_event(store.session, ticket, _REFUSAL, actor=analysis.sender.email, at=now,
+                 reason=reason)
+    if not told:
+        _mail(store, pipeline, analysis, MailKind.REFUSED_NOTICE,
+              (pipeline.settings.group_address(ticket.group),), ticket,
+              author=analysis.sender.email, reason=reason)
+
+
+def refuse_staff_mail(
+    store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.RefuseStaffMail
+) -> Ticket:
+    ticket = _found(analysis)
+    _record_refusal(store, pipeline, analysis, ticket, decision.reason)
     return ticket

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from mailgateway.outbound.intent import MailKind
-from mailgateway.pipeline.identify import Sender, SenderKind
+from mailgateway.pipeline.identify import Authority, Sender, SenderKind
 from mailgateway.pipeline.route import (
     IMPACTS,
     REQUEST_TYPES,
@@ -88,6 +88,7 @@ class StaffReply:
     reason: str
     body: str
     commands: tuple[StaffCommand, ...] = field(default_factory=tuple)
+    refused: str = ""  # why the mail's commands were not carried out, if they were not
 
     @property
     def internal(self) -> bool:
@@ -107,7 +108,17 @@ class StaffReply:
         return tuple(result)
 
 
-Decision = Ignore | Quarantine | Reject | OpenTicket | CustomerReply | StaffReply
+@dataclass(frozen=True)
+class RefuseStaffMail:
+    """A technician's address without the proof to act on the ticket it names:
+    nothing is done, the refusal is recorded on that ticket and its group told."""
+
+    ticket: TicketRef
+    reason: str
+
+
+Decision = (Ignore | Quarantine | Reject | OpenTicket | CustomerReply | StaffReply
+            | RefuseStaffMail)
 
 _COMMANDS = {
     "prendi": "take", "take": "take",
@@ -163,7 +174,7 @@ def _belongs(sender: Sender, ticket: TicketRef) -> bool:
 def decide(
     *,
     sender: Sender,
-    staff_authority: str | None,
+    staff_authority: tuple[Authority, str] | None,
     ticket: TicketRef | None,
     body: str,
     new_ticket: tuple[Routing, str],
@@ -194,24 +205,30 @@ def decide(
 
 
 def _decide_staff(
-    sender: Sender, authority: str | None, ticket: TicketRef | None, body: str
+    sender: Sender, authority: tuple[Authority, str] | None, ticket: TicketRef | None,
+    body: str,
 ) -> Decision:
-    if authority is None:
-        return Quarantine(
-            f"technician address {sender.email} without a signed reply address or trusted "
-            "authentication: possibly forged, nothing done"
-        )
-    if ticket is None:
-        return Quarantine(f"mail from technician {sender.email} matches no ticket")
+    if ticket is None or authority is None:
+        return Quarantine(f"mail from technician {sender.email} matches no ticket: "
+                          "nothing done")
+    level, why = authority
+    if level is Authority.NONE:
+        return RefuseStaffMail(ticket, f"refused, possibly forged: {why}")
     commands, text = read_commands(body)
     problem = _check_commands(commands)
     if problem:
         return Quarantine(f"technician command refused: {problem}")
+    refused = ""
+    if commands and level is Authority.ANSWER:
+        refused = f"{' '.join('#' + c.name for c in commands)} not done: {why}"
+        if not text:
+            return RefuseStaffMail(ticket, refused)
+        commands = ()
     if ticket.status not in OPEN_STATES and text:
         # A closed ticket is never reopened: what a technician adds is kept as a note.
         return StaffReply(ticket, f"note on closed ticket {ticket.number}", text,
-                          (StaffCommand("note"),))
+                          (StaffCommand("note"),), refused)
     if not text and not commands:
         return Ignore(f"empty mail from technician {sender.email}")
-    return StaffReply(ticket, f"technician {sender.email} on {ticket.number} ({authority})",
-                      text, commands)
+    return StaffReply(ticket, f"technician {sender.email} on {ticket.number} ({why})",
+                      text, commands, refused)

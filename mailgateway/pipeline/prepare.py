@@ -15,7 +15,7 @@ from typing import Any
 
 from mailgateway.config import Settings
 from mailgateway.pipeline.classify import Classification, OwnMarks, classify
-from mailgateway.pipeline.identify import staff_authority
+from mailgateway.pipeline.identify import vouched_by_mta
 from mailgateway.pipeline.parse import ParsedMail, parse_mail
 from mailgateway.pipeline.quote import strip_quotes
 from mailgateway.pipeline.route import Routing, route_new_ticket
@@ -93,7 +93,9 @@ class Findings:
 
     classification: Classification
     keys: ThreadKeys
-    staff_authority: str | None
+    # Our MTA authenticated the From address (what a technician's mail may do also
+    # depends on the transport that brought it: `process.analyse`).
+    vouched: bool
     new_ticket: tuple[Routing, str] | None  # None for automatic mail, never answered
     # The text without its quotes, should the mail be a reply; None when no tag, token
     # or reference could make it one (a new request: its quotes are kept).
@@ -132,7 +134,7 @@ def find(settings: FindingSettings, mail: ParsedMail, *, unquote: bool = True) -
     human = classification.kind is None
     may_reply = bool(keys.tag_number or keys.token or keys.references)
     return Findings(
-        classification, keys, staff_authority(mail, keys.token, settings.trusted_authserv_ids),
+        classification, keys, vouched_by_mta(mail, settings.trusted_authserv_ids),
         route_new_ticket(mail.text) if human else None,
         strip_quotes(mail.text) if human and unquote and may_reply else None,
     )

@@ -19,7 +19,14 @@ from mailgateway.db.models import InboxMail, InboxStatus, Ticket
 from mailgateway.pipeline import apply
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.context import Analysis, Pipeline
-from mailgateway.pipeline.identify import Sender, identify
+from mailgateway.pipeline.identify import (
+    Authority,
+    Sender,
+    SenderKind,
+    StaffProof,
+    identify,
+    staff_authority,
+)
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.prepare import Findings, find, finding_settings
 from mailgateway.pipeline.quote import strip_quotes
@@ -32,9 +39,11 @@ log = structlog.get_logger()
 
 def analyse(
     store: Store, pipeline: Pipeline, mail: ParsedMail, envelope_from: str | None = None,
-    findings: Findings | None = None,
+    findings: Findings | None = None, *, trusts_authentication_results: bool = False,
 ) -> Analysis:
-    """Classify, identify, thread and decide; reads the database, writes nothing."""
+    """Classify, identify, thread and decide; reads the database, writes nothing.
+    `trusts_authentication_results`: the mail came through a transport whose MTA
+    removes Authentication-Results headers of its name from incoming mail."""
     settings = pipeline.settings
     found = findings or find(finding_settings(settings), mail, unquote=False)
     classification = found.classification
@@ -52,7 +61,8 @@ def analyse(
             body = found.unquoted if found.unquoted is not None else strip_quotes(mail.text)
         decision = d.decide(
             sender=sender,
-            staff_authority=found.staff_authority,
+            staff_authority=_staff_authority(
+                pipeline, sender, ticket, found, trusts_authentication_results),
             ticket=_ref(ticket, found_by) if ticket is not None else None,
             body=body,
             new_ticket=found.new_ticket or route_new_ticket(mail.text),
@@ -66,7 +76,8 @@ def process_inbox_mail(
     findings: Findings | None = None,
 ) -> Analysis:
     """Apply the decision for the stored mail `row` and record its fate on the row."""
-    analysis = analyse(store, pipeline, mail, row.envelope_from, findings)
+    analysis = analyse(store, pipeline, mail, row.envelope_from, findings,
+                       trusts_authentication_results=row.trusts_authentication_results)
     decision = analysis.decision
     row.subject = mail.subject[:1000]
     row.sender = analysis.sender.email[:320] or None
@@ -85,6 +96,9 @@ def process_inbox_mail(
             ticket = apply.add_customer_reply(store, pipeline, analysis, decision, row)
         case d.StaffReply(reason=reason):
             ticket = apply.add_staff_reply(store, pipeline, analysis, decision, row)
+        case d.RefuseStaffMail(reason=reason):
+            status = InboxStatus.QUARANTINED
+            ticket = apply.refuse_staff_mail(store, pipeline, analysis, decision)
     row.status, row.reason, row.processed_at = status.value, reason, pipeline.clock.now()
     row.ticket = ticket
     log.info("mail processed", status=row.status, reason=reason,
@@ -123,6 +137,19 @@ def _identify(store: Store, mail: ParsedMail, envelope_from: str | None) -> Send
     if not email:
         return identify("", mail.from_name, ())
     return identify(email, mail.from_name, store.directory(email))
+
+
+def _staff_authority(
+    pipeline: Pipeline, sender: Sender, ticket: Ticket | None, found: Findings, trusted: bool
+) -> tuple[Authority, str] | None:
+    """What a technician's mail may do to the ticket it names; None for anyone else's."""
+    if sender.kind is not SenderKind.STAFF or ticket is None:
+        return None
+    helpdesk, groups = pipeline.settings.helpdesk, pipeline.settings.groups
+    proof = StaffProof(found.keys.token, found.vouched and trusted, helpdesk.secret,
+                       pipeline.clock.now().date(), helpdesk.staff_token_max_age_days)
+    group = groups[sender.group].address if sender.group and sender.group in groups else None
+    return staff_authority(proof, sender.email, group, ticket.number)
 
 
 def _ref(ticket: Ticket, found_by: str) -> d.TicketRef:

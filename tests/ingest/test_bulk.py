@@ -20,11 +20,17 @@ from mailgateway.ingest.bulk import import_archive
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.outbound.queue import enqueue
 from mailgateway.pipeline.prepare import finding_settings, prepare_mail
-from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
 from mailgateway.service import Gateway, Outcome
 from mailgateway.store import Store
 from mailgateway.views import show_ticket
-from tests.mails import CUSTOMER, PERSON, TECHNICIAN, build_mail, register_desk
+from tests.mails import (
+    CUSTOMER,
+    PERSON,
+    TECHNICIAN,
+    build_mail,
+    register_desk,
+    staff_reply_address,
+)
 
 TAG = "[Ticket#{number}]"
 
@@ -49,8 +55,7 @@ def inbox_fates(gateway: Gateway) -> list[tuple[str, str | None]]:
 
 
 def staff_reply_to(settings: Settings, number: str) -> str:
-    token = ReplyToken(TokenPurpose.STAFF, number)
-    return reply_address(settings.helpdesk.address, settings.helpdesk.secret, token)
+    return staff_reply_address(number, secret=settings.helpdesk.secret)
 
 
 @pytest.fixture

@@ -13,11 +13,18 @@ from sqlalchemy import func, select
 from mailgateway.config import Settings
 from mailgateway.db.models import Account, InboxMail, InboxRaw, Message, OutboxMail, Ticket
 from mailgateway.outbound.intent import QueuedMail
-from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
 from mailgateway.service import Gateway
 from mailgateway.tickets import format_tag
 from mailgateway.views import list_inbox, show_ticket
-from tests.mails import CUSTOMER, PERSON, TECHNICIAN, build_mail, deliver, register_desk
+from tests.mails import (
+    CUSTOMER,
+    PERSON,
+    TECHNICIAN,
+    build_mail,
+    deliver,
+    register_desk,
+    staff_reply_address,
+)
 
 TAG = "[Ticket#{number}]"
 
@@ -173,9 +180,7 @@ def test_reply_over_attachment_limit_is_refused_by_name(desk: Gateway, settings:
 
 def test_customer_reply_moves_risposto_to_in_gestione(desk: Gateway) -> None:
     open_first_ticket(desk)
-    staff_token = reply_address(
-        "assistenza@example.com", "test-secret", ReplyToken(TokenPurpose.STAFF, "2026-000001")
-    )
+    staff_token = staff_reply_address("2026-000001")
     deliver(
         desk,
         build_mail(
@@ -214,9 +219,7 @@ def test_forged_technician_mail_changes_nothing(desk: Gateway) -> None:
 
 def test_technician_commands(desk: Gateway) -> None:
     open_first_ticket(desk)
-    token = reply_address(
-        "assistenza@example.com", "test-secret", ReplyToken(TokenPurpose.STAFF, "2026-000001")
-    )
+    token = staff_reply_address("2026-000001")
     deliver(
         desk,
         build_mail(
@@ -275,9 +278,7 @@ def test_unknown_sender_accepted_under_unverified_account(settings: Settings, cl
 
 def close_first_ticket(gateway: Gateway) -> None:
     open_first_ticket(gateway)
-    token = reply_address(
-        "assistenza@example.com", "test-secret", ReplyToken(TokenPurpose.STAFF, "2026-000001")
-    )
+    token = staff_reply_address("2026-000001")
     deliver(gateway, build_mail(sender=TECHNICIAN, to=[token], subject="x", body="#chiudi"))
 
 
@@ -389,9 +390,11 @@ def test_technician_vouched_by_trusted_mta(settings: Settings, clock: Any, resul
         settings.helpdesk, trusted_authserv_ids=("mx.example.com",))), clock)
     register_desk(trusting)
     open_first_ticket(trusting)
-    status = deliver(trusting, build_mail(
+    received = trusting.receive(build_mail(
         sender=TECHNICIAN, subject="Re: [Ticket#2026-000001]", body="#chiudi",
-        headers={"Authentication-Results": results}))
+        headers={"Authentication-Results": results}), transport="lmtp",
+        trust_authentication_results=True)
+    status = trusting.process(received.inbox_id)
     assert (status, ticket(trusting)["status"]) == (
         ("processed", "CHIUSO") if acts else ("quarantined", "APERTO"))
     trusting.close()
