@@ -125,6 +125,8 @@ class OutboundSettings:
     poll_seconds: float = 2.0
     auto_answer_limit: int = 10
     auto_answer_window_minutes: int = 10
+    # Refusals to senders the desk does not know, all addresses together.
+    stranger_answers_per_hour: int = 60
 
     def resolved_password(self) -> str:
         """The relay password, from the environment variable when one is named."""

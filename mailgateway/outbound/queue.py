@@ -88,8 +88,11 @@ def ticket_context(settings: Settings, ticket: Ticket) -> dict[str, Any]:
 
 
 def _is_own_address(settings: Settings, address: str) -> bool:
-    """The helpdesk address or a signed variant of it: mailing it would loop."""
+    """The helpdesk address or a signed variant of it, or a group's address: an
+    automatic answer to it would loop."""
     local, _, domain = address.lower().partition("@")
+    if address.lower() in {g.address.lower() for g in settings.groups.values()}:
+        return True
     our_local, _, our_domain = settings.helpdesk.address.lower().partition("@")
     return domain == our_domain and local.partition("+")[0] == our_local
 
@@ -172,8 +175,9 @@ def enqueue(
     seen: set[str] = set()
     to, cc = _unique(intent.to, seen), _unique(intent.cc, seen)
     if intent.automatic:
-        # An automatic answer to ourselves would be a loop; a notice to the desk's own
-        # address (a group without one) is deliberate, and comes back marked as ours.
+        # An automatic answer to ourselves or a group would be a loop; a notice to the
+        # desk's own address (a group without one) is deliberate, and comes back marked
+        # as ours.
         to = [a for a in to if not _is_own_address(settings, a)]
         cc = [a for a in cc if not _is_own_address(settings, a)]
         blocked = _over_limit(store, settings, now, to + cc)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from email.utils import parseaddr
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailgateway.attachments import safe_filename
@@ -21,6 +22,7 @@ from mailgateway.db.models import (
     Attachment,
     InboxMail,
     Message,
+    OutboxMail,
     Person,
     Staff,
     Ticket,
@@ -125,15 +127,46 @@ def _mail(
 
 
 def apply_reject(
-    store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.Reject
+    store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.Reject, row: InboxMail
 ) -> Ticket | None:
     ticket = analysis.ticket if decision.ticket is not None else None
     if ticket is not None:
         record_event(store.session, ticket, "refused_mail", actor=analysis.sender.email,
                      at=pipeline.clock.now(), reason=decision.reason)
-    _mail(store, pipeline, analysis, decision.answer, (analysis.mail.from_addr,), ticket,
-          subject=analysis.mail.subject, reason=decision.reason)
-    return ticket
+        _mail(store, pipeline, analysis, decision.answer, (analysis.mail.from_addr,), ticket,
+              subject=analysis.mail.subject, reason=decision.reason)
+        return ticket
+    # No ticket: the sender is a stranger, and From may be anyone's.
+    to = _stranger_address(analysis.mail, row.envelope_from)
+    limit = pipeline.settings.outbound.stranger_answers_per_hour
+    if to is None:
+        log.info("refusal not sent", reason="From does not match the envelope sender")
+    elif _strangers_answered(store, pipeline) >= limit:
+        log.warning("refusal not sent", reason="hourly limit of answers to strangers reached")
+    else:
+        _mail(store, pipeline, analysis, decision.answer, (to,), None, sender=to,
+              reason=decision.reason)
+    return None
+
+
+def _stranger_address(mail: ParsedMail, envelope_from: str | None) -> str | None:
+    """Where a refusal to a sender we do not know may go: its From, only when the
+    envelope sender (or the Return-Path its MTA wrote) is that same address. Anyone
+    can write any From: answering it would mail our refusals to third parties."""
+    envelope = envelope_from if envelope_from is not None else mail.header("Return-Path")
+    bare = parseaddr(envelope or "")[1].strip().lower()
+    return mail.from_addr if bare and bare == mail.from_addr.lower() else None
+
+
+def _strangers_answered(store: Store, pipeline: Pipeline) -> int:
+    since = pipeline.clock.now() - timedelta(hours=1)
+    return store.session.scalar(
+        select(func.count()).select_from(OutboxMail).where(
+            OutboxMail.kind.in_(_STRANGER_KINDS), OutboxMail.ticket_id.is_(None),
+            OutboxMail.created_at > since)) or 0
+
+
+_STRANGER_KINDS = (MailKind.UNKNOWN_SENDER.value, MailKind.REJECTED.value)
 
 
 def _unverified_account(store: Store, pipeline: Pipeline, sender: Sender) -> Account:

@@ -89,7 +89,7 @@ def process_inbox_mail(
             status = InboxStatus.QUARANTINED
         case d.Reject():
             status, reason = InboxStatus.IGNORED, f"refused: {decision.reason}"
-            ticket = apply.apply_reject(store, pipeline, analysis, decision)
+            ticket = apply.apply_reject(store, pipeline, analysis, decision, row)
         case d.OpenTicket(reason=reason):
             ticket = apply.open_ticket(store, pipeline, analysis, decision, row)
         case d.CustomerReply(reason=reason):

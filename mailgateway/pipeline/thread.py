@@ -22,6 +22,7 @@ _PREFIX = re.compile(
     r"\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+",
     re.IGNORECASE,
 )
+REFERENCES_KEPT = 50
 _NUMBER = r"(?P<year>\d{4})\s*-\s*(?P<seq>\d{1,9})"
 
 
@@ -86,12 +87,17 @@ def thread_keys(
     helpdesk_address: str,
     secret: str,
 ) -> ThreadKeys:
-    ids: list[str] = []
-    for mid in (*in_reply_to, *reversed(tuple(references))):
-        if mid and mid not in ids:
-            ids.append(mid)
+    """What in the mail can name a ticket. Message-IDs come In-Reply-To first, then
+    References from the newest to the oldest; of a long References only the first
+    and the last `REFERENCES_KEPT` count, as mail clients keep them, so a mail with
+    a hundred thousand ids costs what one with a hundred does."""
+    kept = tuple(references)
+    if len(kept) > 2 * REFERENCES_KEPT:
+        kept = kept[:REFERENCES_KEPT] + kept[-REFERENCES_KEPT:]
+    ids = dict.fromkeys(mid for mid in (*tuple(in_reply_to)[:REFERENCES_KEPT], *reversed(kept))
+                        if mid)
     return ThreadKeys(
         tag_number=find_tag_number(subject, ticket_tag),
         token=find_token(recipients, helpdesk_address, secret),
-        references=tuple(ids[:100]),
+        references=tuple(ids),
     )

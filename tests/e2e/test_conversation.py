@@ -114,7 +114,8 @@ def test_out_of_office_to_the_acknowledgment_gets_no_answer(desk: Gateway,
 
 def test_a_flood_of_mail_gets_at_most_ten_answers(desk: Gateway) -> None:
     for number in range(50):
-        deliver(desk, build_mail(sender="sconosciuto@altrove.test", subject=f"Offerta {number}"))
+        deliver(desk, build_mail(sender="sconosciuto@altrove.test", subject=f"Offerta {number}",
+                                 headers={"Return-Path": "<sconosciuto@altrove.test>"}))
     with desk.sessions() as session:
         answers = session.execute(select(OutboxMail).where(
             OutboxMail.kind == "unknown_sender")).scalars().all()

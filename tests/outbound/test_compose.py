@@ -127,10 +127,10 @@ def test_scheduled_mails_are_auto_generated(settings: Settings, clock: FixedCloc
 
 def test_ticketless_mail_has_no_tag_and_no_token(settings: Settings, clock: FixedClock) -> None:
     intent = _intent(MailKind.UNKNOWN_SENDER, to=("ignoto@altrove.it",))
-    context = settings_context(settings) | {"subject": "Richiesta urgente"}
+    context = settings_context(settings) | {"sender": "ignoto@altrove.it"}
     message = _reparse(compose(settings, clock, intent, context, ticket_number=None))
 
-    assert message["Subject"] == "Indirizzo non registrato: Richiesta urgente"
+    assert message["Subject"] == "Indirizzo non registrato presso Assistenza AM"
     assert message["Reply-To"] is None
     assert message["Auto-Submitted"] == "auto-replied"
     assert "non risulta registrato" in _text(message)

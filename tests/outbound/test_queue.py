@@ -270,7 +270,7 @@ def test_a_ticketless_mail_has_no_thread_ref(
         assert session.scalar(select(func.count()).select_from(ThreadRef)) == 0
     with sessions() as session:
         message = _rendered(settings, clock, session, row.message_id)
-    assert message["Subject"] == "Address not registered: Help"
+    assert message["Subject"] == "Address not registered with Assistenza AM"
     assert message["In-Reply-To"] == "<their@altrove.it>"
 
 

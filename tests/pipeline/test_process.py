@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import undefer
 
 from mailgateway.config import Settings
 from mailgateway.db.models import Account, InboxMail, InboxRaw, Message, OutboxMail, Ticket
@@ -412,3 +413,51 @@ def test_an_address_too_long_to_answer_is_no_sender(desk: Gateway) -> None:
         [row] = [r for r in list_inbox(session) if r["status"] == "quarantined"]
     assert row["reason"].startswith("no sender address")
     assert "254" in row["reason"]
+
+
+def _refusals(gateway: Gateway) -> list[OutboxMail]:
+    with gateway.sessions() as session:
+        return list(session.scalars(select(OutboxMail).options(undefer(OutboxMail.intent))
+                                    .where(OutboxMail.kind == "unknown_sender")
+                                    .order_by(OutboxMail.id)))
+
+
+def test_no_backscatter_a_stranger_is_answered_only_at_its_envelope_address(
+    desk: Gateway,
+) -> None:
+    """From is anyone's to write: the refusal goes to it only when the envelope sender
+    (here the Return-Path its MTA wrote) is the same address, and never quotes the
+    stranger's subject."""
+    spam = "Compra ora: http://spam.test"
+    deliver(desk, build_mail(sender="victim@third.test", subject=spam,
+                             headers={"Return-Path": "<spammer@evil.test>"}))
+    deliver(desk, build_mail(sender="victim@third.test", subject=spam))  # no envelope at all
+    assert _refusals(desk) == []
+    deliver(desk, build_mail(sender="nuovo@studioverdi.it", subject=spam,
+                             headers={"Return-Path": "<Nuovo@StudioVerdi.it>"}))
+    [refusal] = _refusals(desk)
+    assert refusal.recipients == ["nuovo@studioverdi.it"]
+    assert "spam.test" not in str(refusal.intent) and "Compra" not in str(refusal.intent)
+    with desk.sessions() as session:
+        assert [r["status"] for r in list_inbox(session)] == ["ignored"] * 3
+
+
+def test_no_refusal_to_our_own_group_addresses(desk: Gateway) -> None:
+    deliver(desk, build_mail(sender="tecnici@example.com",
+                             headers={"Return-Path": "<tecnici@example.com>"}))
+    assert _refusals(desk) == []
+
+
+def test_refusals_to_strangers_have_an_hourly_cap(settings: Settings, clock: Any) -> None:
+    capped = Gateway(replace(settings, outbound=replace(
+        settings.outbound, stranger_answers_per_hour=3)), clock)
+    register_desk(capped)
+    for n in range(6):
+        stranger = f"s{n}@altrove.test"
+        deliver(capped, build_mail(sender=stranger, headers={"Return-Path": f"<{stranger}>"}))
+    assert len(_refusals(capped)) == 3
+    clock.advance(hours=1)
+    deliver(capped, build_mail(sender="tardi@altrove.test",
+                               headers={"Return-Path": "<tardi@altrove.test>"}))
+    assert len(_refusals(capped)) == 4
+    capped.close()
