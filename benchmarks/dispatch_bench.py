@@ -31,9 +31,9 @@ from mailgateway.config import Settings
 from mailgateway.db.migrate import upgrade
 from mailgateway.db.models import OutboxMail, OutboxStatus
 from mailgateway.db.session import create_db_engine, session_factory
+from mailgateway.outbound.compose import compose_queued
 from mailgateway.outbound.dispatch import dispatch_once, sending_connections
 from mailgateway.outbound.intent import MailIntent, MailKind, new_message_id, outbox_document
-from mailgateway.outbound.queue import compose_queued
 from mailgateway.outbound.transports import SmtpTransport
 
 BODY = (

@@ -55,7 +55,8 @@ from mailgateway.clock import Clock
 from mailgateway.config import OutboundSettings, Settings
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
 from mailgateway.errors import PermanentError, TemporaryError, UserError
-from mailgateway.outbound.queue import compose_queued, purge_auto_answers
+from mailgateway.outbound.compose import compose_queued
+from mailgateway.outbound.queue import purge_auto_answers
 from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
 
 

@@ -6,8 +6,9 @@ ticket change does, and the dispatcher picks it up after the commit. Nothing
 here commits or talks to the network.
 
 What is queued is the intent, with a snapshot of the ticket for the templates
-and the Message-ID it will carry; the dispatcher renders it (`compose_queued`)
-when it sends it, outside the transaction that received the mail.
+and the Message-ID it will carry; the dispatcher renders it
+(`compose.compose_queued`) when it sends it, outside the transaction that
+received the mail.
 
 Automatic mails are rate-limited per recipient (`auto_answer_limit` within
 `auto_answer_window_minutes`), remembered in `auto_answers`: a robot that
@@ -23,7 +24,7 @@ a loop); `recipients` of the row is To then Cc, without duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,29 +37,10 @@ from sqlalchemy.orm import Session
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, Ticket
-from mailgateway.outbound.intent import (
-    MailIntent,
-    QueuedMail,
-    new_message_id,
-    outbox_document,
-    stored_intent,
-)
+from mailgateway.outbound.intent import MailIntent, QueuedMail, new_message_id, outbox_document
 from mailgateway.store import Store
 
 log = structlog.get_logger(__name__)
-
-
-def settings_context(settings: Settings) -> dict[str, Any]:
-    """What every template may use whatever the mail: the desk and its promises."""
-    scheduler = settings.scheduler
-    return {
-        "helpdesk": {"name": settings.helpdesk.name, "address": settings.helpdesk.address},
-        "timezone": settings.sla.timezone,
-        "first_response_hours": settings.sla.first_response_hours,
-        "reminder_days": scheduler.reminder_days,
-        "autoclose_days": scheduler.autoclose_days,
-        "days_left": scheduler.autoclose_days - scheduler.reminder_days,
-    }
 
 
 def ticket_context(settings: Settings, ticket: Ticket) -> dict[str, Any]:
@@ -167,7 +149,7 @@ def enqueue(
     Runs in the caller's transaction and does not commit. The row holds the
     intent with a snapshot of the ticket, and its Message-ID, fixed now so
     that replies to it find the ticket; the dispatcher renders it
-    (`compose_queued`).
+    (`compose.compose_queued`).
     """
     now = clock.now()
     fields = {"transport": "outbound", "ticket": ticket.number if ticket else None,
@@ -205,17 +187,3 @@ def enqueue(
     log.info("outbox_enqueued", message_id=message_id, recipients=to + cc, **fields)
     return QueuedMail(intent.kind, message_id, tuple(to + cc))
 
-
-def compose_queued(
-    settings: Settings, clock: Clock, document: Mapping[str, Any], message_id: str
-) -> bytes:
-    """The bytes of a queued mail, rendered now from what was asked when it was queued.
-
-    Raises `PermanentError` when it cannot be built (a stored file gone).
-    """
-    from mailgateway.outbound.compose import compose
-
-    stored = stored_intent(document)
-    context = settings_context(settings) | dict(stored.intent.context)
-    return compose(settings, clock, stored.intent, context,
-                   ticket_number=stored.ticket_number, message_id=message_id).raw

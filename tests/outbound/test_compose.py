@@ -20,10 +20,12 @@ from mailgateway.outbound.compose import (
     ComposedMail,
     capped_references,
     compose,
+    compose_queued,
+    settings_context,
     tagged_subject,
 )
-from mailgateway.outbound.intent import MailIntent, MailKind
-from mailgateway.outbound.queue import settings_context
+from mailgateway.outbound.intent import MailIntent, MailKind, outbox_document
+from mailgateway.pipeline.parse import parse_mail
 from mailgateway.reply_token import TokenPurpose, read_reply_address
 
 NUMBER = "2026-000123"
@@ -88,6 +90,7 @@ def test_acknowledgment_headers(settings: Settings, clock: FixedClock) -> None:
     assert message["In-Reply-To"] == "<CAF1234@mail.studiorossi.it>"
     assert message["References"] == "<CAF1234@mail.studiorossi.it>"
     assert message["X-Mailgateway-Loop"] == "assistenza@example.com"
+    assert message["X-Mailgateway-Ticket"] == NUMBER
     assert message["Auto-Submitted"] == "auto-replied"
     assert message["X-Auto-Response-Suppress"] == "All"
     assert parsedate_to_datetime(message["Date"]) == clock.now()
@@ -143,18 +146,27 @@ def test_references_keep_the_first_and_the_last_ten() -> None:
     assert capped_references("<a@x>", ["<a@x>", " b@x "]) == ["b@x", "a@x"]
 
 
-def test_long_message_ids_are_folded_between_ids_never_encoded(
+def test_references_drop_ids_that_would_break_threading() -> None:
+    unusable = ["", "two words@x", "perché@x", "x" * 901 + "@x", "a<b@x", "line\nbreak@x"]
+    assert capped_references("c@x", ["a@x", *unusable, "b@x"]) == ["a@x", "b@x", "c@x"]
+    assert capped_references(None, ["a@x"]) == ["a@x"]
+
+
+def test_long_message_ids_are_written_whole_never_encoded(
     settings: Settings, clock: FixedClock
 ) -> None:
     ids = [f"{'x' * 150}{n}@mail.example.org" for n in range(5)]
     intent = _intent(in_reply_to=ids[-1], references=tuple(ids[:-1]))
     raw = compose(settings, clock, intent, _context(settings, clock), ticket_number=NUMBER).raw
-    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    head = raw.split(b"\r\n\r\n", 1)[0]
 
-    assert "=?" not in head.split("References:", 1)[1].split("X-Mailgateway", 1)[0]
-    message = message_from_bytes(raw, policy=policy.default)
-    assert message["References"].split() == [f"<{i}>" for i in ids]
-    assert message["In-Reply-To"] == f"<{ids[-1]}>"
+    # Clients read ids as written: each must appear whole, on one line.
+    for bare in ids:
+        assert f"<{bare}>".encode() in head
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+    parsed = parse_mail(raw)
+    assert parsed.references == tuple(ids)
+    assert parsed.in_reply_to == (ids[-1],)
 
 
 def test_tag_is_not_repeated() -> None:
@@ -184,8 +196,6 @@ def test_accents_headers_and_line_lengths(
 
     assert raw.isascii()
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
-    head = raw.split(b"\r\n\r\n", 1)[0]
-    assert b"Subject: [Ticket#2026-000123]\r\n =?utf-8?q?Perch=C3=A9_la_citt=C3=A0" in head
     message = message_from_bytes(raw, policy=policy.default)
     assert message["Subject"] == f"[Ticket#{NUMBER}] {subject}"
     assert message["Content-Language"] == language
@@ -312,3 +322,145 @@ def test_date_follows_the_clock(settings: Settings, clock: FixedClock) -> None:
     assert parsedate_to_datetime(str(message["Date"])) == clock.now()
     assert replace(settings).helpdesk.domains[0] in str(message["Message-ID"])
     assert message["Message-ID"] == f"<{mail.message_id}>"
+
+
+def test_texts_are_utf8_alternatives_and_files_sit_beside_them(
+    settings: Settings, clock: FixedClock
+) -> None:
+    plain = _reparse(
+        compose(settings, clock, _intent(), _context(settings, clock), ticket_number=NUMBER)
+    )
+    assert plain.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in plain.iter_parts()] == ["text/plain", "text/html"]
+    assert {p.get_content_charset() for p in plain.iter_parts()} == {"utf-8"}
+
+    attachments = [
+        {"filename": "a.pdf", "content_type": "application/pdf", "sha256": _store(settings, b"a")},
+        {"filename": "b", "content_type": "multipart/mixed", "sha256": _store(settings, b"b")},
+    ]
+    context = _context(settings, clock, author="Luca Verdi", attachments=attachments)
+    mixed = _reparse(
+        compose(settings, clock, _intent(MailKind.ANSWER), context, ticket_number=NUMBER)
+    )
+    assert mixed.get_content_type() == "multipart/mixed"
+    assert [p.get_content_type() for p in mixed.iter_parts()] == [
+        "multipart/alternative", "application/pdf", "application/octet-stream",
+    ]
+    assert [p["Content-Transfer-Encoding"] for p in mixed.iter_attachments()] == ["base64"] * 2
+    assert [p.get_content() for p in mixed.iter_attachments()] == [b"a", b"b"]
+
+
+def test_the_gateway_reads_back_what_was_written(settings: Settings, clock: FixedClock) -> None:
+    name = "Ricevuta n° 7 — perché è così lunga la descrizione di questo file.pdf"
+    attachments = [
+        {"filename": name, "content_type": "application/pdf", "sha256": _store(settings, b"%PDF")}
+    ]
+    context = _context(
+        settings, clock, author="Luca Verdi", attachments=attachments,
+        body="Però la città è «bella».\nSeconda riga.",
+    )
+    intent = _intent(
+        MailKind.ANSWER,
+        to=("Niccolò Bianchi <niccolo@studiorossi.it>",),
+        cc=("rossi@studiorossi.it", '"Ufficio, Amministrazione" <amm@studiorossi.it>'),
+    )
+    raw = compose(settings, clock, intent, context, ticket_number=NUMBER).raw
+    parsed = parse_mail(raw)
+
+    assert parsed.subject == f"[Ticket#{NUMBER}] Errore 98,20 su MOCO: perché?"
+    assert (parsed.from_name, parsed.from_addr) == ("Assistenza AM", "assistenza@example.com")
+    assert parsed.to == ("niccolo@studiorossi.it",)
+    assert parsed.cc == ("rossi@studiorossi.it", "amm@studiorossi.it")
+    assert "Però la città è «bella»." in parsed.text
+    assert parsed.html is not None and "Però la città è «bella»." in parsed.html
+    assert [a.filename for a in parsed.attachments] == [name]
+    assert parsed.date == clock.now()
+
+
+def test_lines_end_with_crlf(settings: Settings, clock: FixedClock) -> None:
+    context = _context(settings, clock, body="uno\ndue\r\ntre\rquattro")
+    raw = compose(settings, clock, _intent(), context, ticket_number=NUMBER).raw
+    assert raw.count(b"\n") == raw.count(b"\r\n") == raw.count(b"\r")
+
+
+@pytest.mark.parametrize(
+    "helpdesk",
+    [
+        {"name": "Assistenza AM\r\nBcc: spia@altrove.it"},
+        {"name": "Assistenza AM\nBcc: spia@altrove.it"},
+        {"address": "assistenza@example.com\nBcc: spia@altrove.it"},
+    ],
+)
+def test_a_line_break_in_the_helpdesk_name_or_address_is_refused(
+    settings: Settings, clock: FixedClock, helpdesk: dict[str, str]
+) -> None:
+    settings = replace(settings, helpdesk=replace(settings.helpdesk, **helpdesk))
+    with pytest.raises(ValueError, match="line break"):
+        compose(settings, clock, _intent(), _context(settings, clock), ticket_number=NUMBER)
+
+
+@pytest.mark.parametrize(
+    "recipients",
+    [
+        {"to": ("niccolo@studiorossi.it\r\nBcc: spia@altrove.it",)},
+        {"to": ("Niccolò\n <niccolo@studiorossi.it>",)},
+        {"cc": ("rossi@studiorossi.it\nBcc: spia@altrove.it",)},
+    ],
+)
+def test_a_line_break_in_a_recipient_is_refused(
+    settings: Settings, clock: FixedClock, recipients: dict[str, tuple[str, ...]]
+) -> None:
+    intent = _intent(**recipients)
+    with pytest.raises(ValueError, match="line break"):
+        compose(settings, clock, intent, _context(settings, clock), ticket_number=NUMBER)
+
+
+def test_a_domain_that_is_not_ascii_goes_out_in_idna(settings: Settings, clock: FixedClock) -> None:
+    intent = _intent(to=("Niccolò <niccolo@città.it>",), cc=("ufficio@società.it",))
+    raw = compose(settings, clock, intent, _context(settings, clock), ticket_number=NUMBER).raw
+    parsed = parse_mail(raw)
+    assert parsed.to == ("niccolo@xn--citt-3na.it",)
+    assert parsed.cc == ("ufficio@xn--societ-nta.it",)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Assistenza " + "A" * 2000,
+        "Assistenza clienti, " + "sede di Forlì e Cesena " * 60,
+        "Assistenza clienti, " + "sede di Forli e Cesena " * 60,
+        '"Assistenza" ' * 200,
+    ],
+    ids=["long word", "long with accents", "long to quote", "quotes"],
+)
+def test_long_names_and_words_never_make_a_line_over_998_octets(
+    settings: Settings, clock: FixedClock, name: str
+) -> None:
+    settings = replace(settings, helpdesk=replace(settings.helpdesk, name=name))
+    context = _context(
+        settings, clock, subject="Errore " + "x" * 2000 + " perché " + "è" * 2000,
+        body="y" * 2000 + " " + "ù" * 2000, author="Luca Verdi", attachments=[],
+    )
+    intent = _intent(MailKind.ANSWER, to=(f"Niccolò {'B' * 2000} <niccolo@studiorossi.it>",))
+    raw = compose(settings, clock, intent, context, ticket_number=NUMBER).raw
+
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    parsed = parse_mail(raw)
+    assert parsed.from_name == " ".join(name.split())
+    assert parsed.from_addr == "assistenza@example.com"
+    assert parsed.to == ("niccolo@studiorossi.it",)
+    assert parsed.subject == f"[Ticket#{NUMBER}] " + context["subject"]
+    assert "y" * 2000 in parsed.text and "ù" * 2000 in parsed.text
+
+
+def test_a_queued_mail_is_composed_with_its_message_id(
+    settings: Settings, clock: FixedClock
+) -> None:
+    context = {"subject": "Errore 98,20 su MOCO", "number": NUMBER, "customer": "Niccolò"}
+    document = outbox_document(_intent(context=context), NUMBER)
+    raw = compose_queued(settings, clock, document, "mg.queued@example.com")
+
+    parsed = parse_mail(raw)
+    assert parsed.message_id == "mg.queued@example.com"
+    assert parsed.subject == f"[Ticket#{NUMBER}] Errore 98,20 su MOCO"
+    assert "Assistenza AM" in parsed.text  # the desk's name, from `settings_context`

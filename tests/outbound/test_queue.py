@@ -13,8 +13,9 @@ from structlog.testing import capture_logs
 from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
 from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
+from mailgateway.outbound.compose import compose_queued
 from mailgateway.outbound.intent import MailIntent, MailKind, stored_intent
-from mailgateway.outbound.queue import compose_queued, enqueue, purge_auto_answers
+from mailgateway.outbound.queue import enqueue, purge_auto_answers
 from mailgateway.store import SessionStore
 from tests.outbound.conftest import TicketFactory, outbox_ids
 
