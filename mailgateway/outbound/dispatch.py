@@ -25,11 +25,12 @@ retried row is rendered again and a sent one shows what went out.
 
 Outcomes: accepted → `sent`; `TemporaryError` → `attempts + 1` and a later
 `next_attempt_at` (exponential backoff with jitter), or `dead` once
-`max_attempts` or `max_age_hours` is reached; `PermanentError` → `failed`
-with the server's answer in `last_error` (or why the mail could not be
-rendered: a stored file gone, a broken template). When the relay itself is
-unreachable, the rest of the batch is postponed to the same instant without
-spending its attempts. `retry()` puts a failed or dead row back in the queue.
+`max_attempts` or `max_age_hours` is reached (both `resend_backoff`);
+`PermanentError` → `failed` with the server's answer in `last_error` (or why
+the mail could not be rendered: a stored file gone, a broken template). When
+the relay itself is unreachable, the rest of the batch is postponed to the
+same instant without spending its attempts. `retry()` puts a failed or dead
+row back in the queue.
 """
 
 from __future__ import annotations
@@ -47,9 +48,6 @@ from typing import Any, cast
 import structlog
 from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import RetryCallState, Retrying, stop_after_attempt, stop_after_delay
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base, wait_exponential_jitter
 
 from mailgateway.clock import Clock
 from mailgateway.config import OutboundSettings, Settings
@@ -57,6 +55,7 @@ from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
 from mailgateway.errors import PermanentError, TemporaryError, UserError
 from mailgateway.outbound.queue import compose_queued, purge_auto_answers
 from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
+from mailgateway.retry import Backoff
 
 
 def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
@@ -65,40 +64,12 @@ def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
     return logger.bind(transport="outbound", **values)
 
 
-# --- retry policy: the one place that decides when to try again --------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff between attempts and when to give up, as tenacity policy objects.
-
-    The dispatcher does not sleep between attempts (the row waits in the
-    database), so the policies are evaluated on a call state built from the
-    row: its attempt count and its age.
-    """
-
-    wait: wait_base
-
-    def _state(self, attempts: int, age: timedelta) -> RetryCallState:
-        state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
-        state.attempt_number = attempts
-        state.start_time = 0.0
-        state.outcome_timestamp = age.total_seconds()
-        return state
-
-    def delay(self, attempts: int) -> timedelta:
-        """How long to wait after the `attempts`-th failed attempt."""
-        return timedelta(seconds=self.wait(self._state(attempts, timedelta(0))))
-
-    def gives_up(self, settings: OutboundSettings, attempts: int, age: timedelta) -> bool:
-        stop: stop_base = stop_after_attempt(settings.max_attempts) | stop_after_delay(
-            timedelta(hours=settings.max_age_hours)
-        )
-        return bool(stop(self._state(attempts, age)))
-
-
-# 30 s, 1 min, 2 min, … capped at one hour, plus up to 30 s so retries spread out.
-RETRY_POLICY = RetryPolicy(wait=wait_exponential_jitter(multiplier=30, max=3600, jitter=30))
+def resend_backoff(settings: OutboundSettings) -> Backoff:
+    """When to try a mail again after a temporary failure, and when to give up: 30 s,
+    1 min, 2 min, … capped at one hour, plus up to 30 s so retries spread out; the
+    attempt that reaches `max_attempts`, or `max_age_hours` after queueing, is the last."""
+    return Backoff(initial=30, maximum=3600, max_attempts=settings.max_attempts,
+                   max_elapsed=settings.max_age_hours * 3600)
 
 
 def lease_length(settings: OutboundSettings) -> timedelta:
@@ -229,11 +200,12 @@ def _after_temporary(
 ) -> tuple[str, datetime]:
     """Schedule the next attempt or give up; returns the new status and next instant."""
     attempts = mail.attempts + 1
-    if RETRY_POLICY.gives_up(settings.outbound, attempts, now - mail.created_at):
+    backoff = resend_backoff(settings.outbound)
+    if backoff.gives_up(attempts, (now - mail.created_at).total_seconds()):
         _set(session, [mail.id], status=OutboxStatus.DEAD, attempts=attempts,
              last_error=error, claimed_until=None)
         return OutboxStatus.DEAD, now
-    next_at = now + RETRY_POLICY.delay(attempts)
+    next_at = now + timedelta(seconds=backoff.delay(attempts))
     _set(session, [mail.id], attempts=attempts, next_attempt_at=next_at,
          last_error=error, claimed_until=None)
     return OutboxStatus.PENDING, next_at
