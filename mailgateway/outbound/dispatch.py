@@ -15,7 +15,9 @@ acceptance and that commit: one send. Widening it (committing per batch)
 would trade duplicates for speed; the speed comes instead from sending a
 batch over a few SMTP sessions kept open (`outbound.connections` sending
 threads, each with its own session), and on SQLite from queueing the
-threads' commits in-process rather than letting them collide on its lock.
+threads' commits in-process (the engine's one writer lock, which the
+listener and the processor take too) rather than letting them collide on
+SQLite's own lock.
 A batch stops before its lease can run out, so no other dispatcher can
 claim a row this one is still sending.
 
@@ -40,7 +42,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -52,6 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway.clock import Clock
 from mailgateway.config import OutboundSettings, Settings
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
+from mailgateway.db.session import write_lock
 from mailgateway.errors import PermanentError, TemporaryError, UserError
 from mailgateway.outbound.queue import compose_queued, purge_auto_answers
 from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
@@ -328,16 +331,19 @@ def dispatch_once(
     workers = connections or sending_connections(settings.outbound)
     try:
         with sessions() as session, ThreadPoolExecutor(workers, "outbox") as pool:
-            # SQLite takes one writer at a time and makes the others sleep-poll for the
-            # lock; queueing the sending threads' commits here is much faster.
-            sqlite = session.get_bind().dialect.name == "sqlite"
-            writing: AbstractContextManager[Any] = threading.Lock() if sqlite else nullcontext()
-            # The rate limiter's expired rows go here, in the first claim's commit.
-            purge_auto_answers(session, settings, clock.now())
+            # SQLite takes one writer at a time and makes the others sleep-poll for its
+            # lock; queueing every transaction here on the engine's one writer lock (the
+            # listener's and the processor's too) is much faster.
+            writing = write_lock(session.get_bind().engine)
+            first = True
             while True:
                 now = clock.now()
-                claimed = _claim(session, settings, now, now + lease)
-                session.commit()
+                with writing:
+                    if first:  # the rate limiter's expired rows go in the first claim's commit
+                        purge_auto_answers(session, settings, now)
+                        first = False
+                    claimed = _claim(session, settings, now, now + lease)
+                    session.commit()
                 if not claimed:
                     return report
                 batch = _Batch(deque(claimed), now + lease, margin, should_stop, report, writing)
@@ -352,13 +358,15 @@ def dispatch_once(
                 rest = [mail.id for mail in batch.mails]
                 if batch.relay_back_at is not None:
                     if rest:
-                        _set(session, rest, claimed_until=None,
-                             next_attempt_at=batch.relay_back_at)
+                        with writing:
+                            _set(session, rest, claimed_until=None,
+                                 next_attempt_at=batch.relay_back_at)
                         report.deferred += len(rest)
                     return report
                 if batch.stopped:
                     if rest:
-                        _set(session, rest, claimed_until=None)
+                        with writing:
+                            _set(session, rest, claimed_until=None)
                     return report
     finally:
         transport.close()
