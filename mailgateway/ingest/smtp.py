@@ -39,9 +39,9 @@ _TEMPFAIL = "451 4.3.0 Mail not stored, try again later"
 _SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 _BUSY = "421 4.7.0 Too many connections, try again later"
 _HEADER_SCAN_BYTES = 65_536
-# Commits run on threads of their own, so that other components' work on the
-# shared default executor (the processor, pollers) never queues in front of an
-# ACK. Eight covers the usual parallelism of a sending MTA.
+# Commits run on threads of their own, so that no other work on the event loop's
+# default executor ever queues in front of an ACK. Eight covers the usual
+# parallelism of a sending MTA.
 _COMMIT_THREADS = 8
 # Zero in a limit means "no limit", as it does for smtp.max_message_bytes.
 _FOREVER_SECONDS = 365 * 86_400.0

@@ -58,6 +58,7 @@ from mailgateway.db.session import write_lock
 from mailgateway.errors import PermanentError, TemporaryError, UserError
 from mailgateway.outbound.queue import compose_queued, purge_auto_answers
 from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
+from mailgateway.passes import Passes
 from mailgateway.retry import Backoff
 
 
@@ -395,7 +396,11 @@ def retry(session: Session, outbox_id: int, now: datetime | None = None) -> Outb
 
 
 class Dispatcher:
-    """Runs `dispatch_once` in a worker thread every `poll_seconds`, or sooner when woken."""
+    """Runs `dispatch_once` on a thread of its own every `poll_seconds`, or sooner when woken.
+
+    A pass in progress when the server stops ends after its current mail; one that
+    raises (the database away, say) is logged and tried again next round.
+    """
 
     def __init__(
         self,
@@ -408,51 +413,21 @@ class Dispatcher:
         self._settings = settings
         self._clock = clock
         self._transport = transport or build_transport(settings)
-        self._wakeup: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._passes = Passes("dispatch", self._dispatch,
+                              interval=settings.outbound.poll_seconds)
 
     def wake(self) -> None:
         """Ask for a pass now (new mail queued); safe to call from any thread."""
-        loop, wakeup = self._loop, self._wakeup
-        if loop is not None and wakeup is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wakeup.set)
+        self._passes.wake()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Dispatch until `stopping` is set; a pass in progress ends after its current mail."""
-        wakeup = self._wakeup = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
+        """Dispatch until `stopping` is set."""
         _log().info("dispatcher_started", poll_seconds=self._settings.outbound.poll_seconds)
         try:
-            while not stopping.is_set():
-                wakeup.clear()
-                try:
-                    await asyncio.to_thread(
-                        dispatch_once,
-                        self._sessions,
-                        self._settings,
-                        self._clock,
-                        self._transport,
-                        should_stop=stopping.is_set,
-                    )
-                except Exception:  # the database may be away; try again next round
-                    _log().exception("dispatch_pass_failed")
-                await self._pause(stopping, wakeup)
+            await self._passes.run(stopping)
         finally:
-            self._loop = self._wakeup = None
             _log().info("dispatcher_stopped")
 
-    async def _pause(self, stopping: asyncio.Event, wakeup: asyncio.Event) -> None:
-        waiters = [
-            asyncio.create_task(stopping.wait()),
-            asyncio.create_task(wakeup.wait()),
-        ]
-        try:
-            await asyncio.wait(
-                waiters,
-                timeout=self._settings.outbound.poll_seconds,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+    def _dispatch(self) -> None:
+        dispatch_once(self._sessions, self._settings, self._clock, self._transport,
+                      should_stop=self._passes.stopping)
