@@ -25,8 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 import structlog
 from imapclient import IMAPClient
@@ -40,6 +38,7 @@ from mailgateway.config import ImapSettings, check_imap_settings
 from mailgateway.errors import ConfigError, PermanentError, TemporaryError
 from mailgateway.ingest import Received, Receiver
 from mailgateway.passes import Passes
+from mailgateway.pipeline.prepare import raw_message_id
 from mailgateway.retry import Backoff, Outage
 
 __all__ = ["ImapConnectionError", "ImapFolderError", "ImapLoginError", "ImapPoller", "StoreError"]
@@ -89,14 +88,6 @@ def _after_failure(outage: Outage, error: Exception) -> float:
     if isinstance(error, ImapConnectionError):
         return outage.failed("connection lost, reconnecting", error)
     return outage.failed("unexpected", error, unexpected=True)
-
-
-def _message_id(raw: bytes) -> str | None:
-    """The Message-ID for log lines, read from the header block only."""
-    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
-    header = raw[: min(ends)] if ends else raw[:65536]
-    value = BytesHeaderParser(policy=compat32).parsebytes(header).get("Message-ID")
-    return str(value).strip() if value else None
 
 
 def _batches(uids: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -415,7 +406,7 @@ class ImapPoller:
 
     def _store_and_process(self, uid: int, raw: bytes | None) -> str:
         """Commit (unless already committed under this UID), then run the pipeline."""
-        message_id = _message_id(raw) if raw is not None else None
+        message_id = raw_message_id(raw) if raw is not None else None
         log = self._log.bind(uid=uid, message_id=message_id)
         try:
             if raw is None:
