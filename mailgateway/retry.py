@@ -2,10 +2,12 @@
 
 Two pieces, so every component waits and reports the same way:
 
-`Backoff` is the policy: tenacity's exponential wait with jitter, capped. It
-answers "how long after the N-th consecutive failure" and never sleeps, so a
-caller waits however suits it (a stop flag's `wait`, a row's next attempt time)
-and tests need no clock.
+`Backoff` is the policy: tenacity's exponential wait with jitter, capped, and
+optionally when to give up. It answers "how long after the N-th consecutive
+failure" and "is that one the last" and never sleeps, so a caller waits however
+suits it (a stop flag's `wait`, a row's next attempt time) and tests need no
+clock. The IMAP poller reconnects with one; the outbound dispatcher resends with
+another.
 
 `Outage` is the bookkeeping around it: it counts the failures of one outage,
 asks the backoff for each wait, and logs the outage once when it starts (and
@@ -20,16 +22,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from tenacity import RetryCallState, Retrying, wait_exponential_jitter, wait_fixed
-from tenacity.wait import wait_base
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    stop_after_attempt,
+    stop_after_delay,
+    stop_never,
+    wait_exponential_jitter,
+    wait_fixed,
+)
+from tenacity.stop import stop_base
 
 __all__ = ["Backoff", "Outage"]
 
 
-def _call_state(attempt: int) -> RetryCallState:
-    """A tenacity call state for evaluating a wait policy outside tenacity's loop."""
+def _call_state(attempt: int, elapsed: float = 0.0) -> RetryCallState:
+    """A tenacity call state for evaluating a policy outside tenacity's loop: the
+    `attempt`-th attempt (counted from 1), `elapsed` seconds after the first."""
     state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
     state.attempt_number = attempt
+    state.start_time = 0.0
+    state.outcome_timestamp = elapsed
     return state
 
 
@@ -39,22 +52,15 @@ class Backoff:
 
     Every wait adds a random part of up to `jitter` seconds (by default `initial`)
     so clients that failed together do not all come back at the same moment.
+    With `max_attempts` or `max_elapsed` (seconds since the first attempt) set,
+    the attempt that reaches either is the last; without them it never gives up.
     """
 
     initial: float
     maximum: float
     jitter: float | None = None
-
-    @property
-    def wait(self) -> wait_base:
-        """The policy as a tenacity wait object, for callers that evaluate it themselves."""
-        jitter = self.initial if self.jitter is None else self.jitter
-        return wait_exponential_jitter(multiplier=self.initial, max=self.maximum, jitter=jitter)
-
-    @property
-    def slowest(self) -> wait_base:
-        """The cap as a fixed wait: for failures that will not fix themselves in seconds."""
-        return wait_fixed(self.maximum)
+    max_attempts: int | None = None
+    max_elapsed: float | None = None
 
     def delay(self, attempt: int, *, slow: bool = False) -> float:
         """Seconds to wait after the `attempt`-th consecutive failure (counted from 1).
@@ -62,7 +68,21 @@ class Backoff:
         `slow` skips the ramp and returns the cap: a refused login, say, is retried
         at the policy's slowest rate from the start.
         """
-        return (self.slowest if slow else self.wait)(_call_state(attempt))
+        if slow:
+            return wait_fixed(self.maximum)(_call_state(attempt))
+        jitter = self.initial if self.jitter is None else self.jitter
+        wait = wait_exponential_jitter(multiplier=self.initial, max=self.maximum, jitter=jitter)
+        return wait(_call_state(attempt))
+
+    def gives_up(self, attempts: int, elapsed: float) -> bool:
+        """True when no attempt should follow the `attempts`-th, made `elapsed` seconds
+        after the first."""
+        stop: stop_base = stop_never
+        if self.max_attempts is not None:
+            stop |= stop_after_attempt(self.max_attempts)
+        if self.max_elapsed is not None:
+            stop |= stop_after_delay(self.max_elapsed)
+        return bool(stop(_call_state(attempts, elapsed)))
 
 
 class Outage:

@@ -2,13 +2,14 @@
 
 Each component has `async run(stopping)`: it works until the event is set,
 then finishes what is in flight and returns. SIGTERM and SIGINT set it, so
-a stop is clean: no new sessions, in-flight mail committed, exit 0.
+a stop is clean: no new sessions, in-flight mail committed, exit 0. The
+components that do blocking work (the processor, the dispatcher, the IMAP
+pollers) run it through the one wake/stop loop, `mailgateway.passes.Passes`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Callable
 from typing import Protocol
@@ -18,6 +19,7 @@ import structlog
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.migrate import upgrade
+from mailgateway.passes import Passes
 from mailgateway.service import Gateway
 
 log = structlog.get_logger()
@@ -31,38 +33,30 @@ class Processor:
     """Runs the pipeline on stored mail, off the event loop, one mail at a time.
 
     Transports wake it after each commit; it also looks for leftovers at start
-    and every few seconds, so mail stored before a crash is processed once.
+    and every `idle_seconds`, so mail stored before a crash is processed once.
     """
 
     def __init__(
         self, gateway: Gateway, idle_seconds: float = 5.0,
         on_processed: Callable[[], None] | None = None,
     ) -> None:
+        """`on_processed` is called on the processor's thread after a pass that processed
+        mail (which may have queued some), so it must be thread-safe, as `Dispatcher.wake` is."""
         self.gateway = gateway
-        self.idle_seconds = idle_seconds
         self.on_processed = on_processed
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._passes = Passes("processor", self.process_pending, interval=idle_seconds)
 
     def wake(self, _inbox_id: int | None = None) -> None:
         """Thread-safe: called by transports right after a commit."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # closed in between: serve is ending
-                loop.call_soon_threadsafe(self._wake.set)
+        self._passes.wake()
+
+    def process_pending(self) -> None:
+        """One pass: process every mail waiting, then call `on_processed` if any was."""
+        if self.gateway.process_pending() and self.on_processed is not None:
+            self.on_processed()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        while not stopping.is_set():
-            self._wake.clear()
-            if await asyncio.to_thread(self.gateway.process_pending) and self.on_processed:
-                self.on_processed()  # what was processed may have queued mail
-            wake = asyncio.ensure_future(self._wake.wait())
-            stop = asyncio.ensure_future(stopping.wait())
-            await asyncio.wait({wake, stop}, timeout=self.idle_seconds,
-                               return_when=asyncio.FIRST_COMPLETED)
-            wake.cancel()
-            stop.cancel()
+        await self._passes.run(stopping)
 
 
 def build_components(settings: Settings, gateway: Gateway, clock: Clock) -> list[Component]:

@@ -1,4 +1,4 @@
-"""The shared retry timing: the backoff's waits and the once-per-outage log lines.
+"""The shared retry timing: the backoff's waits and limits, and the once-per-outage log lines.
 
 Nothing sleeps here: the backoff returns durations, and the outage takes a clock.
 """
@@ -11,7 +11,6 @@ import random
 import pytest
 import structlog
 from structlog.testing import LogCapture
-from tenacity import RetryCallState, Retrying
 
 from mailgateway.retry import Backoff, Outage
 
@@ -75,12 +74,16 @@ def test_slow_backoff_is_the_cap_from_the_first_attempt() -> None:
     assert isinstance(backoff.delay(1, slow=True), float)
 
 
-def test_backoff_exposes_the_tenacity_policy_for_callers_that_evaluate_it() -> None:
-    """What the outbound dispatcher needs to share the policy: a tenacity wait object."""
-    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
-    state.attempt_number = 4
-    wait = Backoff(initial=30, maximum=3600, jitter=0).wait
-    assert wait(state) == 240
+def test_backoff_without_limits_never_gives_up() -> None:
+    backoff = Backoff(initial=1, maximum=60)
+    assert not backoff.gives_up(10_000, elapsed=86_400.0 * 365)
+
+
+def test_backoff_gives_up_at_the_attempt_that_reaches_either_limit() -> None:
+    backoff = Backoff(initial=30, maximum=3600, max_attempts=3, max_elapsed=7200)
+    assert not backoff.gives_up(2, elapsed=7199)
+    assert backoff.gives_up(3, elapsed=0)
+    assert backoff.gives_up(1, elapsed=7200)
 
 
 # ---- Outage -----------------------------------------------------------------------------

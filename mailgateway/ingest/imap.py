@@ -8,11 +8,11 @@ turns the repeat into a no-op. A crash after the move cannot lose anything,
 because the commit came first.
 
 The poller is blocking (imapclient) and runs in its own thread; `run` bridges
-it to the server's event loop. Waits are short and check a stop flag, so
-SIGTERM ends an IDLE within about a second. Every network or protocol failure
-becomes a reconnect with exponential backoff and jitter, logged once per
-outage; a refused login is retried at the slowest rate of the same policy
-(both in `mailgateway.retry`).
+it to the server's event loop (`mailgateway.passes`). Waits are short and
+check a stop flag, so SIGTERM ends an IDLE within about a second. Every
+network or protocol failure becomes a reconnect with exponential backoff and
+jitter, logged once per outage; a refused login is retried at the slowest
+rate of the same policy (both in `mailgateway.retry`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from typing import Any
 
 import structlog
 from imapclient import IMAPClient
@@ -40,6 +37,8 @@ from imapclient.exceptions import (
 from mailgateway.config import ImapSettings, check_imap_settings
 from mailgateway.errors import ConfigError, PermanentError, TemporaryError
 from mailgateway.ingest import Received, Receiver
+from mailgateway.passes import Passes
+from mailgateway.pipeline.prepare import raw_message_id
 from mailgateway.retry import Backoff, Outage
 
 __all__ = ["ImapConnectionError", "ImapFolderError", "ImapLoginError", "ImapPoller", "StoreError"]
@@ -91,14 +90,6 @@ def _after_failure(outage: Outage, error: Exception) -> float:
     return outage.failed("unexpected", error, unexpected=True)
 
 
-def _message_id(raw: bytes) -> str | None:
-    """The Message-ID for log lines, read from the header block only."""
-    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
-    header = raw[: min(ends)] if ends else raw[:65536]
-    value = BytesHeaderParser(policy=compat32).parsebytes(header).get("Message-ID")
-    return str(value).strip() if value else None
-
-
 def _batches(uids: Sequence[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(uids), size):
         yield list(uids[start : start + size])
@@ -140,6 +131,10 @@ class ImapPoller:
             ),
         )
         self._stop = threading.Event()
+        # serve_forever never raises an Exception; should one escape all the same, it is
+        # logged and the poller started again at the backoff's slowest rate.
+        self._passes = Passes("imap", self.serve_forever, interval=self._backoff.maximum,
+                              interrupt=self.stop)
         self._lock = threading.Lock()
         self._logging_in: IMAPClient | None = None
         self._folder = _FolderState()
@@ -151,44 +146,15 @@ class ImapPoller:
     # ---- entry points -----------------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Run the blocking poller in a worker thread until `stopping` is set, then
+        """Run `serve_forever` on a thread of its own until `stopping` is set, then
         interrupt IDLE, log out, return.
 
-        A dedicated thread rather than the loop's default executor: the poller
+        A thread of its own rather than the loop's default executor: the poller
         lives as long as the process and must not take a slot other components
         use for their short blocking calls.
         """
         self._stop.clear()
-        loop = asyncio.get_running_loop()
-        finished: asyncio.Future[None] = loop.create_future()
-
-        def settle(error: BaseException | None) -> None:
-            if finished.done():
-                return
-            if error is None:
-                finished.set_result(None)
-            else:
-                finished.set_exception(error)
-
-        def work() -> None:
-            error: BaseException | None = None
-            try:
-                self.serve_forever()
-            except BaseException as exc:  # handed to the awaiting task, not lost in the thread
-                error = exc
-            with contextlib.suppress(RuntimeError):  # the loop may already be closed
-                loop.call_soon_threadsafe(settle, error)
-
-        thread = threading.Thread(target=work, name=f"imap-{self.settings.username}", daemon=True)
-        thread.start()
-        waiter = asyncio.ensure_future(stopping.wait())
-        either: set[asyncio.Future[Any]] = {finished, waiter}
-        try:
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self.stop()
-            waiter.cancel()
-            await finished
+        await self._passes.run(stopping)
 
     def stop(self) -> None:
         """Ask `serve_forever` to finish (thread-safe).
@@ -440,7 +406,7 @@ class ImapPoller:
 
     def _store_and_process(self, uid: int, raw: bytes | None) -> str:
         """Commit (unless already committed under this UID), then run the pipeline."""
-        message_id = _message_id(raw) if raw is not None else None
+        message_id = raw_message_id(raw) if raw is not None else None
         log = self._log.bind(uid=uid, message_id=message_id)
         try:
             if raw is None:

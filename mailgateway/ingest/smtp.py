@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import socket
 import ssl
 import time
@@ -33,35 +32,18 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailgateway.config import SmtpSettings
 from mailgateway.errors import ConfigError, TemporaryError
 from mailgateway.ingest import Received, Receiver
+from mailgateway.pipeline.prepare import raw_message_id
 
 _IDENT = "mailgateway"
 _TEMPFAIL = "451 4.3.0 Mail not stored, try again later"
 _SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 _BUSY = "421 4.7.0 Too many connections, try again later"
-_HEADER_SCAN_BYTES = 65_536
-# Commits run on threads of their own, so that other components' work on the
-# shared default executor (the processor, pollers) never queues in front of an
-# ACK. Eight covers the usual parallelism of a sending MTA.
+# Commits run on threads of their own, so that no other work on the event loop's
+# default executor ever queues in front of an ACK. Eight covers the usual
+# parallelism of a sending MTA.
 _COMMIT_THREADS = 8
 # Zero in a limit means "no limit", as it does for smtp.max_message_bytes.
 _FOREVER_SECONDS = 365 * 86_400.0
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
-
-
-def message_id_of(raw: bytes) -> str:
-    """The Message-ID header of a raw mail, cheaply, for logs only ("" when absent).
-
-    A full parse would cost more than the commit itself on the hot path; the
-    pipeline parses the mail properly later.
-    """
-    head = raw[:_HEADER_SCAN_BYTES]
-    ends = [i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0]
-    if ends:
-        head = head[: min(ends)]
-    match = _MESSAGE_ID.search(head)
-    if match is None:
-        return ""
-    return " ".join(match.group(1).decode("ascii", "replace").split())[:250]
 
 
 def _tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
@@ -117,7 +99,7 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Commit the mail, then acknowledge; a failure answers 451 so the sender retries."""
         raw = envelope.original_content or b""
-        log = self._log.bind(message_id=message_id_of(raw), peer=session.peer)
+        log = self._log.bind(message_id=raw_message_id(raw), peer=session.peer)
         started = time.perf_counter()
         commit = self._listener.commit(raw, envelope.mail_from, tuple(envelope.rcpt_tos))
         try:

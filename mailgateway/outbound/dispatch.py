@@ -15,7 +15,9 @@ acceptance and that commit: one send. Widening it (committing per batch)
 would trade duplicates for speed; the speed comes instead from sending a
 batch over a few SMTP sessions kept open (`outbound.connections` sending
 threads, each with its own session), and on SQLite from queueing the
-threads' commits in-process rather than letting them collide on its lock.
+threads' commits in-process (the engine's one writer lock, which the
+listener and the processor take too) rather than letting them collide on
+SQLite's own lock.
 A batch stops before its lease can run out, so no other dispatcher can
 claim a row this one is still sending.
 
@@ -25,11 +27,12 @@ retried row is rendered again and a sent one shows what went out.
 
 Outcomes: accepted → `sent`; `TemporaryError` → `attempts + 1` and a later
 `next_attempt_at` (exponential backoff with jitter), or `dead` once
-`max_attempts` or `max_age_hours` is reached; `PermanentError` → `failed`
-with the server's answer in `last_error` (or why the mail could not be
-rendered: a stored file gone, a broken template). When the relay itself is
-unreachable, the rest of the batch is postponed to the same instant without
-spending its attempts. `retry()` puts a failed or dead row back in the queue.
+`max_attempts` or `max_age_hours` is reached (both `resend_backoff`);
+`PermanentError` → `failed` with the server's answer in `last_error` (or why
+the mail could not be rendered: a stored file gone, a broken template). When
+the relay itself is unreachable, the rest of the batch is postponed to the
+same instant without spending its attempts. `retry()` puts a failed or dead
+row back in the queue.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -47,17 +50,17 @@ from typing import Any, cast
 import structlog
 from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import RetryCallState, Retrying, stop_after_attempt, stop_after_delay
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base, wait_exponential_jitter
 
 from mailgateway.clock import Clock
 from mailgateway.config import OutboundSettings, Settings
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
+from mailgateway.db.session import write_lock
 from mailgateway.errors import PermanentError, TemporaryError, UserError
 from mailgateway.outbound.compose import compose_queued
 from mailgateway.outbound.queue import purge_auto_answers
 from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
+from mailgateway.passes import Passes
+from mailgateway.retry import Backoff
 
 
 def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
@@ -66,40 +69,12 @@ def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
     return logger.bind(transport="outbound", **values)
 
 
-# --- retry policy: the one place that decides when to try again --------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff between attempts and when to give up, as tenacity policy objects.
-
-    The dispatcher does not sleep between attempts (the row waits in the
-    database), so the policies are evaluated on a call state built from the
-    row: its attempt count and its age.
-    """
-
-    wait: wait_base
-
-    def _state(self, attempts: int, age: timedelta) -> RetryCallState:
-        state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
-        state.attempt_number = attempts
-        state.start_time = 0.0
-        state.outcome_timestamp = age.total_seconds()
-        return state
-
-    def delay(self, attempts: int) -> timedelta:
-        """How long to wait after the `attempts`-th failed attempt."""
-        return timedelta(seconds=self.wait(self._state(attempts, timedelta(0))))
-
-    def gives_up(self, settings: OutboundSettings, attempts: int, age: timedelta) -> bool:
-        stop: stop_base = stop_after_attempt(settings.max_attempts) | stop_after_delay(
-            timedelta(hours=settings.max_age_hours)
-        )
-        return bool(stop(self._state(attempts, age)))
-
-
-# 30 s, 1 min, 2 min, … capped at one hour, plus up to 30 s so retries spread out.
-RETRY_POLICY = RetryPolicy(wait=wait_exponential_jitter(multiplier=30, max=3600, jitter=30))
+def resend_backoff(settings: OutboundSettings) -> Backoff:
+    """When to try a mail again after a temporary failure, and when to give up: 30 s,
+    1 min, 2 min, … capped at one hour, plus up to 30 s so retries spread out; the
+    attempt that reaches `max_attempts`, or `max_age_hours` after queueing, is the last."""
+    return Backoff(initial=30, maximum=3600, max_attempts=settings.max_attempts,
+                   max_elapsed=settings.max_age_hours * 3600)
 
 
 def lease_length(settings: OutboundSettings) -> timedelta:
@@ -230,11 +205,12 @@ def _after_temporary(
 ) -> tuple[str, datetime]:
     """Schedule the next attempt or give up; returns the new status and next instant."""
     attempts = mail.attempts + 1
-    if RETRY_POLICY.gives_up(settings.outbound, attempts, now - mail.created_at):
+    backoff = resend_backoff(settings.outbound)
+    if backoff.gives_up(attempts, (now - mail.created_at).total_seconds()):
         _set(session, [mail.id], status=OutboxStatus.DEAD, attempts=attempts,
              last_error=error, claimed_until=None)
         return OutboxStatus.DEAD, now
-    next_at = now + RETRY_POLICY.delay(attempts)
+    next_at = now + timedelta(seconds=backoff.delay(attempts))
     _set(session, [mail.id], attempts=attempts, next_attempt_at=next_at,
          last_error=error, claimed_until=None)
     return OutboxStatus.PENDING, next_at
@@ -357,16 +333,19 @@ def dispatch_once(
     workers = connections or sending_connections(settings.outbound)
     try:
         with sessions() as session, ThreadPoolExecutor(workers, "outbox") as pool:
-            # SQLite takes one writer at a time and makes the others sleep-poll for the
-            # lock; queueing the sending threads' commits here is much faster.
-            sqlite = session.get_bind().dialect.name == "sqlite"
-            writing: AbstractContextManager[Any] = threading.Lock() if sqlite else nullcontext()
-            # The rate limiter's expired rows go here, in the first claim's commit.
-            purge_auto_answers(session, settings, clock.now())
+            # SQLite takes one writer at a time and makes the others sleep-poll for its
+            # lock; queueing every transaction here on the engine's one writer lock (the
+            # listener's and the processor's too) is much faster.
+            writing = write_lock(session.get_bind().engine)
+            first = True
             while True:
                 now = clock.now()
-                claimed = _claim(session, settings, now, now + lease)
-                session.commit()
+                with writing:
+                    if first:  # the rate limiter's expired rows go in the first claim's commit
+                        purge_auto_answers(session, settings, now)
+                        first = False
+                    claimed = _claim(session, settings, now, now + lease)
+                    session.commit()
                 if not claimed:
                     return report
                 batch = _Batch(deque(claimed), now + lease, margin, should_stop, report, writing)
@@ -381,13 +360,15 @@ def dispatch_once(
                 rest = [mail.id for mail in batch.mails]
                 if batch.relay_back_at is not None:
                     if rest:
-                        _set(session, rest, claimed_until=None,
-                             next_attempt_at=batch.relay_back_at)
+                        with writing:
+                            _set(session, rest, claimed_until=None,
+                                 next_attempt_at=batch.relay_back_at)
                         report.deferred += len(rest)
                     return report
                 if batch.stopped:
                     if rest:
-                        _set(session, rest, claimed_until=None)
+                        with writing:
+                            _set(session, rest, claimed_until=None)
                     return report
     finally:
         transport.close()
@@ -416,7 +397,11 @@ def retry(session: Session, outbox_id: int, now: datetime | None = None) -> Outb
 
 
 class Dispatcher:
-    """Runs `dispatch_once` in a worker thread every `poll_seconds`, or sooner when woken."""
+    """Runs `dispatch_once` on a thread of its own every `poll_seconds`, or sooner when woken.
+
+    A pass in progress when the server stops ends after its current mail; one that
+    raises (the database away, say) is logged and tried again next round.
+    """
 
     def __init__(
         self,
@@ -429,51 +414,21 @@ class Dispatcher:
         self._settings = settings
         self._clock = clock
         self._transport = transport or build_transport(settings)
-        self._wakeup: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._passes = Passes("dispatch", self._dispatch,
+                              interval=settings.outbound.poll_seconds)
 
     def wake(self) -> None:
         """Ask for a pass now (new mail queued); safe to call from any thread."""
-        loop, wakeup = self._loop, self._wakeup
-        if loop is not None and wakeup is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wakeup.set)
+        self._passes.wake()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Dispatch until `stopping` is set; a pass in progress ends after its current mail."""
-        wakeup = self._wakeup = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
+        """Dispatch until `stopping` is set."""
         _log().info("dispatcher_started", poll_seconds=self._settings.outbound.poll_seconds)
         try:
-            while not stopping.is_set():
-                wakeup.clear()
-                try:
-                    await asyncio.to_thread(
-                        dispatch_once,
-                        self._sessions,
-                        self._settings,
-                        self._clock,
-                        self._transport,
-                        should_stop=stopping.is_set,
-                    )
-                except Exception:  # the database may be away; try again next round
-                    _log().exception("dispatch_pass_failed")
-                await self._pause(stopping, wakeup)
+            await self._passes.run(stopping)
         finally:
-            self._loop = self._wakeup = None
             _log().info("dispatcher_stopped")
 
-    async def _pause(self, stopping: asyncio.Event, wakeup: asyncio.Event) -> None:
-        waiters = [
-            asyncio.create_task(stopping.wait()),
-            asyncio.create_task(wakeup.wait()),
-        ]
-        try:
-            await asyncio.wait(
-                waiters,
-                timeout=self._settings.outbound.poll_seconds,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+    def _dispatch(self) -> None:
+        dispatch_once(self._sessions, self._settings, self._clock, self._transport,
+                      should_stop=self._passes.stopping)

@@ -37,7 +37,8 @@ from mailgateway.config import Settings, SmtpSettings
 from mailgateway.db.models import InboxMail, InboxStatus, Ticket
 from mailgateway.errors import ConfigError, TemporaryError
 from mailgateway.ingest import Received, Receiver
-from mailgateway.ingest.smtp import SmtpListener, message_id_of
+from mailgateway.ingest.smtp import SmtpListener
+from mailgateway.pipeline.prepare import raw_message_id
 from mailgateway.server import Processor
 from mailgateway.service import Gateway
 from tests.conftest import skip_or_fail, write_toml
@@ -808,7 +809,12 @@ def test_a_port_in_use_is_one_clear_error(running: RunningListener) -> None:
         taken.start()
 
 
-def test_message_id_of_reads_folded_headers_and_ignores_the_body() -> None:
-    assert message_id_of(b"Subject: x\r\nMessage-Id:\r\n <a@b>\r\n\r\nbody") == "<a@b>"
-    assert message_id_of(b"Subject: x\n\nMessage-ID: <in-body@x>\n") == ""
-    assert message_id_of(b"") == ""
+def test_the_message_id_is_read_from_the_header_block_only() -> None:
+    assert raw_message_id(b"Subject: x\r\nMessage-Id:\r\n <a@b>\r\n\r\nbody") == "a@b"
+    assert raw_message_id(b"\r\nMessage-ID: <first\r\n\tline@x>\r\n\r\n") == "first line@x"
+    assert raw_message_id(b"Subject: x\n\nMessage-ID: <in-body@x>\n") is None
+    assert raw_message_id(b"X-Message-ID: <not-it@x>\nMessage-ID: <>\n\n") is None
+    assert raw_message_id(b"") is None
+    assert raw_message_id(b"Message-ID: <\xff@x>\n\n") == "\ufffd@x"
+    far = b"X-Filler: " + b"x" * 70_000 + b"\r\nMessage-ID: <far@x>\r\n\r\n"
+    assert raw_message_id(far) is None  # beyond the bound, which no real header block reaches

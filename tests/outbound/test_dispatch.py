@@ -19,10 +19,10 @@ from mailgateway.config import Settings
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
 from mailgateway.errors import PermanentError, TemporaryError, UserError
 from mailgateway.outbound.dispatch import (
-    RETRY_POLICY,
     Dispatcher,
     dispatch_once,
     lease_length,
+    resend_backoff,
     retry,
 )
 from mailgateway.outbound.intent import MailIntent, MailKind
@@ -325,8 +325,9 @@ def test_a_mail_is_dead_after_max_age(
     assert _row(sessions, outbox_id).status == OutboxStatus.DEAD
 
 
-def test_backoff_grows_and_is_capped() -> None:
-    delays = [RETRY_POLICY.delay(n).total_seconds() for n in range(1, 12)]
+def test_backoff_grows_and_is_capped(settings: Settings) -> None:
+    backoff = resend_backoff(settings.outbound)
+    delays = [backoff.delay(n) for n in range(1, 12)]
     assert 30 <= delays[0] <= 60
     assert 60 <= delays[1] <= 90
     assert 240 <= delays[3] <= 270
