@@ -94,6 +94,13 @@ def claimed(query: Select[_Row], session: Session) -> Select[_Row]:
     return query
 
 
+def returns_ids_of_many_rows(session: Session) -> bool:
+    """True when one INSERT of many rows also says which id went to which row
+    (PostgreSQL); SQLite cannot, so the ORM writes rows whose ids it does not know
+    with one INSERT each."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def insert_ignoring_duplicates(table: Table, session: Session) -> Insert:
     """An INSERT of `table` that leaves a row whose key exists as it is."""
     # Imported here: PostgreSQL's dialect (with asyncio) slows every SQLite command's start.

@@ -28,7 +28,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from mailgateway.attachments import attachment_path, write_file
-from mailgateway.db.dialect import insert_ignoring_duplicates, is_transient
+from mailgateway.db.dialect import (
+    insert_ignoring_duplicates,
+    is_transient,
+    returns_ids_of_many_rows,
+)
 from mailgateway.db.models import Account, AutoAnswer, InboxMail, InboxStatus, Person, Ticket
 from mailgateway.pipeline.identify import DirectoryMatch, SenderKind
 from mailgateway.pipeline.prepare import PreparedMail
@@ -182,7 +186,7 @@ def number_new_rows(session: Session) -> None:
     holds the database's write lock, so no other writer can take one meanwhile.
     PostgreSQL already writes many rows in one statement and returns their ids.
     """
-    if session.get_bind().dialect.name != "sqlite":
+    if returns_ids_of_many_rows(session):
         return
     unnumbered: dict[type[Any], list[Any]] = {}
     for row in session.new:

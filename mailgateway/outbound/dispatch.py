@@ -53,8 +53,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock
 from mailgateway.config import OutboundSettings, Settings
+from mailgateway.db.dialect import claimed, write_lock
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
-from mailgateway.db.session import write_lock
 from mailgateway.errors import PermanentError, TemporaryError, UserError
 from mailgateway.outbound.compose import compose_queued
 from mailgateway.outbound.queue import purge_auto_answers
@@ -127,15 +127,11 @@ def _claim(
         OutboxMail.next_attempt_at <= now,
         or_(OutboxMail.claimed_until.is_(None), OutboxMail.claimed_until < now),
     )
-    candidates = (
+    candidates = claimed(
         select(OutboxMail.id)
         .where(due)
         .order_by(OutboxMail.next_attempt_at, OutboxMail.id)
-        .limit(settings.outbound.batch_size)
-    )
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
+        .limit(settings.outbound.batch_size), session)
     claim = (
         update(OutboxMail)
         .where(OutboxMail.id.in_(candidates), due)
