@@ -67,8 +67,10 @@ class SmtpSettings:
     tls_key: str = ""
     require_starttls: bool = False
     max_sessions: int = 100
+    max_sessions_per_client: int = 10   # from one client address, below max_sessions
     max_recipients: int = 50
-    idle_timeout_seconds: int = 300
+    idle_timeout_seconds: int = 300     # without a command, or without data in DATA
+    data_timeout_seconds: int = 900     # one DATA, from its command to its end
     shutdown_grace_seconds: int = 30
     # The MTA in front removes Authentication-Results of helpdesk.trusted_authserv_ids
     # from incoming mail, so those left are its own (never true for a listener that is

@@ -6,6 +6,7 @@ the rule "commit before acknowledging, process after" lives in one place.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,13 +28,14 @@ from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline.context import Mailer, Pipeline
 from mailgateway.pipeline.parse import parse_mail
 from mailgateway.pipeline.prepare import RawIdentity, raw_identity
-from mailgateway.pipeline.process import process_inbox_mail, quarantine
+from mailgateway.pipeline.process import process_inbox_mail, quarantine, sender_address
 from mailgateway.sla import first_response_due
 from mailgateway.store import SessionStore, Store
 
 log = structlog.get_logger()
 
 _INBOX_RAW = cast(Table, InboxRaw.__table__)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def store_raws(session: Session, rows: Sequence[tuple[int, bytes]]) -> None:
@@ -123,6 +125,22 @@ class Gateway:
             raise TemporaryError(f"could not store the mail: {exc.__class__.__name__}") from exc
         log.info("mail stored", inbox_id=inbox_id, size=len(raw))
         return Received(inbox_id, duplicate=False)
+
+    def refusal(self, raw: bytes, envelope_from: str) -> str | None:
+        if self.settings.helpdesk.unknown_sender != "reject" or envelope_from == "":
+            return None  # the null sender: a bounce, which comes from a machine we do not know
+        end = _HEADER_END.search(raw)
+        head = parse_mail(raw[:end.start()] if end else raw)
+        email = sender_address(head, envelope_from)
+        if not email:
+            return None  # the pipeline quarantines it, with the reason
+        with self.sessions() as session:
+            if SessionStore(session).directory(email):
+                return None
+        helpdesk = self.settings.helpdesk
+        return (f"550 5.7.1 <{email}> is not registered with {helpdesk.name}: write to "
+                f"{helpdesk.address} from your account's main address or a registered "
+                "person's")
 
     def inbox_row(
         self, raw: bytes, identity: RawIdentity, transport: str,

@@ -38,6 +38,12 @@ class Receiver(Protocol):
         """
         ...
 
+    def refusal(self, raw: bytes, envelope_from: str) -> str | None:
+        """Why a listener facing the senders' servers should refuse `raw` in the SMTP
+        dialogue (a 550 with this text), or None to take it: a sender we do not know,
+        when such mail is refused, is told by its own server rather than by us."""
+        ...
+
     def process(self, inbox_id: int) -> str:
         """Run the pipeline on one stored mail; returns the inbox status afterwards
         (`processed`, `ignored` or `quarantined`). Never raises for a bad mail."""

@@ -413,7 +413,8 @@ class ImapPoller:
                 inbox_id, duplicate = self._folder.stored[uid], True
             else:
                 received: Received = self._receiver.receive(
-                    raw, transport="imap", envelope_to=(self.settings.username,)
+                    raw, transport="imap", envelope_to=(self.settings.username,),
+                    trust_authentication_results=self.settings.trust_authentication_results,
                 )
                 inbox_id, duplicate = received.inbox_id, received.duplicate
                 self._folder.stored[uid] = inbox_id

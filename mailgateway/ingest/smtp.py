@@ -20,6 +20,7 @@ import contextlib
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -38,6 +39,8 @@ _IDENT = "mailgateway"
 _TEMPFAIL = "451 4.3.0 Mail not stored, try again later"
 _SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 _BUSY = "421 4.7.0 Too many connections, try again later"
+_BUSY_CLIENT = "421 4.7.0 Too many connections from your address, try again later"
+_DATA_TOO_LONG = "421 4.4.2 DATA took too long, closing"
 # Commits run on threads of their own, so that no other work on the event loop's
 # default executor ever queues in front of an ACK. Eight covers the usual
 # parallelism of a sending MTA.
@@ -97,10 +100,15 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        """Commit the mail, then acknowledge; a failure answers 451 so the sender retries."""
+        """Commit the mail, then acknowledge; a failure answers 451 so the sender retries.
+        A sender the desk refuses is told so now, by a 550 its own server reports."""
         raw = envelope.original_content or b""
         log = self._log.bind(message_id=raw_message_id(raw), peer=session.peer)
         started = time.perf_counter()
+        refusal = await self._listener.refusal(raw, envelope.mail_from)
+        if refusal is not None:
+            log.info("smtp.refused", reason=refusal)
+            return refusal
         commit = self._listener.commit(raw, envelope.mail_from, tuple(envelope.rcpt_tos))
         try:
             # Shielded: a client hanging up mid-commit must not stop the commit; the
@@ -151,10 +159,25 @@ class _TrackedSMTP(SMTP):
     def __init__(self, handler: _Handler, listener: SmtpListener, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._listener = listener
+        self._in_data = False
+        self.client = ""  # the peer's address, once connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if not self._listener.admit(self, str(peer[0]) if peer else ""):
+            self.hang_up(_BUSY_CLIENT)
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
         self._listener.forget(self)
+
+    def data_received(self, data: bytes) -> None:
+        """In DATA, the idle timeout runs from the last bytes received (between commands,
+        from the last command): a slow upload goes on, a stalled one is closed."""
+        if self._in_data:
+            self._reset_timeout()
+        super().data_received(data)
 
     @property
     def in_transaction(self) -> bool:
@@ -178,12 +201,21 @@ class _TrackedSMTP(SMTP):
         await super().smtp_MAIL(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
-        """After the reply to DATA, a draining listener lets the session go.
+        """DATA within `data_timeout_seconds`; after the reply, a draining listener lets
+        the session go.
 
         A plain close rather than a 421: a client that has its 250 treats the
         lost connection as the end of a delivered session.
         """
-        await super().smtp_DATA(arg)
+        limit = self._listener.settings.data_timeout_seconds
+        deadline = self.loop.call_later(limit, self.hang_up, _DATA_TOO_LONG) if limit else None
+        self._in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+            if deadline is not None:
+                deadline.cancel()
         if self._listener.draining:
             self.hang_up(None)
         self._listener.notify()
@@ -224,6 +256,7 @@ class SmtpListener:
         self._hostname = socket.gethostname()
         self._handler = _Handler(self)
         self._sessions: set[asyncio.BaseProtocol] = set()
+        self._clients: Counter[str] = Counter()
         self._commits: set[asyncio.Task[Received]] = set()
         self._committers: ThreadPoolExecutor | None = None
         self._changed: asyncio.Event | None = None
@@ -298,6 +331,7 @@ class SmtpListener:
             transport=self._transport_name,
             envelope_from=envelope_from,
             envelope_to=rcpt_tos,
+            trust_authentication_results=self.settings.trust_authentication_results,
         )
         return await asyncio.get_running_loop().run_in_executor(self._committers, receive)
 
@@ -324,10 +358,39 @@ class SmtpListener:
             task.exception()  # retrieved here; the session that awaited it logged it
         self.notify()
 
+    def admit(self, session: _TrackedSMTP, client: str) -> bool:
+        """Count a new session against its client's address; False when that address
+        has `max_sessions_per_client` already: one sender cannot take every slot."""
+        limit = self.settings.max_sessions_per_client
+        if limit and self._clients[client] >= limit:
+            self.log.warning("smtp.client_refused", client=client,
+                             sessions=self._clients[client])
+            return False
+        session.client = client
+        self._clients[client] += 1
+        return True
+
     def forget(self, session: asyncio.BaseProtocol) -> None:
         """A session ended; free its slot."""
+        if session in self._sessions and isinstance(session, _TrackedSMTP) and session.client:
+            self._clients[session.client] -= 1
+            if not self._clients[session.client]:
+                del self._clients[session.client]
         self._sessions.discard(session)
         self.notify()
+
+    async def refusal(self, raw: bytes, mail_from: str | None) -> str | None:
+        """The receiver's reason to refuse the mail now (never behind an MTA: over LMTP
+        a refusal would make that MTA mail a bounce to a sender that may be forged)."""
+        if self.settings.lmtp:
+            return None
+        envelope_from = "" if mail_from in (None, "<>") else mail_from
+        check = partial(self.receiver.refusal, raw, envelope_from)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._committers, check)
+        except Exception:  # the pipeline decides later, as it would over IMAP
+            self.log.exception("smtp.refusal_check_failed")
+            return None
 
     def notify(self) -> None:
         """Something the drain waits for may have changed."""

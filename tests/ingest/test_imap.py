@@ -113,11 +113,13 @@ class Wrapped:
         transport: str,
         envelope_from: str | None = None,
         envelope_to: Sequence[str] = (),
+        trust_authentication_results: bool = False,
     ) -> Received:
         self.receives += 1
         self.before_receive(self.receives)
         return self.inner.receive(
-            raw, transport=transport, envelope_from=envelope_from, envelope_to=envelope_to
+            raw, transport=transport, envelope_from=envelope_from, envelope_to=envelope_to,
+            trust_authentication_results=trust_authentication_results,
         )
 
     def process(self, inbox_id: int) -> str:
@@ -130,6 +132,9 @@ class Wrapped:
 
     def accepts_recipient(self, address: str) -> bool:
         return self.inner.accepts_recipient(address)
+
+    def refusal(self, raw: bytes, envelope_from: str) -> str | None:
+        return self.inner.refusal(raw, envelope_from)
 
 
 class Crash(BaseException):

@@ -92,6 +92,7 @@ class RecordingReceiver:
         transport: str,
         envelope_from: str | None = None,
         envelope_to: Sequence[str] = (),
+        trust_authentication_results: bool = False,
     ) -> Received:
         self.entered.set()
         if self.hold is not None:
@@ -109,6 +110,9 @@ class RecordingReceiver:
 
     def process(self, inbox_id: int) -> str:
         return "processed"
+
+    def refusal(self, raw: bytes, envelope_from: str) -> str | None:
+        return None
 
     def accepts_recipient(self, address: str) -> bool:
         return address.rpartition("@")[2].lower() == "example.com"
