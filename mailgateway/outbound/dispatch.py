@@ -1,12 +1,8 @@
 """The outbox worker: claim due mails, hand them to the transport, record the outcome.
 
-Each pass claims due `pending` rows in batches by setting a lease
-(`claimed_until`): on PostgreSQL the candidates are picked with
-`SELECT … FOR UPDATE SKIP LOCKED`, so several dispatchers share the queue
-without waiting on each other; on SQLite the same conditional UPDATE runs
-under the write lock every transaction takes (BEGIN IMMEDIATE). Only rows
-whose lease is absent or expired are claimable, so a dispatcher that died
-mid-batch delays its rows by one lease, never loses them.
+Each pass claims due `pending` rows in batches, with a lease
+(`outbound.claims`): several dispatchers share the queue, and a row of a
+dispatcher that died waits one lease, or less if it restarts.
 
 **At most one mail sent twice per crash and sending thread.** A row is
 marked `sent` in its own commit right after the transport accepted it. The
@@ -48,14 +44,20 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock
 from mailgateway.config import OutboundSettings, Settings
-from mailgateway.db.dialect import claimed, write_lock
-from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
+from mailgateway.db.dialect import write_lock
+from mailgateway.db.models import OutboxMail, OutboxStatus
 from mailgateway.errors import PermanentError, TemporaryError, UserError
+from mailgateway.outbound.claims import (
+    claim_due,
+    lease_length,
+    sole_dispatcher,
+    take_back_own_claims,
+)
 from mailgateway.outbound.compose import compose_queued
 from mailgateway.outbound.queue import purge_auto_answers
 from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
@@ -75,11 +77,6 @@ def resend_backoff(settings: OutboundSettings) -> Backoff:
     attempt that reaches `max_attempts`, or `max_age_hours` after queueing, is the last."""
     return Backoff(initial=30, maximum=3600, max_attempts=settings.max_attempts,
                    max_elapsed=settings.max_age_hours * 3600)
-
-
-def lease_length(settings: OutboundSettings) -> timedelta:
-    """How long a claim holds; a batch stops early rather than outlive it."""
-    return timedelta(seconds=max(600, 20 * settings.timeout_seconds))
 
 
 def _send_margin(settings: OutboundSettings) -> timedelta:
@@ -116,49 +113,6 @@ class _Claimed:
     intent: dict[str, Any] | None
     attempts: int
     created_at: datetime
-
-
-def _claim(
-    session: Session, settings: Settings, now: datetime, lease_until: datetime
-) -> list[_Claimed]:
-    """Lease up to one batch of due rows to this dispatcher and load them."""
-    due = and_(
-        OutboxMail.status == OutboxStatus.PENDING,
-        OutboxMail.next_attempt_at <= now,
-        or_(OutboxMail.claimed_until.is_(None), OutboxMail.claimed_until < now),
-    )
-    candidates = claimed(
-        select(OutboxMail.id)
-        .where(due)
-        .order_by(OutboxMail.next_attempt_at, OutboxMail.id)
-        .limit(settings.outbound.batch_size), session)
-    claim = (
-        update(OutboxMail)
-        .where(OutboxMail.id.in_(candidates), due)
-        .values(claimed_until=lease_until)
-        .returning(OutboxMail.id)
-        .execution_options(synchronize_session=False)
-    )
-    ids = list(session.execute(claim).scalars())
-    if not ids:
-        return []
-    rows = session.execute(
-        select(
-            OutboxMail.id,
-            Ticket.number,
-            OutboxMail.message_id,
-            OutboxMail.mail_from,
-            OutboxMail.recipients,
-            OutboxMail.raw,
-            OutboxMail.intent,
-            OutboxMail.attempts,
-            OutboxMail.created_at,
-        )
-        .outerjoin(Ticket, Ticket.id == OutboxMail.ticket_id)
-        .where(OutboxMail.id.in_(ids))
-        .order_by(OutboxMail.next_attempt_at, OutboxMail.id)
-    ).all()
-    return [_Claimed(*row) for row in rows]
 
 
 def _set(session: Session, ids: Sequence[int], **values: Any) -> None:
@@ -340,7 +294,8 @@ def dispatch_once(
                     if first:  # the rate limiter's expired rows go in the first claim's commit
                         purge_auto_answers(session, settings, now)
                         first = False
-                    claimed = _claim(session, settings, now, now + lease)
+                    rows = claim_due(session, settings, now, now + lease)
+                    claimed = [_Claimed(*row) for row in rows]
                     session.commit()
                 if not claimed:
                     return report
@@ -418,12 +373,17 @@ class Dispatcher:
         self._passes.wake()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Dispatch until `stopping` is set."""
-        _log().info("dispatcher_started", poll_seconds=self._settings.outbound.poll_seconds)
-        try:
-            await self._passes.run(stopping)
-        finally:
-            _log().info("dispatcher_stopped")
+        """Dispatch until `stopping` is set, having taken back what this installation
+        claimed before it last stopped."""
+        with sole_dispatcher(self._settings) as sole:
+            taken = (await asyncio.to_thread(take_back_own_claims, self._sessions,
+                                             self._settings)) if sole else 0
+            _log().info("dispatcher_started", poll_seconds=self._settings.outbound.poll_seconds,
+                        claims_taken_back=taken)
+            try:
+                await self._passes.run(stopping)
+            finally:
+                _log().info("dispatcher_stopped")
 
     def _dispatch(self) -> None:
         dispatch_once(self._sessions, self._settings, self._clock, self._transport,

@@ -18,10 +18,15 @@ from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
 from mailgateway.errors import PermanentError, TemporaryError, UserError
+from mailgateway.outbound.claims import (
+    claim_due,
+    lease_length,
+    sole_dispatcher,
+    take_back_own_claims,
+)
 from mailgateway.outbound.dispatch import (
     Dispatcher,
     dispatch_once,
-    lease_length,
     resend_backoff,
     retry,
 )
@@ -569,3 +574,27 @@ def test_a_row_written_already_rendered_is_sent_as_it_is(
 
     [delivery] = smtp_sink.deliveries
     assert delivery.raw.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")
+
+
+def test_a_restarted_dispatcher_takes_back_its_own_claims_at_once(
+    settings: Settings, clock: FixedClock, sessions: sessionmaker[Session]
+) -> None:
+    """A dispatcher killed mid-batch leaves its rows leased; the same installation,
+    started again, sends them at once instead of after the lease. Another
+    installation's lease is left alone."""
+    [mine, theirs] = _queue(sessions, settings, clock, 2)
+    with sessions.begin() as session:
+        claim_due(session, settings, clock.now(), clock.now() + timedelta(hours=1))
+        session.execute(update(OutboxMail).where(OutboxMail.id == theirs)
+                        .values(claimed_by="other-host:/var/lib/mailgateway"))
+    assert dispatch_once(sessions, settings, clock, build_transport(settings)).sent == 0
+
+    with sole_dispatcher(settings) as sole:
+        assert sole
+        with sole_dispatcher(settings) as second:
+            assert not second  # a second dispatcher of the installation takes nothing back
+        assert take_back_own_claims(sessions, settings) == 1
+    report = dispatch_once(sessions, settings, clock, build_transport(settings))
+    assert report.sent == 1
+    assert _row(sessions, mine).status == OutboxStatus.SENT
+    assert _row(sessions, theirs).status == OutboxStatus.PENDING
