@@ -15,6 +15,7 @@ import gc
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -93,7 +94,20 @@ def _pool() -> Executor | None:
     methods = multiprocessing.get_all_start_methods()
     method = ("fork" if sys.platform.startswith("linux")
               else "forkserver" if "forkserver" in methods else "spawn")
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_die_with, initargs=(os.getpid(),))
+
+
+def _die_with(parent: int) -> None:
+    """In a worker: end when the importing process does, however it ends (a worker
+    left behind by a killed import would hold its memory and parse for nobody)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 _Part = tuple[list[bytes], "Future[list[PreparedMail]] | None"]  # raw mails, their job

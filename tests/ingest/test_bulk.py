@@ -4,6 +4,10 @@ processing would make."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -214,3 +218,50 @@ def test_tickets_opened_one_transaction_at_a_time_get_consecutive_ids(desk: Gate
     with desk.sessions() as session:
         ids = session.execute(select(Ticket.id).order_by(Ticket.id)).scalars().all()
     assert ids == list(range(ids[0], ids[0] + 5))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_a_killed_import_leaves_no_worker_behind(
+    desk: Gateway, config_file: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for index in range(1500):
+        (archive / f"{index:05}.eml").write_bytes(
+            build_mail(sender=CUSTOMER, subject=f"Richiesta {index}", body="x" * 2000))
+    command = [sys.executable, "-m", "mailgateway", "--config", str(config_file), "import",
+               str(archive)]
+    importing = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (workers := _children(importing.pid)):
+            assert importing.poll() is None and time.monotonic() < deadline, "no worker started"
+            time.sleep(0.02)
+        importing.kill()
+        importing.wait()
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{w}").exists() and "Z" not in _state(w) for w in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived the import"
+            time.sleep(0.05)
+    finally:
+        if importing.poll() is None:
+            importing.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
