@@ -12,8 +12,7 @@ parts, attachments and header text are read here with our own charset policy
 and it folds the text of forwarded messages into the body, while a forwarded
 message is an attachment here). Should mail-parser's readings raise, the
 stdlib's are used; a bytes-level salvage is used when even the tree cannot be
-built, so `parse_mail` never raises. The stdlib parser runs without compiling a
-regular expression per MIME boundary (`boundaries`).
+built, so `parse_mail` never raises.
 
 How bytes, header words and HTML become text (the charset policy, html2text) is
 `decode`'s business: this module walks the tree and decides what each part is.
@@ -35,7 +34,6 @@ import structlog
 from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 
-from mailgateway.pipeline import boundaries
 from mailgateway.pipeline.decode import (
     aware_datetime,
     decode_8bit_header,
@@ -50,8 +48,6 @@ from mailgateway.pipeline.decode import (
 from mailgateway.pipeline.large_parts import cut_large_parts, restore_parts
 
 __all__ = ["Attachment", "ParsedMail", "parse_mail"]
-
-boundaries.install()
 
 log = structlog.get_logger()
 
