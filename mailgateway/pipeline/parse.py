@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import Message
-from functools import lru_cache
-from typing import Any
 
 import structlog
 from mailparser.dates import parse_mail_date
@@ -287,26 +285,18 @@ def _addresses(
 ) -> list[tuple[str, str]]:
     """mail-parser's reading of an address header (its first occurrence, as mail-parser
     reads it); the stdlib's when it found none or could not read it."""
-    value = message.get(header) if message is not None else None
-    if value is not None:
+    if message is not None:
         try:
-            found = (_mailparser_addresses(value) if isinstance(value, str) and len(value) <= 1000
-                     else _read(value))
+            found = [
+                (_name("" if name == address else name), address)
+                for name, address in get_addresses(message.get(header), decode_names=True)
+                if address
+            ]
         except Exception:  # keep going with the stdlib reading
-            found = ()
+            found = []
         if found:
-            return list(found)
+            return found
     return decode_addresses(raw)
-
-
-def _read(value: Any) -> tuple[tuple[str, str], ...]:
-    return tuple((_name("" if name == address else name), address)
-                 for name, address in get_addresses(value, decode_names=True) if address)
-
-
-# A desk's mail comes from its customers again and again, and goes to its own address:
-# most header values were read before, and reading one costs 50 µs.
-_mailparser_addresses = lru_cache(maxsize=4096)(_read)
 
 
 # Address headers; those mail-parser reads (the others are read by the stdlib only).
