@@ -11,7 +11,6 @@ not doubled.
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import sys
@@ -20,7 +19,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import cast
@@ -159,33 +157,7 @@ def _store(gateway: Gateway, prepared: list[PreparedMail], report: ImportReport)
         report.add(outcome)
 
 
-@contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Garbage collection tuned for an import, as it was afterwards.
-
-    A batch keeps hundreds of parsed mails and ORM objects alive, and with the
-    default thresholds the collector scanned them, and every module loaded at
-    start-up, over and over: 5 to 10 % of an import's CPU. The objects alive now
-    are frozen out of its sight (a forked worker inherits that, and its copy of
-    them is not written to by the scans), and young objects are collected every
-    10,000 allocations rather than 700.
-    """
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-
-
 def import_archive(gateway: Gateway, source: str, *, progress: bool = False) -> ImportReport:
-    with _fewer_collections():
-        return _import_archive(gateway, source, progress)
-
-
-def _import_archive(gateway: Gateway, source: str, progress: bool) -> ImportReport:
     report = ImportReport()
     started = time.monotonic()
     bar = None

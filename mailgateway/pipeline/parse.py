@@ -12,8 +12,7 @@ parts, attachments and header text are read here with our own charset policy
 and it folds the text of forwarded messages into the body, while a forwarded
 message is an attachment here). Should mail-parser's readings raise, the
 stdlib's are used; a bytes-level salvage is used when even the tree cannot be
-built, so `parse_mail` never raises. The stdlib parser runs without compiling a
-regular expression per MIME boundary (`boundaries`).
+built, so `parse_mail` never raises.
 
 How bytes, header words and HTML become text (the charset policy, html2text) is
 `decode`'s business: this module walks the tree and decides what each part is.
@@ -28,14 +27,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import Message
-from functools import lru_cache
-from typing import Any
 
 import structlog
 from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 
-from mailgateway.pipeline import boundaries
 from mailgateway.pipeline.decode import (
     aware_datetime,
     decode_8bit_header,
@@ -50,8 +46,6 @@ from mailgateway.pipeline.decode import (
 from mailgateway.pipeline.large_parts import cut_large_parts, restore_parts
 
 __all__ = ["Attachment", "ParsedMail", "parse_mail"]
-
-boundaries.install()
 
 log = structlog.get_logger()
 
@@ -291,26 +285,18 @@ def _addresses(
 ) -> list[tuple[str, str]]:
     """mail-parser's reading of an address header (its first occurrence, as mail-parser
     reads it); the stdlib's when it found none or could not read it."""
-    value = message.get(header) if message is not None else None
-    if value is not None:
+    if message is not None:
         try:
-            found = (_mailparser_addresses(value) if isinstance(value, str) and len(value) <= 1000
-                     else _read(value))
+            found = [
+                (_name("" if name == address else name), address)
+                for name, address in get_addresses(message.get(header), decode_names=True)
+                if address
+            ]
         except Exception:  # keep going with the stdlib reading
-            found = ()
+            found = []
         if found:
-            return list(found)
+            return found
     return decode_addresses(raw)
-
-
-def _read(value: Any) -> tuple[tuple[str, str], ...]:
-    return tuple((_name("" if name == address else name), address)
-                 for name, address in get_addresses(value, decode_names=True) if address)
-
-
-# A desk's mail comes from its customers again and again, and goes to its own address:
-# most header values were read before, and reading one costs 50 µs.
-_mailparser_addresses = lru_cache(maxsize=4096)(_read)
 
 
 # Address headers; those mail-parser reads (the others are read by the stdlib only).

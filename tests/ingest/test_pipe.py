@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mailgateway.errors import UserError
-from mailgateway.ingest.pipe import iter_archive, read_file
+from mailgateway.ingest.pipe import iter_archive
 
 
 def _mail(n: int) -> bytes:
@@ -53,11 +53,3 @@ def test_mbox_message_by_message(tmp_path: Path) -> None:
                               for n in range(3)))
     names = [name for name, _ in iter_archive(str(path))]
     assert names == ["archive.mbox#1", "archive.mbox#2", "archive.mbox#3"]
-
-
-def test_read_file_reads_large_files_whole(tmp_path: Path) -> None:
-    data = bytes(range(256)) * 20_000  # 5 MB: more than one read
-    (tmp_path / "big").write_bytes(data)
-    assert read_file(str(tmp_path / "big")) == data
-    (tmp_path / "empty").write_bytes(b"")
-    assert read_file(str(tmp_path / "empty")) == b""
