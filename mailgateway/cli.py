@@ -48,6 +48,12 @@ class App:
         sessions: sessionmaker[Session] = self.gateway.sessions
         return sessions
 
+    @property
+    def reads(self) -> sessionmaker[Session]:
+        """Sessions for commands that only read (`Gateway.reads`)."""
+        reads: sessionmaker[Session] = self.gateway.reads
+        return reads
+
     def close(self) -> None:
         for closer in self._closers:
             closer()
@@ -106,7 +112,7 @@ def _accounts_import(args: argparse.Namespace, app: App) -> int:
 def _accounts_list(args: argparse.Namespace, app: App) -> None:
     from mailgateway.directory import list_accounts
 
-    with app.sessions() as session:
+    with app.reads() as session:
         rows = [{"name": a.name, "email": a.main_email, "vat": a.vat_number,
                  "language": a.language, "verified": a.verified}
                 for a in list_accounts(session)]
@@ -126,7 +132,7 @@ def _persons_add(args: argparse.Namespace, app: App) -> None:
 def _persons_list(args: argparse.Namespace, app: App) -> None:
     from mailgateway.directory import list_persons
 
-    with app.sessions() as session:
+    with app.reads() as session:
         rows = [{"name": p.name, "email": p.email, "account": p.account.main_email}
                 for p in list_persons(session)]
     emit(args, rows, (f"{r['email']}\t{r['name']}\t{r['account']}" for r in rows))
@@ -143,7 +149,7 @@ def _staff_add(args: argparse.Namespace, app: App) -> None:
 def _staff_list(args: argparse.Namespace, app: App) -> None:
     from mailgateway.directory import list_staff
 
-    with app.sessions() as session:
+    with app.reads() as session:
         rows = [{"name": s.name, "email": s.email, "group": s.group, "active": s.active}
                 for s in list_staff(session)]
     emit(args, rows, (f"{r['email']}\t{r['name']}\t{r['group'] or ''}" for r in rows))
@@ -152,7 +158,7 @@ def _staff_list(args: argparse.Namespace, app: App) -> None:
 def _tickets_list(args: argparse.Namespace, app: App) -> None:
     from mailgateway.views import list_tickets
 
-    with app.sessions() as session:
+    with app.reads() as session:
         rows = list_tickets(session, app.settings.helpdesk.ticket_tag, args.status, args.account)
     emit(args, rows, (f"{r['number']}\t{r['status']}\t{r['account']}\t{r['subject']}"
                       for r in rows))
@@ -161,7 +167,7 @@ def _tickets_list(args: argparse.Namespace, app: App) -> None:
 def _tickets_show(args: argparse.Namespace, app: App) -> None:
     from mailgateway.views import show_ticket
 
-    with app.sessions() as session:
+    with app.reads() as session:
         data = show_ticket(session, app.settings.helpdesk.ticket_tag, args.number)
     lines = [f"{data['tag']} {data['subject']}", f"status: {data['status']}",
              f"account: {data['account']}  person: {data['person'] or '-'}",
@@ -178,7 +184,7 @@ def _tickets_show(args: argparse.Namespace, app: App) -> None:
 def _inbox_list(args: argparse.Namespace, app: App) -> None:
     from mailgateway.views import list_inbox
 
-    with app.sessions() as session:
+    with app.reads() as session:
         rows = list_inbox(session, args.status)
     emit(args, rows, (f"{r['id']}\t{r['status']}\t{r['ticket'] or '-'}\t{r['sender'] or '-'}\t"
                       f"{r['subject'] or ''}\t{r['reason'] or ''}" for r in rows))

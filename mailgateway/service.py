@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock, SystemClock
 from mailgateway.config import Settings
-from mailgateway.db.dialect import claimed, insert_blobs, is_transient, write_lock
+from mailgateway.db.dialect import claimed, insert_blobs, is_transient, reading, write_lock
 from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus, Ticket
 from mailgateway.db.session import create_db_engine, session_factory
 from mailgateway.errors import TemporaryError, UserError
@@ -64,6 +64,8 @@ class Gateway:
         self.clock: Clock = clock or SystemClock()
         self.engine = engine or create_db_engine(settings.database)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        # Sessions that only read: on SQLite they leave the write lock to the writers.
+        self.reads: sessionmaker[Session] = session_factory(reading(self.engine))
         self.writing = write_lock(self.engine)
         if mailer is None:
             from mailgateway.outbound.queue import enqueue
@@ -134,7 +136,7 @@ class Gateway:
         email = sender_address(head, envelope_from)
         if not email:
             return None  # the pipeline quarantines it, with the reason
-        with self.sessions() as session:
+        with self.reads() as session:
             if SessionStore(session).directory(email):
                 return None
         helpdesk = self.settings.helpdesk
@@ -156,7 +158,7 @@ class Gateway:
             status=InboxStatus.RECEIVED.value, attempts=0)
 
     def _find_duplicate(self, dedup_key: str) -> int | None:
-        with self.sessions() as session:
+        with self.reads() as session:
             return session.execute(
                 select(InboxMail.id).where(InboxMail.dedup_key == dedup_key)
             ).scalar_one_or_none()
@@ -189,7 +191,7 @@ class Gateway:
         try:
             # Parsing, the slow pure part, happens outside the write transaction.
             if raw is None:
-                with self.writing, self.sessions() as session:
+                with self.reads() as session:
                     raw = session.execute(
                         select(InboxRaw.raw).join(InboxMail, InboxMail.id == InboxRaw.inbox_id)
                         .where(InboxMail.id == inbox_id,
@@ -220,7 +222,7 @@ class Gateway:
                 "inbox_id", "ticket", "message_id", "transport")
 
     def _status(self, inbox_id: int) -> str:
-        with self.sessions() as session:
+        with self.reads() as session:
             status = session.execute(
                 select(InboxMail.status).where(InboxMail.id == inbox_id)).scalar_one_or_none()
         if status is None:
@@ -237,7 +239,7 @@ class Gateway:
 
     def pending(self, limit: int = 100) -> list[int]:
         """Stored mail not yet processed, oldest first: what a restart must finish."""
-        with self.sessions() as session:
+        with self.reads() as session:
             return list(session.execute(
                 select(InboxMail.id).where(InboxMail.status == InboxStatus.RECEIVED.value)
                 .order_by(InboxMail.id).limit(limit)).scalars())

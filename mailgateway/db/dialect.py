@@ -29,7 +29,7 @@ def is_postgresql(engine: Engine) -> bool:
 
 def tune_sqlite(engine: Engine) -> None:
     """WAL (readers never wait for the writer), a 30 s busy timeout, foreign keys on,
-    and the write lock taken when a transaction begins."""
+    and the write lock taken when a transaction begins, unless it only reads."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -44,7 +44,19 @@ def tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A reader (`reading`) begins without the write lock: in WAL mode it neither
+        # waits for the writer nor makes it wait.
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+_READ_ONLY = "mailgateway_read_only"
+
+
+def reading(engine: Engine) -> Engine:
+    """`engine` for transactions that only read: on SQLite they do not take the write
+    lock, which every other transaction takes when it begins."""
+    return engine.execution_options(**{_READ_ONLY: True})
 
 
 class FairLock:

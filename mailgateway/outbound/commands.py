@@ -37,6 +37,9 @@ class AppLike(Protocol):
     @property
     def sessions(self) -> sessionmaker[Session]: ...
 
+    @property
+    def reads(self) -> sessionmaker[Session]: ...
+
 
 def list_outbox(session: Session, status: str | None, limit: int | None) -> list[dict[str, Any]]:
     """The queue, newest first, as plain values (one JSON document with --json)."""
@@ -84,7 +87,7 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def _outbox_list(args: argparse.Namespace, app: AppLike) -> int:
-    with app.sessions() as session:
+    with app.reads() as session:
         rows = list_outbox(session, args.status, args.limit)
     emit(args, rows, (_line(row) for row in rows))
     return 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 import email
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import Message
@@ -44,6 +44,7 @@ from mailgateway.pipeline.decode import (
     message_ids,
 )
 from mailgateway.pipeline.large_parts import cut_large_parts, restore_parts
+from mailgateway.pipeline.limits import exceeded_limit
 
 __all__ = ["Attachment", "ParsedMail", "parse_mail"]
 
@@ -87,6 +88,9 @@ class ParsedMail:
     html: str | None
     attachments: tuple[Attachment, ...]
     defects: tuple[str, ...]
+    # Why the mail is not read (`limits`): only the start of its header is, and the
+    # pipeline quarantines it with this reason.
+    over_limit: str | None = None
 
     _index: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
@@ -280,16 +284,45 @@ def _all(headers: tuple[tuple[str, str], ...], name: str) -> tuple[str, ...]:
     return tuple(value for key, value in headers if key.lower() == wanted)
 
 
+# An RFC 2047 encoded word, and a run of them separated by white space only.
+_ENCODED_WORDS = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=(?:\s+=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=)*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_QUOTED_STRING = re.compile(r'("(?:[^"\\]|\\.)*")', re.DOTALL)
+
+
+def _encoded_words_quoted(value: str) -> str:
+    """`value` with every run of encoded words replaced by a quoted string of its text.
+
+    An encoded word stands for words of a display name or a comment, nothing else
+    (RFC 2047 §5): written as a quoted string, whatever it decodes to (a comma, an
+    `@`, a line break and a forged `Bcc:`) stays inside the name, and the address is
+    read from the header's structure alone.
+    """
+    def quoted(run: re.Match[str]) -> str:
+        text = _CONTROL.sub(" ", decode_header_value(run[0])).strip()
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    if "=?" not in value:
+        return value
+    # Only outside quoted strings: one already quoted is a name, whatever it holds.
+    pieces = _QUOTED_STRING.split(value)
+    return "".join(piece if index % 2 else _ENCODED_WORDS.sub(quoted, piece)
+                   for index, piece in enumerate(pieces))
+
+
 def _addresses(
     message: Message | None, header: str, raw: tuple[str, ...]
 ) -> list[tuple[str, str]]:
     """mail-parser's reading of an address header (its first occurrence, as mail-parser
     reads it); the stdlib's when it found none or could not read it."""
     if message is not None:
+        value = message.get(header)
+        if isinstance(value, str):
+            value = _encoded_words_quoted(value)
         try:
             found = [
                 (_name("" if name == address else name), address)
-                for name, address in get_addresses(message.get(header), decode_names=True)
+                for name, address in get_addresses(value, decode_names=True)
                 if address
             ]
         except Exception:  # keep going with the stdlib reading
@@ -412,8 +445,18 @@ def _nothing(defects: list[str]) -> ParsedMail:
     return _assemble((), empty, None, _Body([], [], []), defects)
 
 
+_READ_OF_AN_OVERSIZED_HEADER = 16 * 1024
+
+
 def parse_mail(raw: bytes) -> ParsedMail:
     """Raw RFC 822 bytes → ParsedMail; never raises, whatever the bytes."""
+    problem = exceeded_limit(raw)
+    if problem is not None:
+        # Enough of the header to show who sent what in `inbox list`, nothing more.
+        start = raw[:_READ_OF_AN_OVERSIZED_HEADER]
+        start = start[:start.rfind(b"\n") + 1] or start
+        return replace(_parse(start + b"\r\n"), over_limit=problem, text="", html=None,
+                       attachments=())
     skeleton, cut = cut_large_parts(raw)
     if cut is not None:
         mail = restore_parts(_parse(skeleton), cut)

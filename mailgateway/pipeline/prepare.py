@@ -30,11 +30,26 @@ _TRACE_HEADERS = frozenset({
     b"x-spam-score", b"x-spam-flag", b"x-spam-level", b"x-virus-scanned", b"status",
     b"x-uid", b"x-keywords", b"x-status", b"lines", b"content-length",
 })
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 # A header block is a few KiB. The bound keeps a mail without one (no blank line)
 # from being searched whole, on the SMTP listener's event loop among others.
 _MESSAGE_ID_SCAN_BYTES = 65_536
+
+
+def _header_end(raw: bytes, start: int, stop: int | None = None) -> tuple[int, int]:
+    """Where the header block from `start` ends and the body begins: the first blank
+    line (CRLF or LF) before `stop`, else both `stop` (the end of `raw`). Found with
+    `bytes.find`, not a regular expression: a 25 MB mail without a blank line is
+    scanned in milliseconds."""
+    stop = len(raw) if stop is None else stop
+    crlf = raw.find(b"\n\r\n", start, stop)
+    # The second search stops where the first succeeded, not at the bound.
+    lf = raw.find(b"\n\n", start, stop if crlf < 0 else crlf + 1)
+    newline = lf if lf >= 0 else crlf
+    if newline < 0:
+        return stop, stop
+    head_end = newline - 1 if newline > start and raw[newline - 1:newline] == b"\r" else newline
+    return head_end, newline + (2 if newline == lf else 3)
 
 
 def raw_message_id(raw: bytes) -> str | None:
@@ -48,12 +63,7 @@ def raw_message_id(raw: bytes) -> str | None:
     start = 0
     while raw[start:start + 1] in (b"\r", b"\n"):
         start += 1
-    limit = min(len(raw), start + _MESSAGE_ID_SCAN_BYTES)
-    # Where `_HEADER_END` would match, found faster than by the regular expression;
-    # the second search stops where the first succeeded, not at the bound.
-    crlf = raw.find(b"\n\r\n", start, limit)
-    lf = raw.find(b"\n\n", start, limit if crlf < 0 else crlf + 1)
-    end = lf if lf >= 0 else crlf if crlf >= 0 else limit
+    end, _ = _header_end(raw, start, min(len(raw), start + _MESSAGE_ID_SCAN_BYTES))
     match = _MESSAGE_ID.search(raw[start:end])
     if match is None:
         return None
@@ -88,9 +98,9 @@ def raw_identity(raw: bytes) -> RawIdentity:
     start = 0
     while start < len(raw) and raw[start] in b"\r\n":
         start += 1
-    split = _HEADER_END.search(raw, start)
-    body_start = split.end() if split else len(raw)
-    head = raw[start:split.start()] if split else raw[start:]
+    head_end, body_start = _header_end(raw, start)
+    # A mail that is all header may end with a line break or not: the same mail.
+    head = raw[start:head_end].rstrip(b" \t\r\n")
     message_id = raw_message_id(raw)
     content = hashlib.sha256()
     for line in re.split(rb"\r?\n(?![ \t])", head):

@@ -53,7 +53,9 @@ def analyse(
     sender = _identify(store, mail, envelope_from)
     ticket, found_by = _find_ticket(store, found.keys)
     decision: d.Decision
-    if classification.kind is not None:
+    if mail.over_limit is not None:
+        decision = d.Quarantine(f"not read: {mail.over_limit}")
+    elif classification.kind is not None:
         decision = d.Ignore(f"{classification.kind.value}: {classification.reason}")
     else:
         body = mail.text

@@ -26,6 +26,10 @@ class _App:
     clock: Clock
     sessions: sessionmaker[Session]
 
+    @property
+    def reads(self) -> sessionmaker[Session]:
+        return self.sessions
+
 
 def _run(app: _App, *argv: str) -> int:
     parser = argparse.ArgumentParser(prog="mailgateway")
