@@ -56,10 +56,15 @@ class _Timed:
         transport: str,
         envelope_from: str | None = None,
         envelope_to: Sequence[str] = (),
+        trust_authentication_results: bool = False,
     ) -> Received:
         return self.gateway.receive(
-            raw, transport=transport, envelope_from=envelope_from, envelope_to=envelope_to
+            raw, transport=transport, envelope_from=envelope_from, envelope_to=envelope_to,
+            trust_authentication_results=trust_authentication_results,
         )
+
+    def refusal(self, raw: bytes, envelope_from: str) -> str | None:
+        return self.gateway.refusal(raw, envelope_from)
 
     def process(self, inbox_id: int) -> str:
         status = self.gateway.process(inbox_id)
