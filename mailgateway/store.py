@@ -38,6 +38,7 @@ from mailgateway.attachments import store_file
 from mailgateway.db.dialect import insert_ignoring_duplicates
 from mailgateway.db.models import Account, AutoAnswer, Person, Staff, ThreadRef, Ticket
 from mailgateway.pipeline.identify import DirectoryMatch, SenderKind
+from mailgateway.tickets import allocate_number
 
 
 class Store(Protocol):
@@ -56,6 +57,10 @@ class Store(Protocol):
 
     def tickets_referencing(self, message_ids: Sequence[str]) -> list[Ticket]:
         """The tickets that know these Message-IDs, in the order of the ids, each once."""
+        ...
+
+    def ticket_number(self, year: int) -> str:
+        """The next ticket number of `year` (`tickets.allocate_number`)."""
         ...
 
     def add_ticket(self, ticket: Ticket) -> None: ...
@@ -152,6 +157,9 @@ class SessionStore:
     def tickets_referencing(self, message_ids: Sequence[str]) -> list[Ticket]:
         found = read_references(self._session, message_ids)
         return list({id(t): t for t in (found[m] for m in message_ids if m in found)}.values())
+
+    def ticket_number(self, year: int) -> str:
+        return allocate_number(self._session, year)
 
     def add_ticket(self, ticket: Ticket) -> None:
         self._session.add(ticket)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,15 @@ from mailgateway.db.dialect import (
     is_transient,
     returns_ids_of_many_rows,
 )
-from mailgateway.db.models import Account, AutoAnswer, InboxMail, InboxStatus, Person, Ticket
+from mailgateway.db.models import (
+    Account,
+    AutoAnswer,
+    InboxMail,
+    InboxStatus,
+    Person,
+    Ticket,
+    TicketCounter,
+)
 from mailgateway.pipeline.identify import DirectoryMatch, SenderKind
 from mailgateway.pipeline.prepare import PreparedMail
 from mailgateway.pipeline.process import process_inbox_mail, quarantine, sender_address
@@ -47,6 +55,7 @@ from mailgateway.store import (
     read_directory,
     read_references,
 )
+from mailgateway.tickets import allocate_number, format_number
 
 log = structlog.get_logger()
 
@@ -69,6 +78,7 @@ class BatchStore:
         self._customers: list[Account | Person] = []
         self._remembered: list[tuple[str, Ticket]] = []
         self._files: list[Future[None]] = []
+        self._numbers: dict[int, int] = {}  # the last ticket number given, by year
 
     @property
     def session(self) -> Session:
@@ -126,6 +136,16 @@ class BatchStore:
         found = (self._references[m] for m in message_ids)
         return list({id(t): t for t in found if t is not None}.values())
 
+    def ticket_number(self, year: int) -> str:
+        """The first number of a year from the counter row, which the transaction then
+        holds (its row lock, or SQLite's write lock); the next ones counted on here and
+        written with the batch."""
+        if year not in self._numbers:
+            self._numbers[year] = int(allocate_number(self._session, year).rpartition("-")[2])
+        else:
+            self._numbers[year] += 1
+        return format_number(year, self._numbers[year])
+
     def add_ticket(self, ticket: Ticket) -> None:
         self._session.add(ticket)
         self._tickets[ticket.number] = ticket
@@ -168,6 +188,10 @@ class BatchStore:
         learnt."""
         for written in self._files:
             written.result()  # raises, and so fails the batch, when a file could not be
+        for year, last in self._numbers.items():
+            self._session.execute(update(TicketCounter).where(TicketCounter.year == year)
+                                  .values(last=last)
+                                  .execution_options(synchronize_session=False))
         number_new_rows(self._session)
         self._session.flush()
         if self._remembered:

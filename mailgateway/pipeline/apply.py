@@ -38,7 +38,6 @@ from mailgateway.sla import first_response_due
 from mailgateway.store import Store
 from mailgateway.tickets import (
     TicketAction,
-    allocate_number,
     change_status,
     record_created,
     record_event,
@@ -79,7 +78,9 @@ def _add_message(
 ) -> Message:
     message = Message(ticket=ticket, inbox_id=row.id, direction=direction, author=author,
                       body=body, internal=internal, refused_attachments=list(refused),
-                      created_at=at, attachments=list(files))
+                      created_at=at)
+    if files:
+        message.attachments = list(files)
     store.session.add(message)
     return message
 
@@ -201,7 +202,7 @@ def open_ticket(
     routing = decision.routing
     subject = clean_subject(mail.subject, settings.helpdesk.ticket_tag) or "(senza oggetto)"
     ticket = Ticket(
-        number=allocate_number(session, now.year), status=TicketStatus.APERTO.value,
+        number=store.ticket_number(now.year), status=TicketStatus.APERTO.value,
         subject=subject[:1000], product=routing.product, request_type=routing.request_type,
         impact=routing.impact, group=routing.group, account=account, person=person,
         assignee=None,
