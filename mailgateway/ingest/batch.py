@@ -217,7 +217,8 @@ def number_new_rows(session: Session) -> None:
         if getattr(row, "id", 0) is None:
             unnumbered.setdefault(type(row), []).append(row)
     for model, rows in unnumbered.items():
-        last = session.execute(select(func.max(model.id))).scalar() or 0
+        with session.no_autoflush:  # the rows must not be written before they have ids
+            last = session.execute(select(func.max(model.id))).scalar() or 0
         rows.sort(key=lambda row: inspect(row).insert_order)  # in the order they were added
         for offset, row in enumerate(rows, start=1):
             row.id = last + offset
