@@ -170,6 +170,7 @@ class Message(Base):
     refused_attachments: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime]
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
+    inbox: Mapped[InboxMail | None] = relationship()
     attachments: Mapped[list[Attachment]] = relationship(
         back_populates="message", order_by="Attachment.id"
     )

@@ -243,17 +243,20 @@ def _receive_batch(
 ) -> list[Outcome]:
     outcomes = [Outcome("duplicate")] * len(mails)
     with gateway.writing, gateway.sessions.begin() as session:
-        fresh = _store_new(gateway, session, mails, transport)
+        fresh = _new_rows(gateway, session, mails, transport)
         if careful:
             for index, row in fresh:
                 outcomes[index] = _process_alone(gateway, SessionStore(session), row, mails[index])
-            return outcomes
-        store = BatchStore(session)
-        with session.no_autoflush:
-            store.read_ahead([mails[i] for i, _ in fresh], gateway.clock.now() - _window(gateway))
-            for index, row in fresh:
-                outcomes[index] = _process(gateway, store, row, mails[index])
-            store.write()
+            session.flush()
+        else:
+            store = BatchStore(session)
+            with session.no_autoflush:
+                store.read_ahead([mails[i] for i, _ in fresh],
+                                 gateway.clock.now() - _window(gateway))
+                for index, row in fresh:
+                    outcomes[index] = _process(gateway, store, row, mails[index])
+                store.write()
+        store_raws(session, [(row.id, mails[index].raw) for index, row in fresh])
     return outcomes
 
 
@@ -261,10 +264,11 @@ def _window(gateway: Gateway) -> timedelta:
     return timedelta(minutes=gateway.settings.outbound.auto_answer_window_minutes)
 
 
-def _store_new(
+def _new_rows(
     gateway: Gateway, session: Session, mails: Sequence[PreparedMail], transport: str
 ) -> list[tuple[int, InboxMail]]:
-    """Inbox rows and bytes for the mails not stored before: (index in `mails`, row)."""
+    """Inbox rows for the mails not stored before: (index in `mails`, row). A row is
+    written with its fate, and then its bytes, once the batch is processed."""
     keys = [m.identity.dedup_key for m in mails]
     seen = set(session.execute(
         select(InboxMail.dedup_key).where(InboxMail.dedup_key.in_(keys))).scalars())
@@ -274,9 +278,6 @@ def _store_new(
             seen.add(mail.identity.dedup_key)
             fresh.append((index, gateway.inbox_row(mail.raw, mail.identity, transport)))
     session.add_all(row for _, row in fresh)
-    number_new_rows(session)
-    session.flush()
-    store_raws(session, [(row.id, mails[index].raw) for index, row in fresh])
     return fresh
 
 

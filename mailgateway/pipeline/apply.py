@@ -76,7 +76,7 @@ def _add_message(
     at: datetime, internal: bool = False, refused: Sequence[str] = (),
     files: Sequence[Attachment] = (),
 ) -> Message:
-    message = Message(ticket=ticket, inbox_id=row.id, direction=direction, author=author,
+    message = Message(ticket=ticket, inbox=row, direction=direction, author=author,
                       body=body, internal=internal, refused_attachments=list(refused),
                       created_at=at)
     if files:
