@@ -27,15 +27,24 @@ from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline.context import Mailer, Pipeline
 from mailgateway.pipeline.parse import parse_mail
-from mailgateway.pipeline.prepare import RawIdentity, raw_identity
-from mailgateway.pipeline.process import process_inbox_mail, quarantine, sender_address
+from mailgateway.pipeline.prepare import RawIdentity, header_end, raw_identity
+from mailgateway.pipeline.process import process_inbox_mail, quarantine
 from mailgateway.sla import first_response_due
-from mailgateway.store import SessionStore, Store
+from mailgateway.store import SessionStore, Store, read_directory
 
 log = structlog.get_logger()
 
 _INBOX_RAW = cast(Table, InboxRaw.__table__)
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_SENDER_FIELDS = re.compile(rb"(?im)^(?:from|reply-to|sender)[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+_ADDRESS_LIKE = re.compile(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+")
+
+
+def possible_senders(raw: bytes, envelope_from: str) -> set[str]:
+    """Every address that From, Reply-To, Sender or the envelope could name, read
+    loosely from the header block: more than the pipeline would take, never fewer."""
+    head = raw[:header_end(raw)]
+    text = b" ".join(m[1] for m in _SENDER_FIELDS.finditer(head)).decode("utf-8", "replace")
+    return {a.lower().strip(".") for a in _ADDRESS_LIKE.findall(f"{text} {envelope_from}")}
 
 
 def store_raws(session: Session, rows: Sequence[tuple[int, bytes]]) -> None:
@@ -129,18 +138,19 @@ class Gateway:
         return Received(inbox_id, duplicate=False)
 
     def refusal(self, raw: bytes, envelope_from: str) -> str | None:
+        """Refused only when no address the mail could be from is in the directory: the
+        pipeline reads the sender more carefully later, so a doubt means "take it"."""
         if self.settings.helpdesk.unknown_sender != "reject" or envelope_from == "":
             return None  # the null sender: a bounce, which comes from a machine we do not know
-        end = _HEADER_END.search(raw)
-        head = parse_mail(raw[:end.start()] if end else raw)
-        email = sender_address(head, envelope_from)
-        if not email:
+        candidates = possible_senders(raw, envelope_from)
+        if not candidates:
             return None  # the pipeline quarantines it, with the reason
         with self.reads() as session:
-            if SessionStore(session).directory(email):
+            if any(read_directory(session, candidates).values()):
                 return None
         helpdesk = self.settings.helpdesk
-        return (f"550 5.7.1 <{email}> is not registered with {helpdesk.name}: write to "
+        shown = next(iter(sorted(candidates)))
+        return (f"550 5.7.1 <{shown}> is not registered with {helpdesk.name}: write to "
                 f"{helpdesk.address} from your account's main address or a registered "
                 "person's")
 

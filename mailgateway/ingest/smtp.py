@@ -105,10 +105,6 @@ class _Handler:
         raw = envelope.original_content or b""
         log = self._log.bind(message_id=raw_message_id(raw), peer=session.peer)
         started = time.perf_counter()
-        refusal = await self._listener.refusal(raw, envelope.mail_from)
-        if refusal is not None:
-            log.info("smtp.refused", reason=refusal)
-            return refusal
         commit = self._listener.commit(raw, envelope.mail_from, tuple(envelope.rcpt_tos))
         try:
             # Shielded: a client hanging up mid-commit must not stop the commit; the
@@ -123,6 +119,9 @@ class _Handler:
         except Exception:
             log.exception("smtp.store_failed")
             return self._status(envelope, _TEMPFAIL)
+        if isinstance(received, str):
+            log.info("smtp.refused", reason=received)
+            return received
         log.info(
             "smtp.stored",
             inbox_id=received.inbox_id,
@@ -257,7 +256,7 @@ class SmtpListener:
         self._handler = _Handler(self)
         self._sessions: set[asyncio.BaseProtocol] = set()
         self._clients: Counter[str] = Counter()
-        self._commits: set[asyncio.Task[Received]] = set()
+        self._commits: set[asyncio.Task[Received | str]] = set()
         self._committers: ThreadPoolExecutor | None = None
         self._changed: asyncio.Event | None = None
         self._server: asyncio.Server | None = None
@@ -313,8 +312,9 @@ class SmtpListener:
 
     def commit(
         self, raw: bytes, mail_from: str | None, rcpt_tos: tuple[str, ...]
-    ) -> asyncio.Task[Received]:
-        """Store one mail in a worker thread; the task outlives the session that started it."""
+    ) -> asyncio.Task[Received | str]:
+        """Store one mail in a worker thread, unless it is refused (the 550 to answer);
+        the task outlives the session that started it."""
         task = asyncio.get_running_loop().create_task(self._store(raw, mail_from, rcpt_tos))
         self._commits.add(task)
         task.add_done_callback(self._commit_done)
@@ -322,18 +322,30 @@ class SmtpListener:
 
     async def _store(
         self, raw: bytes, mail_from: str | None, rcpt_tos: tuple[str, ...]
-    ) -> Received:
+    ) -> Received | str:
         # "<>" is the null reverse-path of bounces and DSNs: pass it on as "".
         envelope_from = "" if mail_from in (None, "<>") else mail_from
-        receive = partial(
-            self.receiver.receive,
-            raw,
-            transport=self._transport_name,
-            envelope_from=envelope_from,
-            envelope_to=rcpt_tos,
-            trust_authentication_results=self.settings.trust_authentication_results,
-        )
+        receive = partial(self._refuse_or_receive, raw, envelope_from, rcpt_tos)
         return await asyncio.get_running_loop().run_in_executor(self._committers, receive)
+
+    def _refuse_or_receive(
+        self, raw: bytes, envelope_from: str, rcpt_tos: tuple[str, ...]
+    ) -> Received | str:
+        """On a commit thread: the receiver's reason to refuse the mail now, or its commit.
+        Never refused behind an MTA: over LMTP a refusal would make that MTA mail a
+        bounce to a sender that may be forged."""
+        if not self.settings.lmtp:
+            try:
+                refusal = self.receiver.refusal(raw, envelope_from)
+            except Exception:  # the pipeline decides later, as it would over IMAP
+                self.log.exception("smtp.refusal_check_failed")
+                refusal = None
+            if refusal is not None:
+                return refusal
+        return self.receiver.receive(
+            raw, transport=self._transport_name, envelope_from=envelope_from,
+            envelope_to=rcpt_tos,
+            trust_authentication_results=self.settings.trust_authentication_results)
 
     def wake(self, inbox_id: int) -> None:
         """Tell the processor a mail is waiting; its failure must not reach the session."""
@@ -344,15 +356,16 @@ class SmtpListener:
         except Exception:
             self.log.exception("smtp.on_stored_failed", inbox_id=inbox_id)
 
-    def wake_when_stored(self, task: asyncio.Task[Received]) -> None:
+    def wake_when_stored(self, task: asyncio.Task[Received | str]) -> None:
         """For a commit whose client hung up: the mail is stored all the same, so process it."""
-        if task.cancelled() or task.exception() is not None:
+        if task.cancelled() or task.exception() is not None or isinstance(task.result(), str):
             return
         received = task.result()
+        assert not isinstance(received, str)
         self.log.info("smtp.stored_after_disconnect", inbox_id=received.inbox_id)
         self.wake(received.inbox_id)
 
-    def _commit_done(self, task: asyncio.Task[Received]) -> None:
+    def _commit_done(self, task: asyncio.Task[Received | str]) -> None:
         self._commits.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved here; the session that awaited it logged it
@@ -378,19 +391,6 @@ class SmtpListener:
                 del self._clients[session.client]
         self._sessions.discard(session)
         self.notify()
-
-    async def refusal(self, raw: bytes, mail_from: str | None) -> str | None:
-        """The receiver's reason to refuse the mail now (never behind an MTA: over LMTP
-        a refusal would make that MTA mail a bounce to a sender that may be forged)."""
-        if self.settings.lmtp:
-            return None
-        envelope_from = "" if mail_from in (None, "<>") else mail_from
-        check = partial(self.receiver.refusal, raw, envelope_from)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._committers, check)
-        except Exception:  # the pipeline decides later, as it would over IMAP
-            self.log.exception("smtp.refusal_check_failed")
-            return None
 
     def notify(self) -> None:
         """Something the drain waits for may have changed."""

@@ -52,6 +52,14 @@ def _header_end(raw: bytes, start: int, stop: int | None = None) -> tuple[int, i
     return head_end, newline + (2 if newline == lf else 3)
 
 
+def header_end(raw: bytes) -> int:
+    """Where the header block of `raw` ends (its length when there is no blank line)."""
+    start = 0
+    while raw[start:start + 1] in (b"\r", b"\n"):
+        start += 1
+    return _header_end(raw, start)[0]
+
+
 def raw_message_id(raw: bytes) -> str | None:
     """The Message-ID of a raw mail, unfolded and without its angle brackets; None when
     there is none (or it is empty).
