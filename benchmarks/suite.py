@@ -30,7 +30,7 @@ from benchmarks.gateway import (
     timed_import,
 )
 from benchmarks.generate import large_attachment_reply, write_maildir
-from benchmarks.transport_measures import dispatcher, imap_poller, smtp_listener
+from benchmarks.transport_measures import dispatcher, imap_poller, scheduler, smtp_listener
 
 LARGE_ATTACHMENT_BYTES = 25_000_000
 SMALL_ATTACHMENT_BYTES = 20_000
@@ -343,4 +343,6 @@ BENCHMARKS: list[Benchmark] = [
         "imap-poller", "IMAP backlog drain and APPEND-to-ticket latency with IDLE", imap_poller
     ),
     Benchmark("dispatcher", "outbox to a local SMTP sink, mails/s", dispatcher),
+    Benchmark("scheduler", "one scheduler pass over a large desk, and one with nothing due",
+              scheduler),
 ]

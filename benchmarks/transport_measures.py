@@ -249,3 +249,27 @@ def dispatcher(ctx: Context) -> list[Row]:
             note="the most this sink takes here: read the dispatcher's rate against it",
         ),
     ]
+
+
+def scheduler(ctx: Context) -> list[Row]:
+    """One scheduler pass over 100,000 tickets of which 1,000 are due, then one with
+    nothing due (`scheduler_bench`); `--quick`: 10,000 and 100."""
+    name = "scheduler"
+    tickets, due = (10_000, 100) if ctx.n < 100 else (100_000, 1_000)
+    results: Results = {}
+    if not _missing(ctx, name, "benchmarks.scheduler_bench"):
+        from benchmarks.scheduler_bench import bench_scheduler
+
+        def run(backend: Backend) -> dict[str, Any]:
+            with site_settings(ctx, "scheduler", backend) as settings:
+                return bench_scheduler(settings, tickets, due)
+
+        results = _each_backend(ctx, name, run)
+    return [
+        _row(results, f"scheduler pass, {due:,} due of {tickets:,} tickets", "s",
+             lambda r: r["pass_seconds"], better="lower",
+             note="reminders, auto-closes and overdue signals, each with its event and "
+             "outbox row, a few tickets per transaction"),
+        _row(results, "scheduler pass with nothing due", "ms", lambda r: r["idle_pass_ms"],
+             better="lower", note="the same desk right after: two partial indexes, no scan"),
+    ]

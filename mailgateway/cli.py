@@ -158,10 +158,24 @@ def _staff_list(args: argparse.Namespace, app: App) -> None:
 def _tickets_list(args: argparse.Namespace, app: App) -> None:
     from mailgateway.views import list_tickets
 
+    overdue_at = app.clock.now() if args.overdue else None
     with app.reads() as session:
-        rows = list_tickets(session, app.settings.helpdesk.ticket_tag, args.status, args.account)
+        rows = list_tickets(session, app.settings.helpdesk.ticket_tag, args.status, args.account,
+                            overdue_at)
     emit(args, rows, (f"{r['number']}\t{r['status']}\t{r['account']}\t{r['subject']}"
                       for r in rows))
+
+
+def _scheduler(args: argparse.Namespace, app: App) -> None:
+    from mailgateway.scheduler import run_pass
+
+    handled = run_pass(app.gateway.engine, app.settings, app.clock)
+    rows = [{"ticket": h.number, "action": h.due.value} for h in handled]
+    summary = ", ".join(f"{sum(r['action'] == kind for r in rows)} {kind}"
+                        for kind in ("reminder", "autoclose", "overdue"))
+    emit(args, {"at": app.clock.now().isoformat(), "handled": rows},
+         [f"Scheduler pass at {app.clock.now().isoformat()}: {summary}.",
+          *(f"{r['ticket']}\t{r['action']}" for r in rows)])
 
 
 def _tickets_show(args: argparse.Namespace, app: App) -> None:
@@ -264,8 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", type=str.upper,
                          choices=("APERTO", "IN_GESTIONE", "RISPOSTO", "CHIUSO"))
     listing.add_argument("--account", help="an account's main address")
+    listing.add_argument("--overdue", action="store_true",
+                         help="only tickets past their first-response time without an answer")
     _add(tickets, "show", _tickets_show, "one ticket in full", json_flag=True
          ).add_argument("number")
+
+    scheduler = _add(sub, "scheduler", _scheduler, "what time makes due: reminders, "
+                     "auto-closes, overdue signals (with --now: at that instant)", json_flag=True)
+    scheduler.add_argument("--once", action="store_true", required=True,
+                           help="one pass, then exit (serve runs it every interval)")
 
     inbox = _group(sub, "inbox", "received mail and its fate")
     _add(inbox, "list", _inbox_list, "list received mail", json_flag=True).add_argument(

@@ -69,6 +69,10 @@ def build_components(settings: Settings, gateway: Gateway, clock: Clock) -> list
         from mailgateway.ingest.smtp import SmtpListener
 
         components.append(SmtpListener(settings.smtp, gateway, on_stored=processor.wake))
+    if settings.scheduler.enabled:
+        from mailgateway.scheduler import Scheduler
+
+        components.append(Scheduler(gateway.engine, settings, clock))
     if settings.imap:
         from mailgateway.ingest.imap import ImapPoller
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from mailgateway.db.models import Account, InboxMail, Message, Ticket
+from mailgateway.db.models import Account, InboxMail, Message, Ticket, TicketStatus
 from mailgateway.errors import UserError
 from mailgateway.tickets import find_by_number, format_tag
 
@@ -46,15 +46,22 @@ def ticket_summary(ticket: Ticket, ticket_tag: str) -> dict[str, Any]:
 
 
 def list_tickets(
-    session: Session, ticket_tag: str, status: str | None = None, account: str | None = None
+    session: Session, ticket_tag: str, status: str | None = None, account: str | None = None,
+    overdue_at: datetime | None = None,
 ) -> list[dict[str, Any]]:
+    """The tickets, oldest first; `overdue_at`: only those whose first-response time
+    had passed at that instant without a technician's answer."""
     query = (select(Ticket).options(selectinload(Ticket.account), selectinload(Ticket.person),
                                     selectinload(Ticket.assignee)).order_by(Ticket.id))
     if status:
         query = query.where(Ticket.status == status.upper())
     if account:
         query = query.join(Ticket.account).where(Account.main_email == account.lower())
-    return [ticket_summary(t, ticket_tag) for t in session.execute(query).scalars()]
+    if overdue_at is not None:
+        query = query.where(Ticket.answered_at.is_(None), Ticket.due_at < overdue_at,
+                            Ticket.status != TicketStatus.CHIUSO.value)
+    return [ticket_summary(t, ticket_tag) | {"due_at": _time(t.due_at)}
+            for t in session.execute(query).scalars()]
 
 
 def _message(message: Message) -> dict[str, Any]:

@@ -31,7 +31,13 @@ from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.errors import PermanentError
 from mailgateway.outbound import mime
-from mailgateway.outbound.intent import MailIntent, MailKind, new_message_id, stored_intent
+from mailgateway.outbound.intent import (
+    GENERATED_KINDS,
+    MailIntent,
+    MailKind,
+    new_message_id,
+    stored_intent,
+)
 from mailgateway.outbound.mime import AttachmentFile
 from mailgateway.outbound.render import RenderedMail, choose_language, render
 from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address, staff_token
@@ -40,8 +46,6 @@ from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address, sta
 STAFF_KINDS = frozenset(
     {MailKind.NEW_TICKET_NOTICE, MailKind.CUSTOMER_REPLY_NOTICE, MailKind.OVERDUE}
 )
-# Automatic mails that answer no message (RFC 3834: auto-generated, not auto-replied).
-GENERATED_KINDS = frozenset({MailKind.REMINDER, MailKind.AUTOCLOSE})
 
 REFERENCES_HEAD = 1  # the thread's first message: what clients thread on
 REFERENCES_TAIL = 10  # and the most recent ones

@@ -34,16 +34,15 @@ class MailKind(StrEnum):
     REFUSED_NOTICE = "refused_notice"      # a technician's mail refused: to the group
 
 
-AUTOMATIC_KINDS = frozenset(
-    {
-        MailKind.ACKNOWLEDGMENT,
-        MailKind.UNKNOWN_SENDER,
-        MailKind.CLOSED_TICKET,
-        MailKind.REJECTED,
-        MailKind.REMINDER,
-        MailKind.AUTOCLOSE,
-    }
+# Automatic answers to a mail received: a robot at the other end could answer them
+# back, so they are rate-limited per recipient and never sent to a machine.
+ANSWERING_KINDS = frozenset(
+    {MailKind.ACKNOWLEDGMENT, MailKind.UNKNOWN_SENDER, MailKind.CLOSED_TICKET,
+     MailKind.REJECTED}
 )
+# Automatic mails time sends (RFC 3834 "auto-generated"): they answer nothing.
+GENERATED_KINDS = frozenset({MailKind.REMINDER, MailKind.AUTOCLOSE})
+AUTOMATIC_KINDS = ANSWERING_KINDS | GENERATED_KINDS
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,13 @@ class MailIntent:
 
     @property
     def automatic(self) -> bool:
-        """Automatic mails are rate-limited and never sent in answer to a machine."""
+        """Written by no person: marked so (Auto-Submitted), never to our own addresses."""
         return self.kind in AUTOMATIC_KINDS
+
+    @property
+    def answers_mail(self) -> bool:
+        """An automatic answer to a mail received: rate-limited per recipient."""
+        return self.kind in ANSWERING_KINDS
 
 
 @dataclass(frozen=True)

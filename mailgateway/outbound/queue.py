@@ -10,7 +10,7 @@ and the Message-ID it will carry; the dispatcher renders it
 (`compose.compose_queued`) when it sends it, outside the transaction that
 received the mail.
 
-Automatic mails are rate-limited per recipient (`auto_answer_limit` within
+Automatic answers are rate-limited per recipient (`auto_answer_limit` within
 `auto_answer_window_minutes`), remembered in `auto_answers`: a robot that
 escaped loop detection, or a customer's script, gets a handful of answers
 and then silence instead of an endless exchange. The count is read in the
@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
-from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, Ticket
+from mailgateway.db.models import AutoAnswer, OutboxMail, OutboxStatus, ThreadRef, Ticket
 from mailgateway.outbound.intent import MailIntent, QueuedMail, new_message_id, outbox_document
 from mailgateway.store import Store
 
@@ -162,6 +162,7 @@ def enqueue(
         # as ours.
         to = [a for a in to if not _is_own_address(settings, a)]
         cc = [a for a in cc if not _is_own_address(settings, a)]
+    if intent.answers_mail:
         blocked = _over_limit(store, settings, now, to + cc)
         if blocked:
             _report_limited(store.session, settings, now, fields, blocked)
@@ -179,9 +180,9 @@ def enqueue(
         mail_from=settings.helpdesk.address, recipients=to + cc, message_id=message_id,
         intent=outbox_document(effective, ticket.number if ticket else None),
         status=OutboxStatus.PENDING, attempts=0, next_attempt_at=now))
-    if ticket is not None:
-        store.remember_message_id(message_id, ticket)
-    if intent.automatic:
+    if ticket is not None:  # a fresh id of ours: no ticket can know it already
+        store.session.add(ThreadRef(message_id=message_id, ticket=ticket))
+    if intent.answers_mail:
         for recipient in to + cc:
             store.add_automatic_answer(recipient.lower(), now)
     log.info("outbox_enqueued", message_id=message_id, recipients=to + cc, **fields)

@@ -28,6 +28,7 @@ from mailgateway.db.models import (
     Ticket,
     TicketStatus,
 )
+from mailgateway.outbound.addressing import customer_recipients, group_recipients
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.context import Analysis, Pipeline
@@ -91,11 +92,6 @@ def _file_refs(files: Sequence[Attachment]) -> list[dict[str, Any]]:
              "sha256": f.sha256} for f in files]
 
 
-def _customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    primary = ticket.person.email if ticket.person is not None else ticket.account.main_email
-    return (primary,), tuple(w for w in ticket.watchers or () if w != primary)
-
-
 def _thread_ids(
     mail: ParsedMail, ticket: Ticket | None, to_customer_thread: bool
 ) -> tuple[str | None, tuple[str, ...]]:
@@ -120,11 +116,21 @@ def _mail(
     language = ticket.language if ticket is not None else pipeline.settings.helpdesk.language
     intent = MailIntent(kind=kind, to=intent_to, cc=tuple(cc), language=language,
                         in_reply_to=in_reply_to, references=references, context=context)
-    if intent.automatic and not analysis.classification.may_auto_answer:
+    if intent.answers_mail and not analysis.classification.may_auto_answer:
         log.info("automatic answer suppressed", kind=kind.value,
                  reason=analysis.classification.reason)
         return
     pipeline.mailer(store, intent, ticket)
+
+
+def _notify(
+    store: Store, pipeline: Pipeline, analysis: Analysis, kind: MailKind,
+    technicians: Sequence[str], ticket: Ticket, **context: Any,
+) -> None:
+    """A notice to technicians, one mail each: its signed reply address names the one
+    it went to (a group's address, or a member)."""
+    for address in technicians:
+        _mail(store, pipeline, analysis, kind, (address,), ticket, **context)
 
 
 def apply_reject(
@@ -216,19 +222,33 @@ def open_ticket(
     store.add_ticket(ticket)
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
     refused = [safe_filename(a.filename, a.content_type) for a in mail.attachments]
+    closed = analysis.ticket if decision.linked_ticket else None
     _add_message(store, ticket, row, direction="in", author=analysis.sender.email,
-                 body=decision.description, at=now, refused=refused)
+                 body=_following(closed, ticket.language) + decision.description, at=now,
+                 refused=refused)
     record_created(session, ticket, actor=analysis.sender.email, at=now, reason=decision.reason)
+    if closed is not None:  # the closed ticket says where the conversation went on
+        record_event(session, closed, "followed_up", actor=analysis.sender.email, at=now,
+                     reason=f"continued in new ticket {ticket.number}")
     _remember_message_id(store, mail, ticket)
-    to, cc = _customer_recipients(ticket)
+    to, cc = customer_recipients(ticket)
     _mail(store, pipeline, analysis, MailKind.ACKNOWLEDGMENT, to, ticket, cc=cc,
           refused_attachments=refused, body=decision.description,
           unverified=not account.verified)
-    _mail(store, pipeline, analysis, MailKind.NEW_TICKET_NOTICE,
-          (settings.group_address(ticket.group),), ticket, body=decision.description,
+    _notify(store, pipeline, analysis, MailKind.NEW_TICKET_NOTICE,
+            group_recipients(session, settings, ticket.group), ticket, body=decision.description,
           author=analysis.sender.email, refused_attachments=refused,
           unverified=not account.verified)
     return ticket
+
+
+def _following(closed: Ticket | None, language: str) -> str:
+    """The first line of a ticket opened by a reply to a closed one: which one."""
+    if closed is None:
+        return ""
+    if language == "en":
+        return f"(Follows closed ticket {closed.number}.)\n\n"
+    return f"(Segue il ticket chiuso {closed.number}.)\n\n"
 
 
 def _found(analysis: Analysis) -> Ticket:
@@ -252,9 +272,9 @@ def add_customer_reply(
         record_event(store.session, ticket, TicketAction.CUSTOMER_REPLIED.value, actor=author,
                      at=now, reason=decision.reason)
     _remember_message_id(store, analysis.mail, ticket)
-    notify = (ticket.assignee.email if ticket.assignee is not None
-              else pipeline.settings.group_address(ticket.group))
-    _mail(store, pipeline, analysis, MailKind.CUSTOMER_REPLY_NOTICE, (notify,), ticket,
+    notify = ((ticket.assignee.email,) if ticket.assignee is not None
+              else group_recipients(store.session, pipeline.settings, ticket.group))
+    _notify(store, pipeline, analysis, MailKind.CUSTOMER_REPLY_NOTICE, notify, ticket,
           body=decision.body, author=author, attachments=_file_refs(files))
     return ticket
 
@@ -305,7 +325,7 @@ def add_staff_reply(
         record_event(session, ticket, "note", actor=actor, at=now, reason=decision.reason)
     _remember_message_id(store, analysis.mail, ticket)
     if decision.body and not decision.internal:
-        to, cc = _customer_recipients(ticket)
+        to, cc = customer_recipients(ticket)
         answer = replace(analysis, classification=replace(
             analysis.classification, may_auto_answer=True))
         _mail(store, pipeline, answer, MailKind.ANSWER, to, ticket, cc=cc,
@@ -328,8 +348,8 @@ def _record_refusal(
     record_event(store.session, ticket, _REFUSAL, actor=analysis.sender.email, at=now,
                  reason=reason)
     if not told:
-        _mail(store, pipeline, analysis, MailKind.REFUSED_NOTICE,
-              (pipeline.settings.group_address(ticket.group),), ticket,
+        _notify(store, pipeline, analysis, MailKind.REFUSED_NOTICE,
+                group_recipients(store.session, pipeline.settings, ticket.group), ticket,
               author=analysis.sender.email, reason=reason)
 
 

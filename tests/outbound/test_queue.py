@@ -194,6 +194,21 @@ def test_mails_written_by_technicians_are_not_limited(
     assert _count(sessions) == 15
 
 
+def test_reminders_of_many_tickets_to_one_customer_are_not_limited(
+    settings: Settings,
+    clock: FixedClock,
+    sessions: sessionmaker[Session],
+    make_ticket: TicketFactory,
+) -> None:
+    """The limit brakes answers to mail received (a robot could answer back); what time
+    sends, a reminder per ticket, answers nothing and goes whatever the count."""
+    ticket = make_ticket()
+    reminder = MailIntent(kind=MailKind.REMINDER, to=("owner@studiorossi.it",), language="it")
+    with sessions.begin() as session:
+        store = SessionStore(session)
+        assert all(enqueue(store, settings, clock, reminder, ticket) for _ in range(15))
+
+
 def test_a_limited_cc_is_dropped_and_the_mail_still_goes(
     settings: Settings,
     clock: FixedClock,
@@ -201,7 +216,8 @@ def test_a_limited_cc_is_dropped_and_the_mail_still_goes(
     make_ticket: TicketFactory,
 ) -> None:
     ticket = make_ticket()
-    busy = MailIntent(kind=MailKind.REMINDER, to=("watcher@studiorossi.it",), language="it")
+    busy = MailIntent(kind=MailKind.ACKNOWLEDGMENT, to=("watcher@studiorossi.it",),
+                      language="it")
     with sessions.begin() as session:
         for _ in range(10):
             enqueue(SessionStore(session), settings, clock, busy, ticket)
@@ -210,7 +226,7 @@ def test_a_limited_cc_is_dropped_and_the_mail_still_goes(
             settings,
             clock,
             MailIntent(
-                kind=MailKind.REMINDER,
+                kind=MailKind.ACKNOWLEDGMENT,
                 to=("owner@studiorossi.it",),
                 cc=("watcher@studiorossi.it",),
                 language="it",

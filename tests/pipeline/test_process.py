@@ -461,3 +461,25 @@ def test_refusals_to_strangers_have_an_hourly_cap(settings: Settings, clock: Any
                                headers={"Return-Path": "<tardi@altrove.test>"}))
     assert len(_refusals(capped)) == 4
     capped.close()
+
+
+def test_a_group_without_an_address_gets_one_notice_per_member(
+    config_data: dict[str, Any], clock: Any
+) -> None:
+    from mailgateway.config import settings_from_mapping
+    from mailgateway.directory import add_staff
+
+    config_data["groups"] = {}
+    gateway = Gateway(settings_from_mapping(config_data), clock)
+    try:
+        register_desk(gateway)
+        with gateway.sessions.begin() as session:
+            add_staff(session, clock, name="Marta Gialli", email="marta@example.com",
+                      group="tecnica")
+        deliver(gateway, build_mail())
+        with gateway.sessions() as session:
+            notices = session.scalars(select(OutboxMail.recipients).where(
+                OutboxMail.kind == "new_ticket_notice")).all()
+        assert sorted(notices) == [["luca@example.com"], ["marta@example.com"]]
+    finally:
+        gateway.close()
