@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import structlog
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway.clock import Clock, SystemClock
 from mailgateway.config import Settings
 from mailgateway.db.dialect import claimed, insert_blobs, is_transient, reading, write_lock
-from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus, Ticket
+from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus, Staff, Ticket
 from mailgateway.db.session import create_db_engine, session_factory
 from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
@@ -29,6 +30,7 @@ from mailgateway.pipeline.context import Mailer, Pipeline
 from mailgateway.pipeline.parse import parse_mail
 from mailgateway.pipeline.prepare import RawIdentity, header_end, raw_identity
 from mailgateway.pipeline.process import process_inbox_mail, quarantine
+from mailgateway.pipeline.rules import DeskNames, RuleBook
 from mailgateway.sla import first_response_due
 from mailgateway.store import SessionStore, Store, read_directory
 
@@ -84,11 +86,18 @@ class Gateway:
             ) -> QueuedMail | None:
                 return enqueue(store, settings, self.clock, intent, ticket)
 
-        self.pipeline = Pipeline(settings, self.clock, mailer)
+        self.rules = RuleBook(Path(settings.rules.path), self.desk_names)
+        self.pipeline = Pipeline(settings, self.clock, mailer, self.rules)
         self._domains = tuple(d.lower() for d in settings.helpdesk.domains)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def desk_names(self) -> DeskNames:
+        """What rule files may name: the configured groups, the technicians."""
+        with self.reads() as session:
+            staff = set(session.scalars(select(Staff.email)))
+        return DeskNames(groups=set(self.settings.groups), staff=staff)
 
     def load_calendar(self) -> None:
         """Load the office calendar now, rather than when the first ticket is opened.

@@ -1,19 +1,19 @@
 """The effects of a decision: tickets, messages, attachments, events, outbox rows.
 
-Everything here writes into the caller's session; nothing commits. Each
-function applies one kind of `Decision` and returns the ticket it touched.
+Everything here writes into the caller's session what the `Decision` says,
+and decides nothing: who is mailed, in which language, with which fields, was
+settled by `decide`. Nothing commits. Each function applies one kind of
+decision and returns the ticket it touched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
-from datetime import datetime, timedelta
-from email.utils import parseaddr
+from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.attachments import safe_filename
@@ -22,17 +22,14 @@ from mailgateway.db.models import (
     Attachment,
     InboxMail,
     Message,
-    OutboxMail,
     Person,
     Staff,
     Ticket,
     TicketStatus,
 )
-from mailgateway.outbound.addressing import customer_recipients, group_recipients
-from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.context import Analysis, Pipeline
-from mailgateway.pipeline.identify import Sender
+from mailgateway.pipeline.facts import REFUSAL_EVENT
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.thread import clean_subject
 from mailgateway.sla import first_response_due
@@ -92,107 +89,44 @@ def _file_refs(files: Sequence[Attachment]) -> list[dict[str, Any]]:
              "sha256": f.sha256} for f in files]
 
 
-def _thread_ids(
-    mail: ParsedMail, ticket: Ticket | None, to_customer_thread: bool
-) -> tuple[str | None, tuple[str, ...]]:
-    """A mail answers the mail that caused it; a technician's answer is threaded under the
-    customer's first mail instead, the one id the customer's client surely knows."""
-    if to_customer_thread and ticket is not None and ticket.root_message_id:
-        return ticket.root_message_id, (ticket.root_message_id,)
-    refs = tuple(mail.references) + ((mail.message_id,) if mail.message_id else ())
-    return mail.message_id, refs
-
-
-def _mail(
-    store: Store, pipeline: Pipeline, analysis: Analysis, kind: MailKind,
-    to: Sequence[str], ticket: Ticket | None, *, cc: Sequence[str] = (),
-    to_customer_thread: bool = False, **context: Any,
+def _queue(
+    store: Store, pipeline: Pipeline, mails: Sequence[d.PlannedMail], ticket: Ticket | None,
+    files: Sequence[Attachment] = (),
 ) -> None:
-    """Queue one mail; automatic ones are never sent in answer to a machine."""
-    intent_to = tuple(a for a in to if a)
-    if not intent_to:
-        return
-    in_reply_to, references = _thread_ids(analysis.mail, ticket, to_customer_thread)
-    language = ticket.language if ticket is not None else pipeline.settings.helpdesk.language
-    intent = MailIntent(kind=kind, to=intent_to, cc=tuple(cc), language=language,
-                        in_reply_to=in_reply_to, references=references, context=context)
-    if intent.answers_mail and not analysis.classification.may_auto_answer:
-        log.info("automatic answer suppressed", kind=kind.value,
-                 reason=analysis.classification.reason)
-        return
-    pipeline.mailer(store, intent, ticket)
-
-
-def _notify(
-    store: Store, pipeline: Pipeline, analysis: Analysis, kind: MailKind,
-    technicians: Sequence[str], ticket: Ticket, **context: Any,
-) -> None:
-    """A notice to technicians, one mail each: its signed reply address names the one
-    it went to (a group's address, or a member)."""
-    for address in technicians:
-        _mail(store, pipeline, analysis, kind, (address,), ticket, **context)
+    for mail in mails:
+        pipeline.mailer(store, mail.intent(_file_refs(files)), ticket)
 
 
 def apply_reject(
-    store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.Reject, row: InboxMail
+    store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.Reject
 ) -> Ticket | None:
     ticket = analysis.ticket if decision.ticket is not None else None
     if ticket is not None:
         record_event(store.session, ticket, "refused_mail", actor=analysis.sender.email,
                      at=pipeline.clock.now(), reason=decision.reason)
-        _mail(store, pipeline, analysis, decision.answer, (analysis.mail.from_addr,), ticket,
-              subject=analysis.mail.subject, reason=decision.reason)
-        return ticket
-    # No ticket: the sender is a stranger, and From may be anyone's.
-    to = _stranger_address(analysis.mail, row.envelope_from)
-    limit = pipeline.settings.outbound.stranger_answers_per_hour
-    if to is None:
-        log.info("refusal not sent", reason="From does not match the envelope sender")
-    elif _strangers_answered(store, pipeline) >= limit:
-        log.warning("refusal not sent", reason="hourly limit of answers to strangers reached")
-    else:
-        _mail(store, pipeline, analysis, decision.answer, (to,), None, sender=to,
-              reason=decision.reason)
-    return None
+    if not decision.mails:
+        log.info("refusal not sent", reason=decision.reason)
+    _queue(store, pipeline, decision.mails, ticket)
+    return ticket
 
 
-def _stranger_address(mail: ParsedMail, envelope_from: str | None) -> str | None:
-    """Where a refusal to a sender we do not know may go: its From, only when the
-    envelope sender (or the Return-Path its MTA wrote) is that same address. Anyone
-    can write any From: answering it would mail our refusals to third parties."""
-    envelope = envelope_from if envelope_from is not None else mail.header("Return-Path")
-    bare = parseaddr(envelope or "")[1].strip().lower()
-    return mail.from_addr if bare and bare == mail.from_addr.lower() else None
-
-
-def _strangers_answered(store: Store, pipeline: Pipeline) -> int:
-    since = pipeline.clock.now() - timedelta(hours=1)
-    return store.session.scalar(
-        select(func.count()).select_from(OutboxMail).where(
-            OutboxMail.kind.in_(_STRANGER_KINDS), OutboxMail.ticket_id.is_(None),
-            OutboxMail.created_at > since)) or 0
-
-
-_STRANGER_KINDS = (MailKind.UNKNOWN_SENDER.value, MailKind.REJECTED.value)
-
-
-def _unverified_account(store: Store, pipeline: Pipeline, sender: Sender) -> Account:
+def _account(store: Store, pipeline: Pipeline, analysis: Analysis,
+             customer: d.Customer) -> Account:
+    if customer.account_id is not None:
+        account = store.session.get(Account, customer.account_id)
+        assert account is not None
+        return account
+    sender = analysis.sender
     account = Account(name=sender.name or sender.email, main_email=sender.email,
                       vat_number="", verified=False, created_at=pipeline.clock.now())
     store.add_account(account)
     return account
 
 
-def _watchers(store: Store, mail: ParsedMail, account: Account, primary: str) -> list[str]:
-    """Collaborators in Cc who belong to the account follow the ticket."""
-    candidates = [a for a in mail.cc if a != primary]
-    if not candidates:
-        return []
-    persons = store.session.execute(
-        select(Person.email).where(Person.email.in_(candidates),
-                                   Person.account_id == account.id)).scalars()
-    allowed = set(persons) | ({account.main_email} & set(candidates))
-    return [a for a in candidates if a in allowed]
+def _staff(session: Session, address: str | None) -> Staff | None:
+    if address is None:
+        return None
+    return session.scalars(select(Staff).where(Staff.email == address)).first()
 
 
 def open_ticket(
@@ -200,45 +134,36 @@ def open_ticket(
     row: InboxMail,
 ) -> Ticket:
     mail, settings, now = analysis.mail, pipeline.settings, pipeline.clock.now()
-    session = store.session
-    account = (session.get(Account, decision.account_id) if decision.account_id is not None
-               else _unverified_account(store, pipeline, analysis.sender))
-    assert account is not None
-    person = session.get(Person, decision.person_id) if decision.person_id else None
-    routing = decision.routing
+    session, fields, actor = store.session, decision.fields, analysis.sender.email
+    account = _account(store, pipeline, analysis, decision.customer)
+    person = session.get(Person, decision.customer.person_id) if decision.customer.person_id \
+        else None
     subject = clean_subject(mail.subject, settings.helpdesk.ticket_tag) or "(senza oggetto)"
+    closed = analysis.ticket if decision.linked_ticket is not None else None
     ticket = Ticket(
         number=store.ticket_number(now.year), status=TicketStatus.APERTO.value,
-        subject=subject[:1000], product=routing.product, request_type=routing.request_type,
-        impact=routing.impact, group=routing.group, account=account, person=person,
-        assignee=None,
-        linked_ticket_id=analysis.ticket.id if decision.linked_ticket and analysis.ticket else None,
-        language=account.language or settings.helpdesk.language,
-        rules=list(routing.rules), created_at=now, updated_at=now,
+        subject=subject[:1000], product=fields.product, request_type=fields.request_type,
+        impact=fields.impact, group=fields.group, account=account, person=person,
+        assignee=_staff(session, fields.assignee),
+        linked_ticket_id=closed.id if closed is not None else None,
+        language=fields.language, rules=list(decision.rules), created_at=now, updated_at=now,
         root_message_id=mail.message_id[:998] if mail.message_id else None,
-        due_at=first_response_due(now, settings.sla),
-        watchers=_watchers(store, mail, account, analysis.sender.email),
+        due_at=first_response_due(now, settings.sla), watchers=list(fields.watchers),
     )
     store.add_ticket(ticket)
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
-    refused = [safe_filename(a.filename, a.content_type) for a in mail.attachments]
-    closed = analysis.ticket if decision.linked_ticket else None
-    _add_message(store, ticket, row, direction="in", author=analysis.sender.email,
+    _add_message(store, ticket, row, direction="in", author=actor,
                  body=_following(closed, ticket.language) + decision.description, at=now,
-                 refused=refused)
-    record_created(session, ticket, actor=analysis.sender.email, at=now, reason=decision.reason)
+                 refused=decision.refused_attachments)
+    record_created(session, ticket, actor=actor, at=now, reason=decision.reason)
+    if decision.rules:
+        record_event(session, ticket, "routed", actor=actor, at=now,
+                     reason="rules: " + ", ".join(decision.rules))
     if closed is not None:  # the closed ticket says where the conversation went on
-        record_event(session, closed, "followed_up", actor=analysis.sender.email, at=now,
+        record_event(session, closed, "followed_up", actor=actor, at=now,
                      reason=f"continued in new ticket {ticket.number}")
     _remember_message_id(store, mail, ticket)
-    to, cc = customer_recipients(ticket)
-    _mail(store, pipeline, analysis, MailKind.ACKNOWLEDGMENT, to, ticket, cc=cc,
-          refused_attachments=refused, body=decision.description,
-          unverified=not account.verified)
-    _notify(store, pipeline, analysis, MailKind.NEW_TICKET_NOTICE,
-            group_recipients(session, settings, ticket.group), ticket, body=decision.description,
-          author=analysis.sender.email, refused_attachments=refused,
-          unverified=not account.verified)
+    _queue(store, pipeline, decision.mails, ticket)
     return ticket
 
 
@@ -272,22 +197,16 @@ def add_customer_reply(
         record_event(store.session, ticket, TicketAction.CUSTOMER_REPLIED.value, actor=author,
                      at=now, reason=decision.reason)
     _remember_message_id(store, analysis.mail, ticket)
-    notify = ((ticket.assignee.email,) if ticket.assignee is not None
-              else group_recipients(store.session, pipeline.settings, ticket.group))
-    _notify(store, pipeline, analysis, MailKind.CUSTOMER_REPLY_NOTICE, notify, ticket,
-          body=decision.body, author=author, attachments=_file_refs(files))
+    _queue(store, pipeline, decision.mails, ticket, files)
     return ticket
 
 
 def _apply_commands(
-    session: Session, ticket: Ticket, commands: Sequence[d.StaffCommand], actor: str,
-    now: datetime,
+    session: Session, ticket: Ticket, decision: d.StaffReply, actor: str, now: datetime
 ) -> None:
-    for command in commands:
+    for command in decision.commands:
         if command.name == "assign":
-            wanted = command.argument.lower()
-            staff = session.execute(select(Staff).where(
-                (Staff.email == wanted) | (Staff.name.ilike(wanted)))).scalars().first()
+            staff = _staff(session, decision.assignee)
             if staff is None:
                 record_event(session, ticket, "command_refused", actor=actor, at=now,
                              reason=f"#assegna: no technician {command.argument!r}")
@@ -308,54 +227,31 @@ def add_staff_reply(
 ) -> Ticket:
     now, actor, session = pipeline.clock.now(), analysis.sender.email, store.session
     ticket = _found(analysis)
-    staff = session.get(Staff, analysis.sender.staff_id)
-    _apply_commands(session, ticket, decision.commands, actor, now)
+    if decision.refused:
+        record_event(session, ticket, REFUSAL_EVENT, actor=actor, at=now,
+                     reason=decision.refused)
+    _apply_commands(session, ticket, decision, actor, now)
     files: list[Attachment] = []
     if decision.body:
         files, refused = _keep_attachments(store, pipeline, analysis.mail)
         _add_message(store, ticket, row, direction="out", author=actor, body=decision.body,
                      at=now, internal=decision.internal, refused=refused, files=files)
-    if decision.refused:
-        _record_refusal(store, pipeline, analysis, ticket, decision.refused)
     for action in decision.actions:
         if action in (TicketAction.TAKEN, TicketAction.STAFF_ANSWERED) and ticket.assignee is None:
-            ticket.assignee = staff
+            ticket.assignee = _staff(session, actor)
         change_status(session, ticket, action, actor=actor, at=now, reason=decision.reason)
     if decision.internal:
         record_event(session, ticket, "note", actor=actor, at=now, reason=decision.reason)
     _remember_message_id(store, analysis.mail, ticket)
-    if decision.body and not decision.internal:
-        to, cc = customer_recipients(ticket)
-        answer = replace(analysis, classification=replace(
-            analysis.classification, may_auto_answer=True))
-        _mail(store, pipeline, answer, MailKind.ANSWER, to, ticket, cc=cc,
-              to_customer_thread=True, body=decision.body, author=staff.name if staff else actor,
-              attachments=_file_refs(files))
+    _queue(store, pipeline, decision.mails, ticket, files)
     return ticket
-
-
-_REFUSAL = "staff_mail_refused"
-_REFUSALS_TOLD_EVERY = timedelta(hours=24)
-
-
-def _record_refusal(
-    store: Store, pipeline: Pipeline, analysis: Analysis, ticket: Ticket, reason: str
-) -> None:
-    """An event on the ticket the mail tried to touch, and a word to its group,
-    once a day at most: a forger sending a thousand mails makes one notice."""
-    now = pipeline.clock.now()
-    told = any(e.kind == _REFUSAL and e.at > now - _REFUSALS_TOLD_EVERY for e in ticket.events)
-    record_event(store.session, ticket, _REFUSAL, actor=analysis.sender.email, at=now,
-                 reason=reason)
-    if not told:
-        _notify(store, pipeline, analysis, MailKind.REFUSED_NOTICE,
-                group_recipients(store.session, pipeline.settings, ticket.group), ticket,
-              author=analysis.sender.email, reason=reason)
 
 
 def refuse_staff_mail(
     store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.RefuseStaffMail
 ) -> Ticket:
     ticket = _found(analysis)
-    _record_refusal(store, pipeline, analysis, ticket, decision.reason)
+    record_event(store.session, ticket, REFUSAL_EVENT, actor=analysis.sender.email,
+                 at=pipeline.clock.now(), reason=decision.reason)
+    _queue(store, pipeline, decision.mails, ticket)
     return ticket

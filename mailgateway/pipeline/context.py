@@ -13,6 +13,7 @@ from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.classify import Classification
 from mailgateway.pipeline.identify import Sender
 from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.rules import RuleBook
 from mailgateway.store import Store
 
 # Queues a mail about a ticket (`outbound.queue.enqueue`); tests pass their own.
@@ -21,11 +22,13 @@ Mailer = Callable[[Store, MailIntent, Ticket | None], QueuedMail | None]
 
 @dataclass(frozen=True)
 class Pipeline:
-    """The configuration every stage reads, and where outbound mail goes."""
+    """The configuration every stage reads, the rules in force, and where outbound
+    mail goes."""
 
     settings: Settings
     clock: Clock
     mailer: Mailer
+    rules: RuleBook
 
 
 @dataclass(frozen=True)

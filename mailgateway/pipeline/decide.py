@@ -1,25 +1,29 @@
-"""The decision for one mail, as data, before anything is written.
+"""The decision for one mail, as data, complete before anything is written.
 
-`decide` is pure: it takes what parsing, classification, identification and
-threading found, and returns what should happen and why; `process.py`
-has `apply` write it in one transaction. Being data, a decision can be
-shown, logged or tested without anything being written.
+`decide` is pure. It takes what the reading stages found (`Facts`: the mail,
+its classification, the sender, the ticket it threads to, the rules that
+matched, and the few directory rows the outcome depends on) and returns what
+should happen and why: the ticket change, the new ticket's fields, the rules
+that applied, and every mail to queue with its kind, recipients and
+language (`PlannedMail`). `apply` writes exactly that; `mailgateway rules
+test` prints it instead.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any
 
-from mailgateway.outbound.intent import MailKind
+from mailgateway.attachments import safe_filename
+from mailgateway.outbound.intent import MailIntent, MailKind
+from mailgateway.pipeline.classify import Classification
+from mailgateway.pipeline.commands import StaffCommand, command_problem, read_commands
 from mailgateway.pipeline.identify import Authority, Sender, SenderKind
-from mailgateway.pipeline.route import (
-    IMPACTS,
-    REQUEST_TYPES,
-    Routing,
-    impact_from_text,
-    request_type_from_text,
-)
+from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.route import DEFAULT_IMPACT, DEFAULT_REQUEST_TYPE, Routing
+from mailgateway.pipeline.rules import RuleOutcome
 from mailgateway.tickets import OPEN_STATES, TicketAction
 
 
@@ -32,12 +36,86 @@ class TicketRef:
     account_id: int
     watchers: tuple[str, ...]
     found_by: str
+    language: str = "it"
+    group: str | None = None
+    assignee: str | None = None        # the assignee's address
+    customer: str = ""                 # the PERSONA's address, else the account's
+    root_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Customer:
+    """The sender's account, as a new ticket of theirs would be opened under it."""
+
+    account_id: int | None     # None: an unverified account is made for the sender
+    person_id: int | None
+    language: str | None
+    verified: bool = True
+    main_email: str = ""
 
 
 @dataclass(frozen=True)
 class Policy:
-    unknown_sender: str
-    closed_reply: str
+    unknown_sender: str = "reject"
+    closed_reply: str = "reject"
+    language: str = "it"                 # the desk's, for mails to technicians
+    stranger_answers_per_hour: int = 60
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything `decide` looks at, read beforehand."""
+
+    mail: ParsedMail
+    classification: Classification
+    sender: Sender
+    ticket: TicketRef | None = None
+    body: str = ""                        # the text; a reply's without its quotes
+    staff_authority: tuple[Authority, str] | None = None
+    form: tuple[Routing, str] = (Routing(), "")  # the form lines' fields; the description
+    rules: RuleOutcome = field(default_factory=RuleOutcome)
+    customer: Customer | None = None
+    collaborators: tuple[str, ...] = ()  # addresses in Cc that are the sender's account's
+    group_recipients: Mapping[str | None, tuple[str, ...]] = field(default_factory=dict)
+    technicians: Mapping[str, str] = field(default_factory=dict)  # #assegna name → address
+    envelope_from: str | None = None
+    strangers_answered: int = 0           # refusals to strangers in the last hour
+    refusal_told: bool = False            # the ticket's group heard of a refusal today
+    policy: Policy = field(default_factory=Policy)
+
+
+@dataclass(frozen=True)
+class PlannedMail:
+    """A mail the decision queues (see `outbound.intent.MailIntent`)."""
+
+    kind: MailKind
+    to: tuple[str, ...]
+    language: str
+    cc: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    context: Mapping[str, Any] = field(default_factory=dict)
+    with_files: bool = False  # it carries the files the mail's message keeps
+
+    def intent(self, files: Sequence[Mapping[str, Any]] = ()) -> MailIntent:
+        context = {**self.context, "attachments": list(files)} if self.with_files else dict(
+            self.context)
+        return MailIntent(kind=self.kind, to=self.to, cc=self.cc, language=self.language,
+                          in_reply_to=self.in_reply_to, references=self.references,
+                          context=context)
+
+
+@dataclass(frozen=True)
+class TicketFields:
+    """A new ticket's fields: the customer's form lines, then the rules, then defaults."""
+
+    product: str | None = None
+    request_type: str = DEFAULT_REQUEST_TYPE
+    impact: str = DEFAULT_IMPACT
+    group: str | None = None
+    assignee: str | None = None          # a technician's address
+    watchers: tuple[str, ...] = ()
+    language: str = "it"
 
 
 @dataclass(frozen=True)
@@ -51,28 +129,34 @@ class Quarantine:
 
 
 @dataclass(frozen=True)
+class Drop:
+    """A rule's `action = "drop"`: recorded, nothing opened, nothing answered."""
+
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Reject:
-    """No ticket; the sender is told why (when it is a human we may answer)."""
+    """No ticket; the sender told why when that may be done."""
 
     answer: MailKind
     reason: str
     ticket: TicketRef | None = None
+    rule: str | None = None
+    mails: tuple[PlannedMail, ...] = ()
 
 
 @dataclass(frozen=True)
 class OpenTicket:
     reason: str
-    routing: Routing
+    fields: TicketFields
     description: str
-    account_id: int | None          # None: open an unverified account for the sender
-    person_id: int | None
-    linked_ticket: TicketRef | None = None
-
-
-@dataclass(frozen=True)
-class StaffCommand:
-    name: str        # take | close | note | assign | product | type | impact
-    argument: str = ""
+    customer: Customer
+    rules: tuple[str, ...] = ()
+    refused_attachments: tuple[str, ...] = ()
+    linked_ticket: TicketRef | None = None  # the closed ticket it continues
+    mails: tuple[PlannedMail, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +164,7 @@ class CustomerReply:
     ticket: TicketRef
     reason: str
     body: str
+    mails: tuple[PlannedMail, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,8 +172,10 @@ class StaffReply:
     ticket: TicketRef
     reason: str
     body: str
-    commands: tuple[StaffCommand, ...] = field(default_factory=tuple)
-    refused: str = ""  # why the mail's commands were not carried out, if they were not
+    commands: tuple[StaffCommand, ...] = ()
+    refused: str = ""   # why the mail's commands were not carried out, if they were not
+    assignee: str | None = None  # the technician `#assegna` names, when found
+    mails: tuple[PlannedMail, ...] = ()
 
     @property
     def internal(self) -> bool:
@@ -115,120 +202,194 @@ class RefuseStaffMail:
 
     ticket: TicketRef
     reason: str
+    mails: tuple[PlannedMail, ...] = ()
 
 
-Decision = (Ignore | Quarantine | Reject | OpenTicket | CustomerReply | StaffReply
+Decision = (Ignore | Quarantine | Drop | Reject | OpenTicket | CustomerReply | StaffReply
             | RefuseStaffMail)
 
-_COMMANDS = {
-    "prendi": "take", "take": "take",
-    "chiudi": "close", "close": "close",
-    "nota": "note", "note": "note",
-    "assegna": "assign", "assign": "assign",
-    "articolo": "product", "product": "product",
-    "tipo": "type", "type": "type",
-    "impatto": "impact", "impact": "impact",
-}
-_COMMAND_LINE = re.compile(r"^\s*#(?P<word>[a-z]+)\b[ \t:]*(?P<arg>.*?)\s*$", re.IGNORECASE)
+
+def decide(facts: Facts) -> Decision:
+    """What to do with a mail, and every mail it causes."""
+    mail, sender, ticket = facts.mail, facts.sender, facts.ticket
+    if mail.over_limit is not None:
+        return Quarantine(f"not read: {mail.over_limit}")
+    if facts.classification.kind is not None:
+        return Ignore(f"{facts.classification.kind.value}: {facts.classification.reason}")
+    if not sender.email:
+        return Quarantine("no sender address (From, Reply-To, Sender, envelope; at most 254 "
+                          "characters): nobody to answer")
+    if sender.kind == SenderKind.STAFF:
+        return _decide_staff(facts)
+    if ticket is not None and _belongs(sender, ticket):
+        if ticket.status in OPEN_STATES:
+            return _customer_reply(facts, ticket)
+        if facts.policy.closed_reply == "reject":
+            reason = f"ticket {ticket.number} is closed"
+            return Reject(MailKind.CLOSED_TICKET, reason, ticket, mails=_answer_sender(
+                facts, MailKind.CLOSED_TICKET, ticket.language, subject=mail.subject,
+                reason=reason))
+    outcome = facts.rules
+    if outcome.action == "drop":
+        return Drop(outcome.action_rule or "", f"dropped by rule {outcome.action_rule}")
+    if outcome.action == "reject":
+        reason = f"refused by rule {outcome.action_rule}"
+        return Reject(MailKind.REJECTED, reason, rule=outcome.action_rule,
+                      mails=_refusal(facts, MailKind.REJECTED, reason))
+    if sender.kind == SenderKind.UNKNOWN and facts.policy.unknown_sender == "reject":
+        reason = f"unknown sender {sender.email}"
+        return Reject(MailKind.UNKNOWN_SENDER, reason,
+                      mails=_refusal(facts, MailKind.UNKNOWN_SENDER, reason))
+    linked = ticket if ticket is not None and _belongs(sender, ticket) else None
+    return _open_ticket(facts, linked)
 
 
-def read_commands(body: str) -> tuple[tuple[StaffCommand, ...], str]:
-    """Commands on their own lines at the top of a technician's mail, and the rest."""
-    lines = body.splitlines()
-    commands: list[StaffCommand] = []
-    index = 0
-    while index < len(lines):
-        line = lines[index]
-        if not line.strip():
-            index += 1
-            continue
-        match = _COMMAND_LINE.match(line)
-        if not match or match["word"].lower() not in _COMMANDS:
-            break
-        name = _COMMANDS[match["word"].lower()]
-        argument = match["arg"]
-        if name == "type":
-            argument = request_type_from_text(argument) or argument.lower()
-        elif name == "impact":
-            argument = impact_from_text(argument) or argument.lower()
-        commands.append(StaffCommand(name, argument))
-        index += 1
-    return tuple(commands), "\n".join(lines[index:]).strip()
-
-
-def _check_commands(commands: tuple[StaffCommand, ...]) -> str | None:
-    for command in commands:
-        if command.name == "type" and command.argument not in REQUEST_TYPES:
-            return f"#tipo needs one of {', '.join(REQUEST_TYPES)}, not {command.argument!r}"
-        if command.name == "impact" and command.argument not in IMPACTS:
-            return f"#impatto needs one of {', '.join(IMPACTS)}, not {command.argument!r}"
-        if command.name in ("assign", "product") and not command.argument:
-            return f"#{command.name} needs a value"
-    return None
+def ticket_fields(facts: Facts) -> TicketFields:
+    """The form lines win; rules fill what they left; then the desk's defaults."""
+    form, chosen = facts.form[0], facts.rules.fields
+    request_type = form.request_type or chosen.request_type or DEFAULT_REQUEST_TYPE
+    impact = form.impact or chosen.impact or DEFAULT_IMPACT
+    customer = facts.customer
+    language = chosen.language or (customer.language if customer else None)
+    return TicketFields(
+        product=form.product or chosen.product, request_type=request_type, impact=impact,
+        group=chosen.group or request_type, assignee=chosen.assignee,
+        watchers=tuple(dict.fromkeys((*facts.collaborators, *chosen.watchers))),
+        language=language or facts.policy.language)
 
 
 def _belongs(sender: Sender, ticket: TicketRef) -> bool:
     return sender.account_id == ticket.account_id or sender.email in ticket.watchers
 
 
-def decide(
-    *,
-    sender: Sender,
-    staff_authority: tuple[Authority, str] | None,
-    ticket: TicketRef | None,
-    body: str,
-    new_ticket: tuple[Routing, str],
-    policy: Policy,
-) -> Decision:
-    """What to do with a human's mail (automatic mail was set aside before)."""
-    if not sender.email:
-        return Quarantine("no sender address (From, Reply-To, Sender, envelope; at most 254 "
-                          "characters): nobody to answer")
-    if sender.kind == SenderKind.STAFF:
-        return _decide_staff(sender, staff_authority, ticket, body)
-    if ticket is not None and _belongs(sender, ticket):
-        if ticket.status in OPEN_STATES:
-            return CustomerReply(ticket, f"reply to {ticket.number} ({ticket.found_by})", body)
-        if policy.closed_reply == "reject":
-            return Reject(MailKind.CLOSED_TICKET, f"ticket {ticket.number} is closed", ticket)
-    routing, description = new_ticket
-    linked = ticket if ticket is not None and _belongs(sender, ticket) else None
-    if sender.kind == SenderKind.UNKNOWN:
-        if policy.unknown_sender == "reject":
-            return Reject(MailKind.UNKNOWN_SENDER, f"unknown sender {sender.email}")
-        return OpenTicket("new ticket from an unknown sender (unverified account)", routing,
-                          description, None, None, linked)
+def _open_ticket(facts: Facts, linked: TicketRef | None) -> OpenTicket:
+    mail, sender = facts.mail, facts.sender
+    fields = ticket_fields(facts)
+    customer = facts.customer or Customer(None, None, None, verified=False)
     reason = "new ticket"
-    if linked is not None:
+    if sender.kind == SenderKind.UNKNOWN:
+        reason = "new ticket from an unknown sender (unverified account)"
+    elif linked is not None:
         reason = f"new ticket: {linked.number} is closed"
-    return OpenTicket(reason, routing, description, sender.account_id, sender.person_id, linked)
+    refused = tuple(safe_filename(a.filename, a.content_type) for a in mail.attachments)
+    rules = tuple(r for r in (*facts.form[0].rules, *facts.rules.matched) if r)
+    description = facts.form[1]
+    in_reply_to, references = _answering(mail)
+    watchers = tuple(w for w in fields.watchers if w != sender.email)
+    mails: list[PlannedMail] = []
+    if facts.classification.may_auto_answer:
+        mails.append(PlannedMail(
+            MailKind.ACKNOWLEDGMENT, (sender.email,), fields.language, watchers, in_reply_to,
+            references, {"refused_attachments": list(refused), "body": description,
+                         "unverified": not customer.verified}))
+    technicians = (fields.assignee,) if fields.assignee else facts.group_recipients.get(
+        fields.group, ())
+    mails += [PlannedMail(
+        MailKind.NEW_TICKET_NOTICE, (address,), facts.policy.language, (), in_reply_to,
+        references, {"body": description, "author": sender.email,
+                     "refused_attachments": list(refused), "unverified": not customer.verified})
+        for address in technicians]
+    return OpenTicket(reason, fields, description, customer, rules, refused, linked,
+                      tuple(mails))
 
 
-def _decide_staff(
-    sender: Sender, authority: tuple[Authority, str] | None, ticket: TicketRef | None,
-    body: str,
-) -> Decision:
+def _customer_reply(facts: Facts, ticket: TicketRef) -> CustomerReply:
+    in_reply_to, references = _answering(facts.mail)
+    technicians = ((ticket.assignee,) if ticket.assignee
+                   else facts.group_recipients.get(ticket.group, ()))
+    mails = tuple(PlannedMail(
+        MailKind.CUSTOMER_REPLY_NOTICE, (address,), facts.policy.language, (), in_reply_to,
+        references, {"body": facts.body, "author": facts.sender.email}, with_files=True)
+        for address in technicians)
+    return CustomerReply(ticket, f"reply to {ticket.number} ({ticket.found_by})", facts.body,
+                         mails)
+
+
+def _decide_staff(facts: Facts) -> Decision:
+    sender, ticket, authority = facts.sender, facts.ticket, facts.staff_authority
     if ticket is None or authority is None:
         return Quarantine(f"mail from technician {sender.email} matches no ticket: "
                           "nothing done")
     level, why = authority
     if level is Authority.NONE:
-        return RefuseStaffMail(ticket, f"refused, possibly forged: {why}")
-    commands, text = read_commands(body)
-    problem = _check_commands(commands)
+        reason = f"refused, possibly forged: {why}"
+        return RefuseStaffMail(ticket, reason, _refusal_notice(facts, ticket, reason))
+    commands, text = read_commands(facts.body)
+    problem = command_problem(commands)
     if problem:
         return Quarantine(f"technician command refused: {problem}")
     refused = ""
     if commands and level is Authority.ANSWER:
         refused = f"{' '.join('#' + c.name for c in commands)} not done: {why}"
         if not text:
-            return RefuseStaffMail(ticket, refused)
+            return RefuseStaffMail(ticket, refused, _refusal_notice(facts, ticket, refused))
         commands = ()
     if ticket.status not in OPEN_STATES and text:
         # A closed ticket is never reopened: what a technician adds is kept as a note.
         return StaffReply(ticket, f"note on closed ticket {ticket.number}", text,
-                          (StaffCommand("note"),), refused)
+                          (StaffCommand("note"),), refused,
+                          mails=_refusal_notice(facts, ticket, refused))
     if not text and not commands:
         return Ignore(f"empty mail from technician {sender.email}")
-    return StaffReply(ticket, f"technician {sender.email} on {ticket.number} ({why})",
-                      text, commands, refused)
+    assign = next((c.argument.lower() for c in commands if c.name == "assign"), None)
+    assignee = facts.technicians.get(assign) if assign else None
+    reply = StaffReply(ticket, f"technician {sender.email} on {ticket.number} ({why})", text,
+                       commands, refused, assignee)
+    mails = list(_refusal_notice(facts, ticket, refused))
+    if text and not reply.internal:
+        # Under the customer's first mail, the one id the customer's client surely knows.
+        root = ticket.root_message_id
+        mails.append(PlannedMail(
+            MailKind.ANSWER, (ticket.customer,), ticket.language,
+            tuple(w for w in ticket.watchers if w != ticket.customer), root,
+            (root,) if root else (), {"body": text, "author": sender.name or sender.email},
+            with_files=True))
+    return StaffReply(ticket, reply.reason, text, commands, refused, assignee, tuple(mails))
+
+
+def _refusal_notice(facts: Facts, ticket: TicketRef, reason: str) -> tuple[PlannedMail, ...]:
+    """The ticket's group told of a refused technician's mail, once a day at most."""
+    if not reason or facts.refusal_told:
+        return ()
+    return tuple(PlannedMail(MailKind.REFUSED_NOTICE, (address,), facts.policy.language,
+                             context={"author": facts.sender.email, "reason": reason})
+                 for address in facts.group_recipients.get(ticket.group, ()))
+
+
+def _answering(mail: ParsedMail) -> tuple[str | None, tuple[str, ...]]:
+    """In-Reply-To and References of an answer to `mail`."""
+    return mail.message_id, (*mail.references, *((mail.message_id,) if mail.message_id else ()))
+
+
+def _answer_sender(facts: Facts, kind: MailKind, language: str,
+                   **context: Any) -> tuple[PlannedMail, ...]:
+    """An automatic answer to a known sender's From, unless the mail is a machine's."""
+    if not facts.classification.may_auto_answer:
+        return ()
+    in_reply_to, references = _answering(facts.mail)
+    return (PlannedMail(kind, (facts.mail.from_addr,), language, (), in_reply_to, references,
+                        context),)
+
+
+def _refusal(facts: Facts, kind: MailKind, reason: str) -> tuple[PlannedMail, ...]:
+    """A refusal of a mail that opens nothing. To a sender we know: its From. To a
+    stranger: only when its From is its envelope sender too (anyone can write any
+    From: answering it would mail our refusals to third parties), quoting nothing of
+    the mail, and not past the hourly cap."""
+    language = (facts.customer.language if facts.customer else None) or facts.policy.language
+    if facts.sender.kind != SenderKind.UNKNOWN:
+        return _answer_sender(facts, kind, language, reason=reason)
+    if not facts.classification.may_auto_answer:
+        return ()
+    to = _stranger_address(facts.mail, facts.envelope_from)
+    if to is None or facts.strangers_answered >= facts.policy.stranger_answers_per_hour:
+        return ()
+    in_reply_to, references = _answering(facts.mail)
+    return (PlannedMail(kind, (to,), language, (), in_reply_to, references,
+                        {"sender": to, "reason": reason}),)
+
+
+def _stranger_address(mail: ParsedMail, envelope_from: str | None) -> str | None:
+    envelope = envelope_from if envelope_from is not None else mail.header("Return-Path")
+    bare = parseaddr(envelope or "")[1].strip().lower()
+    return mail.from_addr if bare and bare == mail.from_addr.lower() else None

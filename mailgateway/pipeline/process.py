@@ -19,18 +19,12 @@ from mailgateway.db.models import InboxMail, InboxStatus, Ticket
 from mailgateway.pipeline import apply
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.context import Analysis, Pipeline
-from mailgateway.pipeline.identify import (
-    Authority,
-    Sender,
-    SenderKind,
-    StaffProof,
-    identify,
-    staff_authority,
-)
+from mailgateway.pipeline.decide import Facts, decide
+from mailgateway.pipeline.facts import read_facts, ticket_ref
+from mailgateway.pipeline.identify import Sender, identify
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.prepare import Findings, find, finding_settings
 from mailgateway.pipeline.quote import strip_quotes
-from mailgateway.pipeline.route import route_new_ticket
 from mailgateway.pipeline.thread import ThreadKeys
 from mailgateway.store import Store
 
@@ -41,36 +35,30 @@ def analyse(
     store: Store, pipeline: Pipeline, mail: ParsedMail, envelope_from: str | None = None,
     findings: Findings | None = None, *, trusts_authentication_results: bool = False,
 ) -> Analysis:
-    """Classify, identify, thread and decide; reads the database, writes nothing.
-    `trusts_authentication_results`: the mail came through a transport whose MTA
-    removes Authentication-Results headers of its name from incoming mail."""
+    """Classify, identify, thread, read what the decision depends on, and decide;
+    reads the database, writes nothing. `trusts_authentication_results`: the mail
+    came through a transport whose MTA removes Authentication-Results headers of
+    its name from incoming mail."""
     settings = pipeline.settings
     found = findings or find(finding_settings(settings), mail, unquote=False)
     classification = found.classification
     if envelope_from == "" and classification.may_auto_answer:
         # The null sender (MAIL FROM:<>) is how machines say "do not answer me".
         classification = replace(classification, may_auto_answer=False)
+        found = replace(found, classification=classification)
     sender = _identify(store, mail, envelope_from)
     ticket, found_by = _find_ticket(store, found.keys)
-    decision: d.Decision
-    if mail.over_limit is not None:
-        decision = d.Quarantine(f"not read: {mail.over_limit}")
-    elif classification.kind is not None:
-        decision = d.Ignore(f"{classification.kind.value}: {classification.reason}")
+    ref = ticket_ref(ticket, found_by) if ticket is not None else None
+    if classification.kind is not None or mail.over_limit is not None or not sender.email:
+        facts = Facts(mail, classification, sender, ref)
     else:
         body = mail.text
         if ticket is not None:
             body = found.unquoted if found.unquoted is not None else strip_quotes(mail.text)
-        decision = d.decide(
-            sender=sender,
-            staff_authority=_staff_authority(
-                pipeline, sender, ticket, found, trusts_authentication_results),
-            ticket=_ref(ticket, found_by) if ticket is not None else None,
-            body=body,
-            new_ticket=found.new_ticket or route_new_ticket(mail.text),
-            policy=d.Policy(settings.helpdesk.unknown_sender, settings.helpdesk.closed_reply),
-        )
-    return Analysis(mail, classification, sender, ticket, decision)
+        facts = read_facts(store, settings, pipeline.clock.now(), pipeline.rules.current(),
+                           mail, found, sender, ref, body, envelope_from,
+                           found.vouched and trusts_authentication_results)
+    return Analysis(mail, classification, sender, ticket, decide(facts))
 
 
 def process_inbox_mail(
@@ -89,9 +77,11 @@ def process_inbox_mail(
             status = InboxStatus.IGNORED
         case d.Quarantine(reason):
             status = InboxStatus.QUARANTINED
+        case d.Drop(reason=reason):
+            status = InboxStatus.IGNORED
         case d.Reject():
             status, reason = InboxStatus.IGNORED, f"refused: {decision.reason}"
-            ticket = apply.apply_reject(store, pipeline, analysis, decision, row)
+            ticket = apply.apply_reject(store, pipeline, analysis, decision)
         case d.OpenTicket(reason=reason):
             ticket = apply.open_ticket(store, pipeline, analysis, decision, row)
         case d.CustomerReply(reason=reason):
@@ -139,24 +129,6 @@ def _identify(store: Store, mail: ParsedMail, envelope_from: str | None) -> Send
     if not email:
         return identify("", mail.from_name, ())
     return identify(email, mail.from_name, store.directory(email))
-
-
-def _staff_authority(
-    pipeline: Pipeline, sender: Sender, ticket: Ticket | None, found: Findings, trusted: bool
-) -> tuple[Authority, str] | None:
-    """What a technician's mail may do to the ticket it names; None for anyone else's."""
-    if sender.kind is not SenderKind.STAFF or ticket is None:
-        return None
-    helpdesk, groups = pipeline.settings.helpdesk, pipeline.settings.groups
-    proof = StaffProof(found.keys.token, found.vouched and trusted, helpdesk.secret,
-                       pipeline.clock.now().date(), helpdesk.staff_token_max_age_days)
-    group = groups[sender.group].address if sender.group and sender.group in groups else None
-    return staff_authority(proof, sender.email, group, ticket.number)
-
-
-def _ref(ticket: Ticket, found_by: str) -> d.TicketRef:
-    return d.TicketRef(ticket.number, ticket.status, ticket.account.id,
-                       tuple(ticket.watchers or ()), found_by)
 
 
 def _find_ticket(store: Store, keys: ThreadKeys) -> tuple[Ticket | None, str]:

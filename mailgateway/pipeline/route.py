@@ -3,7 +3,7 @@
 A customer who writes the portal's form fields as lines at the top of the
 body (`Articolo: …`, `Tipo di richiesta: …`, `Impatto: …`) sets those fields
 and the lines leave the description; what the customer did not state takes
-the desk's defaults. Admin rule files refine this (see rules/README.md).
+rules and then the desk's defaults (`decide.ticket_fields`).
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ _FIELD_LINE = re.compile(
 
 @dataclass(frozen=True)
 class Routing:
+    """The fields the customer stated in form lines; None for those not stated."""
+
     product: str | None = None
-    request_type: str = DEFAULT_REQUEST_TYPE
-    impact: str = DEFAULT_IMPACT
-    group: str | None = None
-    assignee: str | None = None
-    watchers: tuple[str, ...] = ()
-    rules: tuple[str, ...] = field(default_factory=tuple)
+    request_type: str | None = None
+    impact: str | None = None
+    rules: tuple[str, ...] = field(default_factory=tuple)  # ("form-fields",) when any
 
 
 def _plain(text: str) -> str:
@@ -90,14 +89,8 @@ def read_form_fields(body: str) -> tuple[dict[str, str], str]:
 
 
 def route_new_ticket(body: str) -> tuple[Routing, str]:
-    """The fields of a new ticket and its description."""
+    """What the customer stated of a new ticket's fields, and its description."""
     fields, description = read_form_fields(body)
-    request_type = fields.get("request_type", DEFAULT_REQUEST_TYPE)
-    routing = Routing(
-        product=fields.get("product"),
-        request_type=request_type,
-        impact=fields.get("impact", DEFAULT_IMPACT),
-        group=request_type,
-        rules=("form-fields",) if fields else (),
-    )
+    routing = Routing(product=fields.get("product"), request_type=fields.get("request_type"),
+                      impact=fields.get("impact"), rules=("form-fields",) if fields else ())
     return routing, description

@@ -1,0 +1,155 @@
+"""What the decision reads: the few directory rows and counts a mail's outcome depends
+on, gathered before `decide` runs, so that deciding reads nothing and writes nothing.
+
+Everything here goes through the caller's `Store` (its session for the rows
+no batch needs to cache), and is asked only for mail a person wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+
+from mailgateway.config import Settings
+from mailgateway.db.models import Account, Event, OutboxMail, Person, Staff, Ticket
+from mailgateway.outbound.addressing import customer_recipients, group_recipients
+from mailgateway.outbound.intent import MailKind
+from mailgateway.pipeline import decide as d
+from mailgateway.pipeline.commands import assignees
+from mailgateway.pipeline.identify import (
+    Authority,
+    Sender,
+    SenderKind,
+    StaffProof,
+    staff_authority,
+)
+from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.prepare import Findings
+from mailgateway.pipeline.route import route_new_ticket
+from mailgateway.pipeline.rules import MailFacts, RuleOutcome, RuleSet, headers_of, match
+from mailgateway.store import Store
+
+_REFUSALS_TOLD_EVERY = timedelta(hours=24)
+REFUSAL_EVENT = "staff_mail_refused"
+
+
+def ticket_ref(ticket: Ticket, found_by: str) -> d.TicketRef:
+    (customer,), _ = customer_recipients(ticket)
+    return d.TicketRef(
+        ticket.number, ticket.status, ticket.account.id, tuple(ticket.watchers or ()),
+        found_by, ticket.language, ticket.group,
+        ticket.assignee.email if ticket.assignee is not None else None, customer,
+        ticket.root_message_id)
+
+
+def policy(settings: Settings) -> d.Policy:
+    helpdesk = settings.helpdesk
+    return d.Policy(helpdesk.unknown_sender, helpdesk.closed_reply, helpdesk.language,
+                    settings.outbound.stranger_answers_per_hour)
+
+
+def read_facts(
+    store: Store, settings: Settings, now: datetime, rules: RuleSet, mail: ParsedMail,
+    found: Findings, sender: Sender, ticket: d.TicketRef | None, body: str,
+    envelope_from: str | None, vouched: bool,
+) -> d.Facts:
+    """The facts of a mail a person wrote (see `decide.Facts`)."""
+    facts = d.Facts(mail, found.classification, sender, ticket, body,
+                    envelope_from=envelope_from, policy=policy(settings),
+                    form=found.new_ticket or route_new_ticket(mail.text))
+    if sender.kind is SenderKind.STAFF:
+        authority = (_authority(settings, now, sender, ticket, found, vouched)
+                     if ticket is not None else None)
+        return replace(
+            facts, staff_authority=authority,
+            technicians=_technicians(store, assignees(body)),
+            refusal_told=ticket is not None and _refusal_told(store, ticket, now),
+            group_recipients=_groups(store, settings, (ticket.group if ticket else None,)))
+    customer = _customer(store, sender)
+    facts = replace(facts, customer=customer, rules=_rules(rules, mail, sender, customer),
+                    collaborators=_collaborators(store, mail, sender, customer))
+    groups = (d.ticket_fields(facts).group, ticket.group if ticket else None)
+    strangers = (_strangers_answered(store, now) if sender.kind is SenderKind.UNKNOWN
+                 else 0)
+    return replace(facts, group_recipients=_groups(store, settings, groups),
+                   strangers_answered=strangers)
+
+
+def _authority(
+    settings: Settings, now: datetime, sender: Sender, ticket: d.TicketRef, found: Findings,
+    vouched: bool,
+) -> tuple[Authority, str]:
+    helpdesk, groups = settings.helpdesk, settings.groups
+    proof = StaffProof(found.keys.token, vouched, helpdesk.secret, now.date(),
+                       helpdesk.staff_token_max_age_days)
+    group = groups[sender.group].address if sender.group and sender.group in groups else None
+    return staff_authority(proof, sender.email, group, ticket.number)
+
+
+def _customer(store: Store, sender: Sender) -> d.Customer | None:
+    if sender.kind is SenderKind.UNKNOWN:
+        return None
+    account = store.session.get(Account, sender.account_id)
+    if account is None:
+        return None
+    return d.Customer(account.id, sender.person_id, account.language, account.verified,
+                      account.main_email)
+
+
+def _rules(rules: RuleSet, mail: ParsedMail, sender: Sender,
+           customer: d.Customer | None) -> RuleOutcome:
+    if not rules.rules:
+        return RuleOutcome()
+    account = customer.main_email if customer is not None else None
+    return match(rules, MailFacts(
+        subject=mail.subject, body=mail.text, sender=sender.email,
+        recipients=tuple(a.lower() for a in (*mail.to, *mail.cc)),
+        headers=headers_of(mail.headers),
+        attachments=tuple(a.filename for a in mail.attachments), account=account))
+
+
+def _collaborators(
+    store: Store, mail: ParsedMail, sender: Sender, customer: d.Customer | None
+) -> tuple[str, ...]:
+    """Addresses in Cc that are the sender's account's: they follow the new ticket."""
+    candidates = [a for a in mail.cc if a != sender.email]
+    if not candidates or customer is None or customer.account_id is None:
+        return ()
+    persons = set(store.session.scalars(select(Person.email).where(
+        Person.email.in_(candidates), Person.account_id == customer.account_id)))
+    allowed = persons | {customer.main_email}
+    return tuple(a for a in candidates if a in allowed)
+
+
+def _technicians(store: Store, names: Sequence[str]) -> dict[str, str]:
+    """The technician each `#assegna` name or address names."""
+    found: dict[str, str] = {}
+    for name in names:
+        staff = store.session.scalars(select(Staff).where(
+            (Staff.email == name) | (func.lower(Staff.name) == name))).first()
+        if staff is not None:
+            found[name] = staff.email
+    return found
+
+
+def _groups(store: Store, settings: Settings,
+            groups: Sequence[str | None]) -> dict[str | None, tuple[str, ...]]:
+    return {group: group_recipients(store.session, settings, group) for group in set(groups)}
+
+
+def _strangers_answered(store: Store, now: datetime) -> int:
+    kinds = (MailKind.UNKNOWN_SENDER.value, MailKind.REJECTED.value)
+    return store.session.scalar(
+        select(func.count()).select_from(OutboxMail).where(
+            OutboxMail.kind.in_(kinds), OutboxMail.ticket_id.is_(None),
+            OutboxMail.created_at > now - timedelta(hours=1))) or 0
+
+
+def _refusal_told(store: Store, ticket: d.TicketRef, now: datetime) -> bool:
+    return store.session.scalar(
+        select(func.count()).select_from(Event).join(Ticket, Ticket.id == Event.ticket_id)
+        .where(Ticket.number == ticket.number, Event.kind == REFUSAL_EVENT,
+               Event.at > now - _REFUSALS_TOLD_EVERY)) != 0
