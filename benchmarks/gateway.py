@@ -152,6 +152,11 @@ def _prepare(
     return site
 
 
+_GROUPS = (("tecnica", "tecnici"), ("commerciale", "commerciale"),
+           ("amministrativa", "amministrazione"))
+"""The desk's groups, as in config.example.toml: the example rules name them."""
+
+
 def _config_toml(root: Path, url: str, rules: Path) -> str:
     """The site's configuration: listener off, outbound to a Maildir, quiet logs."""
 
@@ -182,6 +187,8 @@ def _config_toml(root: Path, url: str, rules: Path) -> str:
             "[rules]",
             f"path = {quoted(rules)}",
             "",
+            *(f'[groups.{group}]\naddress = "{address}@example.com"\n'
+              for group, address in _GROUPS),
             "[log]",
             'level = "warning"',
             "",

@@ -30,7 +30,13 @@ from benchmarks.gateway import (
     timed_import,
 )
 from benchmarks.generate import large_attachment_reply, write_maildir
-from benchmarks.transport_measures import dispatcher, imap_poller, scheduler, smtp_listener
+from benchmarks.transport_measures import (
+    dispatcher,
+    imap_poller,
+    routing_rules,
+    scheduler,
+    smtp_listener,
+)
 
 LARGE_ATTACHMENT_BYTES = 25_000_000
 SMALL_ATTACHMENT_BYTES = 20_000
@@ -345,4 +351,6 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("dispatcher", "outbox to a local SMTP sink, mails/s", dispatcher),
     Benchmark("scheduler", "one scheduler pass over a large desk, and one with nothing due",
               scheduler),
+    Benchmark("routing-rules", "per-mail pipeline time with no routing rules and with 200",
+              routing_rules),
 ]

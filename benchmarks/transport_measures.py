@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.core import Better, Context, Row, summarize_error
+from benchmarks.core import Better, Context, Row, median, summarize_error
 from benchmarks.gateway import Backend, gateway_site
 
 if TYPE_CHECKING:
@@ -272,4 +272,37 @@ def scheduler(ctx: Context) -> list[Row]:
              "outbox row, a few tickets per transaction"),
         _row(results, "scheduler pass with nothing due", "ms", lambda r: r["idle_pass_ms"],
              better="lower", note="the same desk right after: two partial indexes, no scan"),
+    ]
+
+
+def routing_rules(ctx: Context) -> list[Row]:
+    """Per-mail pipeline time with no rules and with 200 (`rules_bench`), the two sites
+    alternating from round to round so that a machine's drift falls on both."""
+    name, counts = "routing-rules", (0, 200)
+    results: Results = {}
+    if not _missing(ctx, name, "benchmarks.rules_bench"):
+        from benchmarks.rules_bench import bench_rules, write_rules
+
+        def run(backend: Backend) -> dict[str, Any]:
+            timings: dict[int, list[float]] = {count: [] for count in counts}
+            for round_ in range(ctx.repeat):
+                for count in counts if round_ % 2 == 0 else counts[::-1]:
+                    rules = ctx.workdir / "routing-rules" / str(count)
+                    write_rules(rules, count)
+                    with site_settings(ctx, f"rules-{count}", backend) as settings:
+                        report = bench_rules(settings, ctx.corpus.raw, rules)
+                    timings[count].append(report["ms_per_mail"])
+            none, many = (median(timings[count]) for count in counts)
+            return {"ms_per_mail": {str(c): timings[c] for c in counts}, "none": none,
+                    "many": many, "added_percent": 100 * (many - none) / none}
+
+        results = _each_backend(ctx, name, run)
+    note = "stored first, then processed one by one in process; median of the rounds"
+    return [
+        _row(results, "pipeline per mail, no rules", "ms", lambda r: r["none"],
+             better="lower", note=note),
+        _row(results, "pipeline per mail, 200 rules", "ms", lambda r: r["many"],
+             better="lower", note="the desk's examples and 193 generated ones"),
+        _row(results, "time 200 rules add per mail", "%", lambda r: r["added_percent"],
+             better="lower", note="target: under 10%"),
     ]

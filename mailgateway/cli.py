@@ -166,6 +166,34 @@ def _tickets_list(args: argparse.Namespace, app: App) -> None:
                       for r in rows))
 
 
+def _rules_check(args: argparse.Namespace, app: App) -> int:
+    from mailgateway.dry_run import rules_check
+
+    errors, summary = rules_check(app.gateway)
+    for error in errors:
+        print(error, file=sys.stderr)
+    if errors:
+        print(f"mailgateway: {len(errors)} rule error(s); nothing above is in force "
+              "until mended.", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+def _rules_test(args: argparse.Namespace, app: App) -> None:
+    from mailgateway.dry_run import rules_test
+    from mailgateway.ingest.pipe import read_message
+
+    report = rules_test(app.gateway, read_message(args.mail))
+    decision = report["decision"]
+    lines = [f"rules: {', '.join(report['rules']) or '(none)'}",
+             f"decision: {decision['kind']} ({decision['reason']})"]
+    lines += [f"{name}: {value}" for name, value in decision.get("fields", {}).items()]
+    lines += [f"mail: {m['kind']} to {', '.join(m['to'])}"
+              + (f" cc {', '.join(m['cc'])}" if m["cc"] else "") for m in decision["mails"]]
+    emit(args, report, lines)
+
+
 def _scheduler(args: argparse.Namespace, app: App) -> None:
     from mailgateway.scheduler import run_pass
 
@@ -282,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only tickets past their first-response time without an answer")
     _add(tickets, "show", _tickets_show, "one ticket in full", json_flag=True
          ).add_argument("number")
+
+    rules = _group(sub, "rules", "the admins' routing rules")
+    _add(rules, "check", _rules_check, "check every rule file; list every error")
+    _add(rules, "test", _rules_test, "what a mail would do, against the live database; "
+         "changes nothing", json_flag=True).add_argument("mail", help="a mail file (.eml)")
 
     scheduler = _add(sub, "scheduler", _scheduler, "what time makes due: reminders, "
                      "auto-closes, overdue signals (with --now: at that instant)", json_flag=True)

@@ -10,6 +10,7 @@ pollers) run it through the one wake/stop loop, `mailgateway.passes.Passes`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import Protocol
@@ -20,6 +21,7 @@ from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.migrate import upgrade
 from mailgateway.passes import Passes
+from mailgateway.pipeline.rules import RuleBook
 from mailgateway.service import Gateway
 
 log = structlog.get_logger()
@@ -59,12 +61,39 @@ class Processor:
         await self._passes.run(stopping)
 
 
+class RuleWatcher:
+    """Keeps the routing rules in force current: the rule files are looked at every
+    second (a change is read at once, a broken file refused and said), and read again
+    on SIGHUP."""
+
+    def __init__(self, rules: RuleBook) -> None:
+        self._rules = rules
+        self._reload = False
+        self._passes = Passes("rules", self._look, interval=1.0)
+
+    def _look(self) -> None:
+        if self._reload:
+            self._reload = False
+            self._rules.reload()
+        self._rules.current()
+
+    def _hangup(self) -> None:
+        self._reload = True
+        self._passes.wake()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no SIGHUP here
+            loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        await self._passes.run(stopping)
+
+
 def build_components(settings: Settings, gateway: Gateway, clock: Clock) -> list[Component]:
     from mailgateway.outbound.dispatch import Dispatcher
 
     dispatcher = Dispatcher(gateway.sessions, settings, clock)
     processor = Processor(gateway, on_processed=dispatcher.wake)
-    components: list[Component] = [processor, dispatcher]
+    components: list[Component] = [processor, dispatcher, RuleWatcher(gateway.rules)]
     if settings.smtp.enabled:
         from mailgateway.ingest.smtp import SmtpListener
 

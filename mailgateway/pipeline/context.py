@@ -40,3 +40,4 @@ class Analysis:
     sender: Sender
     ticket: Ticket | None
     decision: d.Decision
+    rules: tuple[str, ...] = ()  # the routing rules that matched, in order

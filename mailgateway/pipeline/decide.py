@@ -258,6 +258,12 @@ def ticket_fields(facts: Facts) -> TicketFields:
         language=language or facts.policy.language)
 
 
+def continues_open_ticket(sender: Sender, ticket: TicketRef | None) -> bool:
+    """The customer (or a watcher) writing again on an open ticket: a reply, which
+    routing rules, made for new requests, do not look at."""
+    return ticket is not None and ticket.status in OPEN_STATES and _belongs(sender, ticket)
+
+
 def _belongs(sender: Sender, ticket: TicketRef) -> bool:
     return sender.account_id == ticket.account_id or sender.email in ticket.watchers
 

@@ -69,7 +69,9 @@ def read_facts(
             refusal_told=ticket is not None and _refusal_told(store, ticket, now),
             group_recipients=_groups(store, settings, (ticket.group if ticket else None,)))
     customer = _customer(store, sender)
-    facts = replace(facts, customer=customer, rules=_rules(rules, mail, sender, customer),
+    if not d.continues_open_ticket(sender, ticket):
+        facts = replace(facts, rules=_rules(rules, mail, sender, customer))
+    facts = replace(facts, customer=customer,
                     collaborators=_collaborators(store, mail, sender, customer))
     groups = (d.ticket_fields(facts).group, ticket.group if ticket else None)
     strangers = (_strangers_answered(store, now) if sender.kind is SenderKind.UNKNOWN

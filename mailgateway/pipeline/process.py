@@ -58,7 +58,7 @@ def analyse(
         facts = read_facts(store, settings, pipeline.clock.now(), pipeline.rules.current(),
                            mail, found, sender, ref, body, envelope_from,
                            found.vouched and trusts_authentication_results)
-    return Analysis(mail, classification, sender, ticket, decide(facts))
+    return Analysis(mail, classification, sender, ticket, decide(facts), facts.rules.matched)
 
 
 def process_inbox_mail(

@@ -29,8 +29,9 @@ import time
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -66,15 +67,20 @@ class RuleFields:
     language: str | None = None
 
 
+class Condition(NamedTuple):
+    """One `when` key: a test one of the mail's values for `key` must pass. Globs and
+    the account are compiled to whole-value matches at load, patterns searched."""
+
+    key: str                              # subject, body, from, to, header.NAME, …
+    test: Callable[[str], object]
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
     description: str
     file: str
-    patterns: Mapping[str, re.Pattern[str]]   # subject, body, attachment → regex
-    globs: Mapping[str, str]                  # from, to → glob (lower case)
-    headers: Mapping[str, re.Pattern[str]]    # header name (lower case) → regex
-    account: str | None
+    conditions: tuple[Condition, ...]         # all must hold; cheapest first
     sets: RuleFields
     action: str | None = None
     go_on: bool = False                       # `continue = true`
@@ -97,6 +103,17 @@ class MailFacts:
     headers: Mapping[str, tuple[str, ...]]  # lower-case name → values
     attachments: tuple[str, ...]
     account: str | None  # the sender's account's main address
+
+    @cached_property
+    def searched(self) -> dict[str, tuple[str, ...]]:
+        """The values each `when` key tests, texts cut to `SEARCHED_CHARS` once."""
+        values = {"subject": (self.subject[:SEARCHED_CHARS],),
+                  "body": (self.body[:SEARCHED_CHARS],), "from": (self.sender,),
+                  "to": self.recipients, "attachment": self.attachments,
+                  "account": (self.account,) if self.account else ()}
+        values.update((f"header.{name}", tuple(v[:SEARCHED_CHARS] for v in found))
+                      for name, found in self.headers.items())
+        return values
 
 
 @dataclass(frozen=True)
@@ -128,25 +145,8 @@ def match(rules: RuleSet, facts: MailFacts) -> RuleOutcome:
 
 
 def _holds(rule: Rule, facts: MailFacts) -> bool:
-    """Cheapest conditions first: most rules fail on one."""
-    if rule.account is not None and (facts.account or "") != rule.account:
-        return False
-    if "from" in rule.globs and not fnmatch.fnmatchcase(facts.sender, rule.globs["from"]):
-        return False
-    if "to" in rule.globs and not any(
-            fnmatch.fnmatchcase(r, rule.globs["to"]) for r in facts.recipients):
-        return False
-    for name, pattern in rule.headers.items():
-        if not any(pattern.search(v[:SEARCHED_CHARS]) for v in facts.headers.get(name, ())):
-            return False
-    if "subject" in rule.patterns and not rule.patterns["subject"].search(
-            facts.subject[:SEARCHED_CHARS]):
-        return False
-    if "attachment" in rule.patterns and not any(
-            rule.patterns["attachment"].search(name) for name in facts.attachments):
-        return False
-    return "body" not in rule.patterns or bool(
-        rule.patterns["body"].search(facts.body[:SEARCHED_CHARS]))
+    searched = facts.searched
+    return all(any(map(test, searched.get(key, ()))) for key, test in rule.conditions)
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def _rule(file: str, index: int, table: Any, desk: DeskNames) -> Rule:
     description = table.get("description", "")
     if not isinstance(description, str):
         raise RuleError(f"{where}: description must be a string")
-    patterns, globs, headers, account = _conditions(where, table.get("when", {}))
+    conditions = _conditions(where, table.get("when", {}))
     action = table.get("action")
     if action is not None and action not in _ACTIONS:
         raise RuleError(f"{where}: action must be drop or reject, not {action!r}")
@@ -232,38 +232,42 @@ def _rule(file: str, index: int, table: Any, desk: DeskNames) -> Rule:
     go_on = table.get("continue", False)
     if not isinstance(go_on, bool):
         raise RuleError(f"{where}: continue must be true or false")
-    return Rule(name, description, file, patterns, globs, headers, account, sets, action, go_on)
+    return Rule(name, description, file, conditions, sets, action, go_on)
 
 
-def _conditions(where: str, when: Any) -> tuple[
-        dict[str, re.Pattern[str]], dict[str, str], dict[str, re.Pattern[str]], str | None]:
+_COST = ("account", "from", "to", "header", "subject", "attachment", "body")
+"""The order conditions are tested in: most rules fail on their first, so the cheap
+whole-address tests go before the searches of long texts."""
+
+
+def _conditions(where: str, when: Any) -> tuple[Condition, ...]:
     if not isinstance(when, dict):
         raise RuleError(f"{where}: when must be a table")
-    patterns: dict[str, re.Pattern[str]] = {}
-    globs: dict[str, str] = {}
-    headers: dict[str, re.Pattern[str]] = {}
-    account = None
+    conditions: list[Condition] = []
     for key, value in when.items():
         if key == "header":
             if not isinstance(value, dict):
                 raise RuleError(f"{where}: when.header must be a table of header = regex")
-            for header, pattern in value.items():
-                headers[header.lower()] = _regex(f"{where}: when.header.{header}", pattern)
+            conditions += [
+                Condition(f"header.{header.lower()}",
+                          _regex(f"{where}: when.header.{header}", pattern).search)
+                for header, pattern in value.items()]
         elif key in _REGEX_WHEN:
-            patterns[key] = _regex(f"{where}: when.{key}", value)
+            conditions.append(Condition(key, _regex(f"{where}: when.{key}", value).search))
         elif key in _GLOB_WHEN:
             if not isinstance(value, str) or not value:
                 raise RuleError(f"{where}: when.{key} must be an address or a glob like "
                                 "'*@studiorossi.it'")
-            globs[key] = value.lower()
+            glob = re.compile(fnmatch.translate(value.lower()))
+            conditions.append(Condition(key, glob.match))
         elif key == "account":
             if not isinstance(value, str) or not _ADDRESS.match(value):
                 raise RuleError(f"{where}: when.account must be an account's main address")
-            account = value.lower()
+            conditions.append(Condition(key, re.compile(re.escape(value.lower())).fullmatch))
         else:
             raise RuleError(f"{where}: unknown condition when.{key}; expected one of "
                             "account, attachment, body, from, header.NAME, subject, to")
-    return patterns, globs, headers, account
+    return tuple(sorted(conditions, key=lambda c: _COST.index(c.key.split(".")[0])))
 
 
 def _regex(where: str, value: Any) -> re.Pattern[str]:
