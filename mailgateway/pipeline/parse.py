@@ -401,7 +401,8 @@ def _take_uuencoded(text: str, body: _Body, defects: list[str]) -> str:
         body.attachments.append(Attachment(name, _guess_type(name), data, False))
         return ""
 
-    return _UUENCODED.sub(extract, text)
+    rest = _UUENCODED.sub(extract, text)
+    return re.sub(r"\n{3,}", "\n\n", rest) if rest != text else text
 
 
 def _uu_line(line: str) -> bytes:
