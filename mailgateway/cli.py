@@ -323,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     inbox = _group(sub, "inbox", "received mail and its fate")
     _add(inbox, "list", _inbox_list, "list received mail", json_flag=True).add_argument(
-        "--status", type=str.lower, choices=("received", "processed", "ignored", "quarantined"))
+        "--status", type=str.lower,
+        choices=("received", "processed", "ignored", "quarantined", "spam"))
     _add(inbox, "retry", _inbox_retry, "re-run a quarantined mail").add_argument("id", type=int)
 
     # Command groups that live beside the stage they drive.

@@ -48,6 +48,9 @@ class HelpdeskSettings:
     trusted_authserv_ids: tuple[str, ...] = ()
     # A technician's signed reply address older than this carries an answer, no command.
     staff_token_max_age_days: int = 90
+    # A subject holding one of these (any case) was flagged as spam by the filter in
+    # front of the desk, as are X-Spam-Flag: YES and X-Spam-Status: Yes.
+    spam_subject_tags: tuple[str, ...] = ("[SPAM]", "***SPAM***")
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class InboxStatus(StrEnum):
     PROCESSED = "processed"
     IGNORED = "ignored"
     QUARANTINED = "quarantined"
+    SPAM = "spam"  # flagged by the mail server's filter: kept, nothing opened or answered
 
 
 class OutboxStatus(StrEnum):

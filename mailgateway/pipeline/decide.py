@@ -24,6 +24,7 @@ from mailgateway.pipeline.identify import Authority, Sender, SenderKind
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.route import DEFAULT_IMPACT, DEFAULT_REQUEST_TYPE, Routing
 from mailgateway.pipeline.rules import RuleOutcome
+from mailgateway.pipeline.spam import upstream_spam_verdict
 from mailgateway.tickets import OPEN_STATES, TicketAction
 
 
@@ -60,6 +61,7 @@ class Policy:
     closed_reply: str = "reject"
     language: str = "it"                 # the desk's, for mails to technicians
     stranger_answers_per_hour: int = 60
+    spam_subject_tags: tuple[str, ...] = ("[SPAM]", "***SPAM***")
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,13 @@ class Ignore:
 
 @dataclass(frozen=True)
 class Quarantine:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Spam:
+    """Flagged by the mail server's filter: kept, no ticket, no answer."""
+
     reason: str
 
 
@@ -205,7 +214,7 @@ class RefuseStaffMail:
     mails: tuple[PlannedMail, ...] = ()
 
 
-Decision = (Ignore | Quarantine | Drop | Reject | OpenTicket | CustomerReply | StaffReply
+Decision = (Ignore | Quarantine | Spam | Drop | Reject | OpenTicket | CustomerReply | StaffReply
             | RefuseStaffMail)
 
 
@@ -214,11 +223,14 @@ def decide(facts: Facts) -> Decision:
     mail, sender, ticket = facts.mail, facts.sender, facts.ticket
     if mail.over_limit is not None:
         return Quarantine(f"not read: {mail.over_limit}")
+    spam = upstream_spam_verdict(mail, facts.policy.spam_subject_tags)
+    if spam is not None:
+        return Spam(spam)
     if facts.classification.kind is not None:
         return Ignore(f"{facts.classification.kind.value}: {facts.classification.reason}")
     if not sender.email:
-        return Quarantine("no sender address (From, Reply-To, Sender, envelope; at most 254 "
-                          "characters): nobody to answer")
+        return Quarantine("no valid sender address (From, Reply-To, Sender, envelope, "
+                          "Return-Path; a mailbox of at most 254 characters): nobody to answer")
     if sender.kind == SenderKind.STAFF:
         return _decide_staff(facts)
     if ticket is not None and _belongs(sender, ticket):

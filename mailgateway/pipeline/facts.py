@@ -48,7 +48,7 @@ def ticket_ref(ticket: Ticket, found_by: str) -> d.TicketRef:
 def policy(settings: Settings) -> d.Policy:
     helpdesk = settings.helpdesk
     return d.Policy(helpdesk.unknown_sender, helpdesk.closed_reply, helpdesk.language,
-                    settings.outbound.stranger_answers_per_hour)
+                    settings.outbound.stranger_answers_per_hour, helpdesk.spam_subject_tags)
 
 
 def read_facts(

@@ -215,7 +215,7 @@ def _filename(part: Message, defects: list[str], charsets: MailCharsets | None =
             data = value.encode("latin-1", "replace")
             name = data.decode("ascii") if data.isascii() else decode_unlabelled(data, charsets)[0]
         name = decode_header_value(name, defects) if "=?" in name else name
-        name = _CONTROL.sub(" ", name).strip()
+        name = name.strip()
         if name:
             return name
     return ""

@@ -9,6 +9,7 @@ later reads depend on go through the `Store` the caller passes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from email.utils import parseaddr
@@ -20,8 +21,9 @@ from mailgateway.pipeline import apply
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.context import Analysis, Pipeline
 from mailgateway.pipeline.decide import Facts, decide
-from mailgateway.pipeline.facts import read_facts, ticket_ref
-from mailgateway.pipeline.identify import Sender, identify
+from mailgateway.pipeline.facts import policy, read_facts, ticket_ref
+from mailgateway.pipeline.identify import Sender, SenderKind, identify
+from mailgateway.pipeline.mailbox import recovered_mailbox, valid_mailbox
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.prepare import Findings, find, finding_settings
 from mailgateway.pipeline.quote import strip_quotes
@@ -47,10 +49,10 @@ def analyse(
         classification = replace(classification, may_auto_answer=False)
         found = replace(found, classification=classification)
     sender = _identify(store, mail, envelope_from)
-    ticket, found_by = _find_ticket(store, found.keys)
+    ticket, found_by = _find_ticket(store, found.keys, sender)
     ref = ticket_ref(ticket, found_by) if ticket is not None else None
     if classification.kind is not None or mail.over_limit is not None or not sender.email:
-        facts = Facts(mail, classification, sender, ref)
+        facts = Facts(mail, classification, sender, ref, policy=policy(settings))
     else:
         body = mail.text
         if ticket is not None:
@@ -77,6 +79,8 @@ def process_inbox_mail(
             status = InboxStatus.IGNORED
         case d.Quarantine(reason):
             status = InboxStatus.QUARANTINED
+        case d.Spam(reason):
+            status = InboxStatus.SPAM
         case d.Drop(reason=reason):
             status = InboxStatus.IGNORED
         case d.Reject():
@@ -106,18 +110,25 @@ def quarantine(row: InboxMail, error: Exception, now: datetime) -> None:
     row.processed_at, row.attempts = now, row.attempts + 1
 
 
-# RFC 5321 caps a path at 256 octets with its brackets: no one can answer a longer one,
-# and the columns that keep an address hold 320 characters.
-_LONGEST_ADDRESS = 254
-
-
 def sender_address(mail: ParsedMail, envelope_from: str | None = None) -> str:
-    """Who to answer: From, else Reply-To, else Sender, else the envelope sender."""
-    for candidate in (mail.from_addr, *mail.reply_to, _bare(mail.header("Sender")),
-                      _bare(envelope_from)):
-        if candidate and "@" in candidate and len(candidate) <= _LONGEST_ADDRESS:
-            return candidate.lower()
+    """Who to answer: the first valid mailbox of From, Reply-To, Sender, the envelope
+    sender and Return-Path, each also read in obsolete syntax; "" when none is one
+    (`test test@example.com`, `@powerupdev.com` are nobody to answer)."""
+    for candidate in _sender_candidates(mail, envelope_from):
+        address = candidate.strip().lower()
+        if valid_mailbox(address):
+            return address
     return ""
+
+
+def _sender_candidates(mail: ParsedMail, envelope_from: str | None) -> Iterator[str]:
+    yield mail.from_addr
+    yield recovered_mailbox(mail.header("From"))
+    yield from mail.reply_to
+    yield _bare(mail.header("Sender"))
+    yield recovered_mailbox(mail.header("Sender"))
+    yield _bare(envelope_from)
+    yield recovered_mailbox(mail.header("Return-Path"))
 
 
 def _bare(value: str | None) -> str:
@@ -131,8 +142,8 @@ def _identify(store: Store, mail: ParsedMail, envelope_from: str | None) -> Send
     return identify(email, mail.from_name, store.directory(email))
 
 
-def _find_ticket(store: Store, keys: ThreadKeys) -> tuple[Ticket | None, str]:
-    """Tag first, then the signed token, then any Message-ID the ticket already knows."""
+def _find_ticket(store: Store, keys: ThreadKeys, sender: Sender) -> tuple[Ticket | None, str]:
+    """Tag first, then the signed token, then the Message-IDs the mail answers."""
     for number, found_by in ((keys.tag_number, "subject tag"),
                              (keys.token.ticket_number if keys.token else None, "reply token")):
         if number:
@@ -142,5 +153,15 @@ def _find_ticket(store: Store, keys: ThreadKeys) -> tuple[Ticket | None, str]:
     if keys.references:
         tickets = store.tickets_referencing(keys.references)
         if tickets:
-            return tickets[0], "References"
+            return next((t for t in tickets if _may_write_on(sender, t)), tickets[0]), "References"
     return None, ""
+
+
+def _may_write_on(sender: Sender, ticket: Ticket) -> bool:
+    """The first referenced ticket is not always the sender's: a reply to a stranger's
+    mail that also references the sender's own first mail joins the sender's ticket.
+    Ids come In-Reply-To first, then References newest first (`thread_keys`)."""
+    if sender.kind == SenderKind.STAFF:
+        return True
+    return (sender.account_id is not None and ticket.account_id == sender.account_id) or (
+        bool(sender.email) and sender.email in (ticket.watchers or ()))
