@@ -289,7 +289,10 @@ def _open_ticket(facts: Facts, linked: TicketRef | None) -> OpenTicket:
         reason = "new ticket from an unknown sender (unverified account)"
     elif linked is not None:
         reason = f"new ticket: {linked.number} is closed"
-    refused = tuple(safe_filename(a.filename, a.content_type) for a in mail.attachments)
+    # An encrypted mail's parts are its sealed text, not files of the customer's:
+    # the customer is told the desk cannot read it instead.
+    refused = () if mail.encrypted else tuple(
+        safe_filename(a.filename, a.content_type) for a in mail.attachments)
     rules = tuple(r for r in (*facts.form[0].rules, *facts.rules.matched) if r)
     description = facts.form[1]
     in_reply_to, references = _answering(mail)
@@ -299,13 +302,14 @@ def _open_ticket(facts: Facts, linked: TicketRef | None) -> OpenTicket:
         mails.append(PlannedMail(
             MailKind.ACKNOWLEDGMENT, (sender.email,), fields.language, watchers, in_reply_to,
             references, {"refused_attachments": list(refused), "body": description,
-                         "unverified": not customer.verified}))
+                         "unverified": not customer.verified, "encrypted": mail.encrypted}))
     technicians = (fields.assignee,) if fields.assignee else facts.group_recipients.get(
         fields.group, ())
     mails += [PlannedMail(
         MailKind.NEW_TICKET_NOTICE, (address,), facts.policy.language, (), in_reply_to,
         references, {"body": description, "author": sender.email,
-                     "refused_attachments": list(refused), "unverified": not customer.verified})
+                     "refused_attachments": list(refused), "unverified": not customer.verified,
+                     "encrypted": mail.encrypted})
         for address in technicians]
     return OpenTicket(reason, fields, description, customer, rules, refused, linked,
                       tuple(mails))
@@ -317,7 +321,8 @@ def _customer_reply(facts: Facts, ticket: TicketRef) -> CustomerReply:
                    else facts.group_recipients.get(ticket.group, ()))
     mails = tuple(PlannedMail(
         MailKind.CUSTOMER_REPLY_NOTICE, (address,), facts.policy.language, (), in_reply_to,
-        references, {"body": facts.body, "author": facts.sender.email}, with_files=True)
+        references, {"body": facts.body, "author": facts.sender.email,
+                     "encrypted": facts.mail.encrypted}, with_files=True)
         for address in technicians)
     return CustomerReply(ticket, f"reply to {ticket.number} ({ticket.found_by})", facts.body,
                          mails)
