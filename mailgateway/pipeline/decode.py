@@ -75,8 +75,10 @@ _CHARSET_ALIASES = {
     **dict.fromkeys(("tis-620", "windows-874"), "cp874"),
     **{"windows-1258": "cp1258", "iso-8859-9": "cp1254", "iso-2022-jp": "iso2022_jp_ext"},
 }
-# Japanese senders label Shift_JIS text as ISO-2022-JP; Big5 mail uses HKSCS.
-_SIBLINGS = {"iso2022_jp_ext": ("cp932",), "euc_jp": ("cp932",), "big5": ("big5hkscs", "cp950")}
+# Japanese senders label Shift_JIS (or EUC-JP) text as ISO-2022-JP; Big5 mail uses HKSCS.
+_SIBLINGS = {
+    "iso2022_jp_ext": ("cp932", "euc_jp"), "euc_jp": ("cp932",), "big5": ("big5hkscs", "cp950"),
+}
 
 
 # Codecs that reject most bytes not written in them: a declared one that reads an

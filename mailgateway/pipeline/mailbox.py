@@ -13,10 +13,10 @@ import re
 
 __all__ = ["recovered_mailbox", "valid_mailbox"]
 
-# dot-atom local part @ a domain with at least one dot; letters beyond ASCII allowed
-# (RFC 6531), no spaces, no empty labels.
+# dot-atom (or quoted, without spaces) local part @ a domain with at least one dot;
+# letters beyond ASCII allowed (RFC 6531), no empty labels.
 _MAILBOX = re.compile(
-    r"^[\w!#$%&'*+/=?^`{|}~-]+(?:\.[\w!#$%&'*+/=?^`{|}~-]+)*"
+    r"^(?:[\w!#$%&'*+/=?^`{|}~-]+(?:\.[\w!#$%&'*+/=?^`{|}~-]+)*|\"(?:[^\"\\\s]|\\.)+\")"
     r"@(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_][\w-]*[^\W_]$"
 )
 _COMMENT = re.compile(r"\([^()]*\)")

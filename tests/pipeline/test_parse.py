@@ -587,3 +587,19 @@ def test_encrypted_mail_is_recognised(name: str, how: str) -> None:
     assert result.encrypted == how
     assert result.text == ""
     assert result.attachments  # the sealed content is kept for whoever can open it
+
+
+@needs_corpus
+def test_euc_jp_labelled_iso_2022_jp_is_read_as_euc_jp() -> None:
+    """A Japanese carrier's bounce labels raw EUC-JP bytes as ISO-2022-JP."""
+    result = parsed(corpus_file("sisimai/set-of-emails/maildir/bsd/lhost-ezweb-02.eml"))
+    assert "次のあて先へのメッセージはエラーのため送信できませんでした。" in result.text
+    assert "\ufffd" not in result.text
+
+
+@needs_corpus
+def test_decode_failures_are_only_broken_bytes() -> None:
+    """U+FFFD in a body only where the bytes are invalid in every plausible charset:
+    two spam mails with broken UTF-8 and Zammad's deliberately mixed mail060."""
+    damaged = sorted(path.name for path in corpus_mails() if "\ufffd" in parsed(path).text)
+    assert damaged == ["mail021.box", "mail060.box", "mail_test_6"]

@@ -99,7 +99,8 @@ def test_subject_tag_is_configurable(gateway: Gateway) -> None:
     ("address", "valid"),
     [("test test@example.com", False), ("@powerupdev.com", False), ("a@b", False),
      ("mario@localhost", False), ("anna..b@studio.it", False), ("anna@studiorossi.it", True),
-     ("niccolò@città.it", True), ("x" * 250 + "@studio.it", False)],
+     ("niccolò@città.it", True), ("x" * 250 + "@studio.it", False),
+     ('"#FAX#*49000783135#"@otobo.fax', True), ('"a b"@studio.it', False)],
 )
 def test_valid_mailbox(address: str, valid: bool) -> None:
     assert valid_mailbox(address) is valid
