@@ -93,6 +93,7 @@ _DETECTABLE = (
     "cp1257", "cp1255", "cp1256", "gb18030", "big5", "cp949", "euc_jp", "cp932",
 )
 _SAMPLE = 4096  # body bytes shown to the detector beside the unlabelled ones
+_EVIDENCE = 64 * 1024  # what the detector reads at most: a big body costs no more
 _ENOUGH_8BIT = 12  # 8-bit bytes below which the detector's language guess is not trusted
 
 
@@ -230,8 +231,8 @@ def _detected(data: bytes, sample: bytes) -> list[str]:
     and dilutes the evidence. With few 8-bit bytes the language models guess wildly
     (`äöüß` reads as Russian), so there the plainest reading wins the tie.
     """
-    evidence = b"\n".join(line for line in (data + b"\n" + sample[:_SAMPLE]).splitlines()
-                          if not line.isascii())
+    lines = (data[:_EVIDENCE] + b"\n" + sample[:_SAMPLE]).splitlines()
+    evidence = b"\n".join(line for line in lines if not line.isascii())[:_EVIDENCE]
     if not evidence:
         return []
     enough = sum(1 for byte in evidence if byte > 0x7F) >= _ENOUGH_8BIT
