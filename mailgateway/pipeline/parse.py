@@ -197,11 +197,18 @@ def _filename(part: Message, defects: list[str], charsets: MailCharsets | None =
     so the header's bytes are re-read as Latin-1 (one character a byte, nothing lost),
     the parameter taken from them, and its bytes decoded with the charset policy.
     """
+    raws = {k.lower(): str(v) for k, v in part.raw_items()
+            if k.lower() in ("content-disposition", "content-type")}
+    if not any("name" in value.lower() for value in raws.values()):
+        return ""
+    if not any(has_8bit(value) or "*=" in value or "*0" in value for value in raws.values()):
+        name = part.get_filename()  # plain ASCII parameters: the stdlib reads them as they are
+        return decode_header_value(str(name), defects).strip() if name else ""
     for header, param in (("content-disposition", "filename"), ("content-type", "name")):
-        raw = next((v for k, v in part.raw_items() if k.lower() == header), None)
+        raw = raws.get(header)
         if raw is None:
             continue
-        value = _raw_param(str(raw), param)
+        value = _raw_param(raw, param)
         if value is None:
             continue
         if isinstance(value, tuple):  # RFC 2231: charset, language, bytes as Latin-1
