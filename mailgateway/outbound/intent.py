@@ -32,13 +32,14 @@ class MailKind(StrEnum):
     AUTOCLOSE = "autoclose"                # RISPOSTO for autoclose_days: closed
     OVERDUE = "overdue"                    # first-response SLA missed: to the group
     REFUSED_NOTICE = "refused_notice"      # a technician's mail refused: to the group
+    ENCRYPTED_MAIL = "encrypted_mail"      # the customer's reply is encrypted: unreadable here
 
 
 # Automatic answers to a mail received: a robot at the other end could answer them
 # back, so they are rate-limited per recipient and never sent to a machine.
 ANSWERING_KINDS = frozenset(
     {MailKind.ACKNOWLEDGMENT, MailKind.UNKNOWN_SENDER, MailKind.CLOSED_TICKET,
-     MailKind.REJECTED}
+     MailKind.REJECTED, MailKind.ENCRYPTED_MAIL}
 )
 # Automatic mails time sends (RFC 3834 "auto-generated"): they answer nothing.
 GENERATED_KINDS = frozenset({MailKind.REMINDER, MailKind.AUTOCLOSE})

@@ -324,6 +324,11 @@ def _customer_reply(facts: Facts, ticket: TicketRef) -> CustomerReply:
         references, {"body": facts.body, "author": facts.sender.email,
                      "encrypted": facts.mail.encrypted}, with_files=True)
         for address in technicians)
+    if facts.mail.encrypted:
+        # The technicians are told by their notice; the customer, who cannot know
+        # that the desk reads no encrypted mail, is told here.
+        mails += _answer_sender(facts, MailKind.ENCRYPTED_MAIL, ticket.language,
+                                encrypted=facts.mail.encrypted)
     return CustomerReply(ticket, f"reply to {ticket.number} ({ticket.found_by})", facts.body,
                          mails)
 

@@ -218,13 +218,19 @@ def test_encrypted_mail_opens_a_ticket_and_says_it_cannot_be_read(desk: Gateway)
     assert data["messages"][0]["refused_attachments"] == []
 
 
-def test_encrypted_reply_is_flagged_to_the_technicians(desk: Gateway) -> None:
+def test_encrypted_reply_is_told_to_the_customer_and_the_technicians(desk: Gateway) -> None:
     assert deliver(desk, build_mail(message_id="first@client.test")) == "processed"
     reply = _encrypted_mail().replace(b"Subject: Dati riservati",
                                       b"Subject: Re: [Ticket#2026-000001] Dati riservati")
     assert deliver(desk, reply) == "processed"
     [notice] = outbox(desk, "customer_reply_notice")
     assert "Attenzione: il messaggio è cifrato (PGP)" in rendered(desk, notice)
+    [told] = outbox(desk, "encrypted_mail")
+    assert told.recipients == [PERSON]
+    text = rendered(desk, told)
+    assert ("ma è arrivato cifrato (PGP) e il nostro servizio di assistenza non può leggere "
+            "la posta cifrata") in text
+    assert "scrivendo di nuovo il messaggio senza cifratura" in text
 
 
 @needs_corpus
