@@ -294,7 +294,7 @@ _PGP_ARMOR = re.compile(r"-----BEGIN PGP MESSAGE-----")
 # Inline uuencode, as Lotus Notes and old Unix mailers put files in the text.
 _UUENCODED = re.compile(
     r"(?ms)^begin [0-7]{3,4} ([^\r\n]+?)[ \t]*\r?\n"
-    r"((?:[!-`][^\r\n]*\r?\n)+?)`?[ \t]*\r?\nend[ \t]*$"
+    r"((?:[!-`][^\r\n]*\r?\n)+?)`?[ \t]*\r?\nend[ \t]*\r?$"
 )
 
 

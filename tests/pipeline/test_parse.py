@@ -135,6 +135,8 @@ _PLAIN_FIRST = ("the plain alternative is the text here; Zammad shows the HTML o
                 "starts otherwise (sender's alternatives differ, or a heading/table comes first)")
 _TEXT_SEEN = ("a text part Zammad shows as 'no visible content' (a part without disposition, "
               "a broken boundary): the gateway reads it as the body")
+_UUENCODE = ("an inline uuencoded file (begin 644 … end) is an attachment here; Zammad "
+             "keeps its lines as the body")
 _INLINE_HTML = "an inline text/html part without file name is body HTML here, 'document.html' there"
 
 # Every place where the gateway's reading differs from Zammad's expected parse, and why.
@@ -148,6 +150,8 @@ ZAMMAD_DIFFERENCES = {
     ("mail018", "attachments"): _NAMELESS,
     ("mail018", "body"): "UTF-7 body decoded here (über), Zammad keeps +APw-",
     ("mail019", "body"): _PLAIN_FIRST + " (the HTML title is Zammad's first line)",
+    ("mail025", "attachments"): _UUENCODE,
+    ("mail025", "body"): _UUENCODE,
     ("mail026", "body"): _PLAIN_FIRST,
     ("mail033-undelivered-mail-returned-to-sender", "attachments"): _NAMELESS,
     ("mail035", "from"): "Zammad keeps the quotes around a quoted address; here the address",
@@ -551,6 +555,15 @@ def test_alternative_html_only_when_the_plain_one_is_empty() -> None:
         b"--b\nContent-Type: text/plain; charset=utf-8\n\n<html><p>Solo HTML</p></html>\n--b--\n",
     )
     assert parse_mail(raw).text == "Solo HTML"
+
+
+@needs_corpus
+def test_inline_uuencoded_report_is_an_attachment() -> None:
+    result = parsed(corpus_file("zammad/test/data/mail/mail025.box"))
+    assert result.text == ""
+    [report] = result.attachments
+    assert (report.filename, report.content_type) == ("rulesets-report.csv", "text/csv")
+    assert report.payload.startswith(b"RULESET_ID;NAME;ACTIV;RUN_MODE;AUDIT_MODIFY_DATE\n387;")
 
 
 def test_lotus_notes_inline_uuencode_becomes_an_attachment() -> None:
