@@ -510,6 +510,17 @@ def test_raw_utf8_attachment_name_in_a_reply_keeps_its_letters() -> None:
     assert [a.filename for a in parse_mail(raw).attachments] == ["ciële.txt"]
 
 
+def test_raw_cyrillic_attachment_name_read_in_the_charset_the_mail_declares() -> None:
+    raw = mail(
+        'Content-Type: multipart/mixed; boundary="b"',
+        b"--b\nContent-Type: text/plain; charset=windows-1251\n\n"
+        + "Договор во вложении.".encode("cp1251")
+        + b'\n--b\nContent-Type: application/pdf\nContent-Disposition: attachment; filename="'
+        + "Договор.pdf".encode("cp1251") + b'"\n\n%PDF\n--b--\n',
+    )
+    assert [a.filename for a in parse_mail(raw).attachments] == ["Договор.pdf"]
+
+
 @needs_corpus
 def test_raw_gb2312_subject_read_in_the_charset_declared_by_the_forwarded_mail() -> None:
     """mail046 declares iso-8859-1 on its own text and gb2312 on the mail it carries."""
