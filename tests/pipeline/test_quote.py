@@ -589,3 +589,12 @@ def test_answers_between_the_quoted_lines_keep_every_answer_and_no_quote() -> No
         "> Cordiali saluti\n> Assistenza\n"
     )
     assert strip_quotes(text) == "La 5.1.\n\nSì, ogni notte."
+
+
+def test_html_rule_under_the_sign_off_keeps_the_sign_off() -> None:
+    """Hotmail puts the quoted headers under an `<hr>` right after the sign-off: the
+    rule starts the history, the sign-off above it stays."""
+    html = ("<div>Grazie, ora funziona.<br><br>Cordiali saluti,<br>Mario<hr>"
+            "<b>Date:</b> Thu, 26 Jun 2014 13:53:45 +0400<br><b>From:</b> assistenza@example.com"
+            "<br><b>To:</b> mario@x.it<br><b>Subject:</b> stampa<br><br>Provi a riavviare.</div>")
+    assert strip_quotes(html_to_text(html)) == "Grazie, ora funziona.\n\nCordiali saluti,\nMario"
