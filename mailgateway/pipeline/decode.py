@@ -23,7 +23,9 @@ the charset charset-normalizer finds for them together with the body's bytes:
 alone, eight bytes of KOI8-R look like anything, beside a Russian body they
 are Russian. The detector weighs only the charsets mail is written in, and
 among equally good readings prefers the common one, so `Città` stays Italian
-rather than turning Czech or half-width Japanese.
+rather than turning Czech or half-width Japanese; between Latin code pages
+(windows-1252, -1250, -1257) it guesses, so there windows-1252 is kept and a
+reading moves only to another script (Cyrillic, Greek, Chinese, Japanese…).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ _DETECTABLE = (
     "cp1252", "cp1250", "cp1251", "koi8_r", "koi8_u", "iso8859_2", "cp1253", "cp1254",
     "cp1257", "cp1255", "cp1256", "gb18030", "big5", "cp949", "euc_jp", "cp932",
 )
+_LATIN = frozenset({"cp1252", "cp1250", "cp1257", "iso8859_2", "cp1254"})
 _SAMPLE = 4096  # body bytes shown to the detector beside the unlabelled ones
 _EVIDENCE = 64 * 1024  # what the detector reads at most: a big body costs no more
 _ENOUGH_8BIT = 12  # 8-bit bytes below which the detector's language guess is not trusted
@@ -243,7 +246,12 @@ def _detected(data: bytes, sample: bytes) -> list[str]:
     matches.sort(key=lambda m: (round(m.chaos, 2), -round(m.coherence, 2) if enough else 0,
                                 _DETECTABLE.index(m.encoding)
                                 if m.encoding in _DETECTABLE else len(_DETECTABLE)))
-    return [m.encoding for m in matches]
+    found = [m.encoding for m in matches]
+    if found and found[0] in _LATIN:
+        # Between Latin code pages the detector guesses (French read as Baltic): the
+        # common one wins; it moves only for another script (Cyrillic, Greek, CJK…).
+        found = ["cp1252", *(f for f in found if f != "cp1252")]
+    return found
 
 
 def _guessed(charset: str | None, codec: str | None, used: str) -> str:

@@ -301,6 +301,26 @@ def test_charset_aliases(label: str, data: bytes, expected: str) -> None:
     assert decode_bytes(data, label)[0] == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("La stampa è bloccata, perché? Città: Forlì. Già provato più volte, però niente.",
+         "cp1252"),
+        ("Bonjour, le problème persiste après la mise à jour. Très cordialement, François. "
+         "Où est le réglage? Ça ne marche pas, déjà essayé.", "cp1252"),
+        ("Добрый день! Не работает принтер в бухгалтерии, пожалуйста помогите.", "cp1251"),
+        ("Добрый день! Не работает принтер в бухгалтерии, пожалуйста помогите.", "koi8_r"),
+        ("Πρόβλημα με τον εκτυπωτή, παρακαλώ βοηθήστε.", "cp1253"),
+        ("转发：整体提升企业服务水平", "gb2312"),
+    ],
+)
+def test_undeclared_8bit_text_is_detected_by_script(text: str, encoding: str) -> None:
+    """Another script is detected; between Latin code pages windows-1252 is kept."""
+    decoded, how = decode_bytes(text.encode(encoding), None)
+    assert decoded == text
+    assert how is not None and "detected" in how
+
+
 def test_mislabelled_shift_jis_in_encoded_word() -> None:
     raw = mail("Subject: =?ISO-2022-JP?B?g2OBW4OL?=", b"x")
     assert parse_mail(raw).subject == "ツール"
