@@ -1,0 +1,262 @@
+"""Reading a delivery report: which mail of ours came back, for whom, and why.
+
+A bounce is worth something only if it is tied to the mail it answers. The
+surest tie needs no reading at all: our mail leaves with a signed return
+path naming its outbox row (`reply_token.bounce_address`), and a report sent
+back to it names the row. Reports that come back another way (forwarded by a
+mailbox, or from a server that writes to the From address) are read, in
+order of trust:
+
+1. the `message/delivery-status` part (RFC 3464): per recipient its
+   Final-/Original-Recipient, Action, Status and Diagnostic-Code;
+2. `X-Failed-Recipients` (Exim and Gmail);
+3. for old servers that write prose, `flufl.bounce`'s detectors.
+
+The mail that bounced is named by the Message-ID of the returned message or
+headers (ours are `mg.…@<our domain>`), and by the report's own
+In-Reply-To/References, which some servers set. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+import structlog
+from flufl.bounce import all_failures
+
+from mailgateway.pipeline.decode import message_ids
+from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.reply_token import read_bounce_address
+
+log = structlog.get_logger(__name__)
+
+
+class Action:
+    """RFC 3464 Action values, and what we make of them."""
+
+    FAILED = "failed"
+    DELAYED = "delayed"
+    DELIVERED = "delivered"
+
+
+@dataclass(frozen=True)
+class RecipientOutcome:
+    """What a report says of one recipient."""
+
+    address: str      # lower-cased
+    action: str       # Action.*; also "relayed", "expanded": nothing to record
+    status: str = ""  # the enhanced status code, "5.1.1"
+    diagnostic: str = ""
+
+    @property
+    def words(self) -> str:
+        """The status and the server's words, as the desk reads them."""
+        return " ".join(p for p in (self.status, self.diagnostic) if p) or self.action
+
+
+@dataclass(frozen=True)
+class BounceReport:
+    """What a delivery report names: the outbox row (by its return path), the mails
+    it returns (Message-IDs), and each recipient's outcome."""
+
+    outbox_id: int | None
+    message_ids: tuple[str, ...]
+    recipients: tuple[RecipientOutcome, ...]
+    read_by: str  # which of the readings found the recipients; "" for none
+
+
+_DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status",
+                        "text/delivery-status"})
+_RETURNED_TYPES = frozenset({"message/rfc822", "text/rfc822-headers", "message/rfc822-headers",
+                             "message/global", "message/global-headers", "message/partial"})
+_FIELD = re.compile(r"^([A-Za-z][\w-]*)[ \t]*:[ \t]*(.*)$")
+_ADDRESS = re.compile(r"[^\s<>\"';,()\[\]]+@[^\s<>\"';,()\[\]]+")
+_STATUS = re.compile(r"\b([245])\.\d{1,3}\.\d{1,3}\b")
+_MESSAGE_ID_FIELD = re.compile(r"(?im)^message-id[ \t]*:[ \t]*((?:.*)(?:\r?\n[ \t]+.*)*)")
+_RECIPIENT_FIELDS = ("final-recipient", "original-recipient", "x-actual-recipient")
+_MOST_DIAGNOSTIC = 500
+
+
+def _blocks(text: str) -> list[dict[str, str]]:
+    """The field blocks of a delivery-status text (blank-line separated), continuation
+    lines unfolded; names lower-cased, first value kept."""
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last = ""
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+            current, last = {}, ""
+            continue
+        if line[:1] in " \t" and last:
+            current[last] += " " + line.strip()
+            continue
+        found = _FIELD.match(line)
+        if found is None:
+            continue
+        last = found[1].lower()
+        if last in current:  # a second block without the blank line between them
+            if last in _RECIPIENT_FIELDS and "action" in current:
+                blocks.append(current)
+                current = {}
+            else:
+                continue
+        current[last] = found[2].strip()
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _address(value: str) -> str:
+    """`rfc822; <user@host>` → `user@host`."""
+    _, semicolon, rest = value.partition(";")
+    found = _ADDRESS.search(rest if semicolon else value)
+    return found[0].strip(".").lower() if found else ""
+
+
+def _action(fields: dict[str, str], status: str) -> str:
+    action = fields.get("action", "").split()[0].lower() if fields.get("action") else ""
+    if action in ("failed", "delayed", "delivered", "relayed", "expanded"):
+        return action
+    return {"5": Action.FAILED, "4": Action.DELAYED, "2": Action.DELIVERED}.get(
+        status[:1], Action.FAILED)
+
+
+def _diagnostic(fields: dict[str, str]) -> str:
+    value = fields.get("diagnostic-code", "")
+    _, semicolon, rest = value.partition(";")
+    text = " ".join((rest if semicolon else value).split())
+    return text[:_MOST_DIAGNOSTIC]
+
+
+def _from_delivery_status(text: str) -> list[RecipientOutcome]:
+    found: list[RecipientOutcome] = []
+    for fields in _blocks(text):
+        address = next((_address(fields[name]) for name in _RECIPIENT_FIELDS
+                        if name in fields and _address(fields[name])), "")
+        if not address:
+            continue
+        status_found = _STATUS.search(fields.get("status", "")) or _STATUS.search(
+            fields.get("diagnostic-code", ""))
+        status = status_found[0] if status_found else ""
+        found.append(RecipientOutcome(address, _action(fields, status), status,
+                                      _diagnostic(fields)))
+    return found
+
+
+def _from_failed_header(mail: ParsedMail) -> list[RecipientOutcome]:
+    addresses = [a.lower() for value in mail.header_all("X-Failed-Recipients")
+                 for a in _ADDRESS.findall(value)]
+    return [RecipientOutcome(a, Action.FAILED) for a in dict.fromkeys(addresses)]
+
+
+def _flufl_message(mail: ParsedMail) -> EmailMessage:
+    """The mail rebuilt for flufl.bounce's detectors, which read a Message: its
+    headers and its text, each returned message or report as a part."""
+    message = EmailMessage()
+    for name, value in mail.headers:
+        if name.lower() not in ("content-type", "content-transfer-encoding", "mime-version"):
+            try:
+                message[name] = " ".join(value.split())
+            except Exception:  # a header the stdlib refuses: the detectors can do without
+                continue
+    message.set_content(mail.text or "")
+    for part in mail.attachments:
+        if part.content_type in _DSN_TYPES or part.content_type in _RETURNED_TYPES or (
+                part.content_type.startswith("text/")):
+            message.add_attachment(part.payload.decode("utf-8", "replace"))
+    return message
+
+
+def _from_flufl(mail: ParsedMail) -> list[RecipientOutcome]:
+    try:
+        temporary, permanent = all_failures(_flufl_message(mail))
+    except Exception as exc:  # a detector tripping on odd bytes: the report stays unread
+        log.info("bounce.flufl_failed", error=repr(exc))
+        return []
+
+    def text(address: bytes | str) -> str:
+        value = address.decode("utf-8", "replace") if isinstance(address, bytes) else address
+        return value.strip().strip("<>").lower()
+
+    found = [RecipientOutcome(text(a), Action.FAILED) for a in sorted(permanent)]
+    found += [RecipientOutcome(text(a), Action.DELAYED) for a in sorted(temporary)
+              if text(a) not in {f.address for f in found}]
+    return [f for f in found if "@" in f.address]
+
+
+def _returned_ids(mail: ParsedMail, domains: tuple[str, ...]) -> tuple[str, ...]:
+    """The Message-IDs of the mails the report returns, ours first."""
+    found: list[str] = []
+    for part in mail.attachments:
+        if part.content_type in _RETURNED_TYPES:
+            text = part.payload[:65_536].decode("utf-8", "replace")
+            for value in _MESSAGE_ID_FIELD.findall(text):
+                found += message_ids(value)
+    found += mail.in_reply_to
+    found += mail.references
+    # The returned headers written into the report's text (DragonFly, qmail, Exchange).
+    for value in _MESSAGE_ID_FIELD.findall(mail.text[:65_536]):
+        found += message_ids(value)
+    ours = _our_ids(mail.text[:65_536], domains) + _our_ids(
+        " ".join(p.payload[:65_536].decode("utf-8", "replace") for p in mail.attachments
+                 if p.content_type.startswith("text/")), domains)
+    unique = list(dict.fromkeys(i for i in [*ours, *found] if i and i != mail.message_id))
+    unique.sort(key=lambda i: not _is_ours(i, domains))
+    return tuple(i[:998] for i in unique)
+
+
+def _is_ours(message_id: str, domains: tuple[str, ...]) -> bool:
+    return message_id.lower().startswith("mg.") and (
+        message_id.rpartition("@")[2].lower() in {d.lower() for d in domains})
+
+
+def _our_ids(text: str, domains: tuple[str, ...]) -> list[str]:
+    """Our Message-IDs quoted anywhere in prose (a returned mail pasted inline)."""
+    if "mg." not in text:
+        return []
+    pattern = "|".join(re.escape(d) for d in domains)
+    return re.findall(rf"\b(mg\.[0-9a-f]{{32}}@(?:{pattern}))\b", text, re.IGNORECASE)
+
+
+def _return_path(mail: ParsedMail, envelope_to: tuple[str, ...], helpdesk_address: str,
+                 secret: str) -> int | None:
+    """The outbox row named by the address the report was sent to."""
+    addresses = [*envelope_to, *mail.to, *mail.cc]
+    for name in ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To"):
+        addresses += [a for value in mail.header_all(name) for a in _ADDRESS.findall(value)]
+    for address in addresses:
+        if "+b" in address.lower():
+            outbox_id = read_bounce_address(address, helpdesk_address, secret)
+            if outbox_id is not None:
+                return outbox_id
+    return None
+
+
+def read_report(
+    mail: ParsedMail, *, helpdesk_address: str, secret: str, domains: tuple[str, ...],
+    envelope_to: tuple[str, ...] = (),
+) -> BounceReport:
+    """What a mail classified as a bounce says about our mail."""
+    recipients: list[RecipientOutcome] = []
+    read_by = ""
+    for part in mail.attachments:
+        if part.content_type in _DSN_TYPES:
+            recipients += _from_delivery_status(part.payload.decode("utf-8", "replace"))
+    if recipients:
+        read_by = "delivery-status"
+    elif "final-recipient:" in mail.text[:65_536].lower():  # a report pasted as text
+        recipients = _from_delivery_status(mail.text[:65_536])
+        read_by = "delivery-status text" if recipients else ""
+    if not recipients:
+        recipients = _from_failed_header(mail)
+        read_by = "X-Failed-Recipients" if recipients else ""
+    if not recipients:
+        recipients = _from_flufl(mail)
+        read_by = "flufl.bounce" if recipients else ""
+    unique = {(r.address, r.action): r for r in recipients}
+    return BounceReport(_return_path(mail, envelope_to, helpdesk_address, secret),
+                        _returned_ids(mail, domains), tuple(unique.values()), read_by)
