@@ -20,7 +20,8 @@ In-Reply-To/References, which some servers set. Everything here is pure.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 
 import structlog
@@ -260,3 +261,70 @@ def read_report(
     unique = {(r.address, r.action): r for r in recipients}
     return BounceReport(_return_path(mail, envelope_to, helpdesk_address, secret),
                         _returned_ids(mail, domains), tuple(unique.values()), read_by)
+
+
+# --- which of our mails it is about -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentMail:
+    """An outbox row a report may be about."""
+
+    id: int
+    message_id: str
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BounceMatch:
+    """One outcome of one of our mails."""
+
+    outbox_id: int
+    outcome: RecipientOutcome
+
+
+_RECORDED = frozenset({Action.FAILED, Action.DELAYED, Action.DELIVERED})
+UNREAD = "returned without a report the desk could read"
+
+
+def correlate(report: BounceReport, sent: Sequence[SentMail]) -> tuple[BounceMatch, ...]:
+    """The outcomes of `report` tied to our mails. `sent` holds the rows the report may
+    be about, newest first: the row of its return path, those of its Message-IDs,
+    and the latest mail to each recipient it names.
+
+    The return path names the row surely; then a returned Message-ID; failing both, a
+    hard bounce is tied to the latest mail to its recipient. A report naming another
+    address than the row's (an alias, a forward), or none at all, is tied to the
+    row's first recipient, the customer."""
+    outcomes = [r for r in report.recipients if r.action in _RECORDED]
+    if report.recipients and not outcomes:
+        return ()  # relayed or expanded: nothing became of the mail yet
+    row = next((s for s in sent if s.id == report.outbox_id), None)
+    if row is None:
+        by_message = {s.message_id.lower(): s for s in sent}
+        row = next((by_message[m.lower()] for m in report.message_ids
+                    if m.lower() in by_message), None)
+    if row is not None:
+        return _for_row(row, outcomes)
+    matches = []
+    for outcome in outcomes:
+        latest = next((s for s in sent if outcome.action == Action.FAILED and
+                       outcome.address in {a.lower() for a in s.recipients}), None)
+        if latest is not None:
+            matches.append(BounceMatch(latest.id, outcome))
+    return tuple(matches)
+
+
+def _for_row(row: SentMail, outcomes: list[RecipientOutcome]) -> tuple[BounceMatch, ...]:
+    addresses = {a.lower() for a in row.recipients}
+    named = [o for o in outcomes if o.address in addresses]
+    if named:
+        return tuple(BounceMatch(row.id, o) for o in named)
+    if not row.recipients:
+        return ()
+    first = row.recipients[0].lower()
+    if not outcomes:
+        return (BounceMatch(row.id, RecipientOutcome(first, Action.FAILED, "", UNREAD)),)
+    outcome = next((o for o in outcomes if o.action == Action.FAILED), outcomes[0])
+    said = f"(reported for {outcome.address}) {outcome.diagnostic}".strip()
+    return (BounceMatch(row.id, replace(outcome, address=first, diagnostic=said)),)
