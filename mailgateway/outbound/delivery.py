@@ -183,6 +183,12 @@ def flagged_addresses(session: Session, addresses: Collection[str]) -> set[str]:
         BouncingAddress.address.in_(wanted), BouncingAddress.flagged_at.is_not(None))))
 
 
+def not_mailed(session: Session) -> set[str]:
+    """Every address the desk no longer mails: few, so listings read them once."""
+    return set(session.scalars(select(BouncingAddress.address).where(
+        BouncingAddress.flagged_at.is_not(None))))
+
+
 def clear_address(session: Session, address: str) -> bool:
     """An admin vouches for `address` again: its bounces are forgotten and it is mailed
     again. False when it was not on record."""

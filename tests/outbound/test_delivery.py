@@ -3,12 +3,17 @@ address counted and at the limit no longer mailed), delayed, delivered."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
+from mailgateway.cli import main
 from mailgateway.clock import FixedClock
 from mailgateway.db.models import BouncingAddress, Event, OutboxMail, OutboxStatus
 from mailgateway.outbound.delivery import (
@@ -115,3 +120,33 @@ def test_a_delay_is_recorded_without_alarm_and_a_delivery_ends_the_run_of_bounce
             Event.kind.in_(["bounced", "delivery_delayed", "delivered"])).order_by(Event.id))
         assert list(kinds) == ["bounced", "delivery_delayed", "delivered"]
     assert _kinds(gateway).count("bounce_notice") == 1
+
+
+def test_the_command_line_shows_bounced_mail_and_bouncing_addresses(
+        gateway: Gateway, config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gateway.settings = replace(gateway.settings, outbound=replace(
+        gateway.settings.outbound, bounce_limit=1))
+    register_desk(gateway)
+    row_id = _acknowledgment(gateway)
+    with gateway.sessions.begin() as session:
+        record_bounce(SessionStore(session), gateway.settings, gateway.clock,
+                      session.get_one(OutboxMail, row_id), PERSON, "5.1.1 User unknown")
+
+    def run(*argv: str) -> Any:
+        capsys.readouterr()
+        assert main(["--config", str(config_file), *argv]) == 0
+        out = capsys.readouterr().out
+        return json.loads(out) if "--json" in argv else out
+
+    [bounced] = run("outbox", "list", "--status", "bounced", "--json")
+    assert (bounced["id"], bounced["delivery"]) == (row_id, f"{PERSON}: 5.1.1 User unknown")
+    assert f"{PERSON}: 5.1.1 User unknown" in run("outbox", "list", "--status", "bounced")
+    persons = {p["email"]: p["bouncing"] for p in run("persons", "list", "--json")}
+    assert persons == {PERSON: True}
+    assert "(bouncing: not mailed)" in run("persons", "list")
+    assert [a["bouncing"] for a in run("accounts", "list", "--json")] == [False]
+    [address] = run("addresses", "list", "--json")
+    assert (address["address"], address["bounces"], address["flagged"]) == (PERSON, 1, True)
+    assert "is mailed again" in run("addresses", "clear", PERSON)
+    assert run("addresses", "list", "--json") == []
+    assert main(["--config", str(config_file), "addresses", "clear", PERSON]) == 1
