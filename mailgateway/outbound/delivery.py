@@ -77,6 +77,17 @@ def _add_line(row: OutboxMail, line: str) -> bool:
     return True
 
 
+_NOT_BOUNCES = ("delayed: ", "delivered: ")
+
+
+def _bounced_for(row: OutboxMail, recipient: str) -> bool:
+    """The row already records a hard bounce for `recipient`."""
+    prefix = f"{recipient}: "
+    return row.status == OutboxStatus.BOUNCED and any(
+        line.startswith(prefix) and not line[len(prefix):].startswith(_NOT_BOUNCES)
+        for line in (row.delivery_diagnostic or "").splitlines())
+
+
 def _what(row: OutboxMail) -> str:
     return row.kind.replace("_", " ")
 
@@ -93,9 +104,9 @@ def record_bounce(
     """
     now = clock.now()
     recipient = recipient.strip().lower()
-    line = _line(recipient, diagnostic or "refused")
-    if not _add_line(row, line):
+    if _bounced_for(row, recipient):  # the report again, or another copy of it
         return BounceRecorded(new=False, group_told=False, address_flagged=False)
+    _add_line(row, _line(recipient, diagnostic or "refused"))
     first = row.status != OutboxStatus.BOUNCED
     row.status = OutboxStatus.BOUNCED.value
     row.bounced_at = row.bounced_at or now

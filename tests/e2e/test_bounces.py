@@ -165,6 +165,20 @@ def test_a_bounced_acknowledgment_marks_the_row_and_tells_the_group_once(
     assert PERSON in str(notice["Subject"])
 
 
+def test_a_report_from_a_postmaster_to_the_return_path_is_taken(
+        desk: Gateway, listener: RunningListener, smtp_sink: SmtpSink) -> None:
+    """Strangers are refused at RCPT time, but a report on our mail may come from a
+    server's postmaster rather than the null sender."""
+    assert desk.settings.helpdesk.unknown_sender == "reject"
+    row_id, returned, envelope_sender = _acknowledged(desk, listener, smtp_sink, "Stampa")
+    _send(listener, _report(returned, envelope_sender), "postmaster@mx.example.net",
+          envelope_sender)
+    _settle(desk)
+    assert _outcome(desk, row_id)[0].status == OutboxStatus.BOUNCED
+    with pytest.raises(smtplib.SMTPDataError, match="not registered"):
+        _send(listener, build_mail(sender="chi@altrove.it"), "chi@altrove.it", SUPPORT)
+
+
 PASTED = """Buongiorno,
 le mail al commercialista tornano indietro da stamattina, vi incollo il messaggio:
 
