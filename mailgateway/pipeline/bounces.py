@@ -10,7 +10,8 @@ order of trust:
 1. the `message/delivery-status` part (RFC 3464): per recipient its
    Final-/Original-Recipient, Action, Status and Diagnostic-Code;
 2. `X-Failed-Recipients` (Exim and Gmail);
-3. for old servers that write prose, `flufl.bounce`'s detectors.
+3. an Amazon SES notification's JSON;
+4. for old servers that write prose, `flufl.bounce`'s detectors.
 
 The mail that bounced is named by the Message-ID of the returned message or
 headers (ours are `mg.…@<our domain>`), and by the report's own
@@ -19,10 +20,12 @@ In-Reply-To/References, which some servers set. Everything here is pure.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
+from typing import Any
 
 import structlog
 from flufl.bounce import all_failures
@@ -154,6 +157,46 @@ def _from_failed_header(mail: ParsedMail) -> list[RecipientOutcome]:
     return [RecipientOutcome(a, Action.FAILED) for a in dict.fromkeys(addresses)]
 
 
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object a notification's text holds (folded lines joined), or None."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end < start:
+        return None
+    for candidate in (text[start:end + 1], re.sub(r"\r?\n[ \t]", "", text[start:end + 1])):
+        try:
+            found = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(found, dict):
+            return found
+    return None
+
+
+def _from_ses(mail: ParsedMail) -> tuple[list[RecipientOutcome], list[str]]:
+    """An Amazon SES bounce notification (JSON, bare or inside an SNS envelope): its
+    recipients, and the Message-IDs of the mail it is about."""
+    document = _json_object(mail.text[:262_144])
+    if document is not None and isinstance(document.get("Message"), str):
+        document = _json_object(document["Message"])
+    if document is None or document.get("notificationType") != "Bounce":
+        return [], []
+    bounce = document.get("bounce") or {}
+    permanent = bounce.get("bounceType") == "Permanent"
+    found = []
+    for item in bounce.get("bouncedRecipients") or ():
+        address = str(item.get("emailAddress", "")).strip().lower()
+        if _ADDRESS.fullmatch(address):
+            status = str(item.get("status") or "")
+            action = str(item.get("action") or (Action.FAILED if permanent else Action.DELAYED))
+            found.append(RecipientOutcome(address, action.lower(), status,
+                                          _diagnostic({"diagnostic-code": str(
+                                              item.get("diagnosticCode") or "")})))
+    headers = (document.get("mail") or {}).get("headers") or ()
+    ids = [i for h in headers if str(h.get("name", "")).lower() == "message-id"
+           for i in message_ids(str(h.get("value", "")))]
+    return found, ids
+
+
 def _flufl_message(mail: ParsedMail) -> EmailMessage:
     """The mail rebuilt for flufl.bounce's detectors, which read a Message: its
     headers and its text, each returned message or report as a part."""
@@ -186,7 +229,7 @@ def _from_flufl(mail: ParsedMail) -> list[RecipientOutcome]:
     found = [RecipientOutcome(text(a), Action.FAILED) for a in sorted(permanent)]
     found += [RecipientOutcome(text(a), Action.DELAYED) for a in sorted(temporary)
               if text(a) not in {f.address for f in found}]
-    return [f for f in found if "@" in f.address]
+    return [f for f in found if _ADDRESS.fullmatch(f.address)]
 
 
 def _returned_ids(mail: ParsedMail, domains: tuple[str, ...]) -> tuple[str, ...]:
@@ -255,12 +298,17 @@ def read_report(
     if not recipients:
         recipients = _from_failed_header(mail)
         read_by = "X-Failed-Recipients" if recipients else ""
+    returned: list[str] = []
+    if not recipients and "notificationType" in mail.text[:262_144]:
+        recipients, returned = _from_ses(mail)
+        read_by = "Amazon SES notification" if recipients else ""
     if not recipients:
         recipients = _from_flufl(mail)
         read_by = "flufl.bounce" if recipients else ""
     unique = {(r.address, r.action): r for r in recipients}
+    ids = tuple(dict.fromkeys((*returned, *_returned_ids(mail, domains))))
     return BounceReport(_return_path(mail, envelope_to, helpdesk_address, secret),
-                        _returned_ids(mail, domains), tuple(unique.values()), read_by)
+                        ids, tuple(unique.values()), read_by)
 
 
 # --- which of our mails it is about -------------------------------------------------------

@@ -3,6 +3,7 @@ and the outbox rows read for them (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -171,3 +172,20 @@ def test_a_customer_writing_through_a_list_opens_a_ticket_unanswered(gateway: Ga
     with gateway.sessions() as session:
         kinds = {m.kind for m in session.query(OutboxMail)}
     assert kinds == {"new_ticket_notice"}
+
+
+def test_an_amazon_ses_notification_bare_or_inside_sns() -> None:
+    inner = json.dumps({
+        "notificationType": "Bounce",
+        "bounce": {"bounceType": "Permanent", "bouncedRecipients": [
+            {"emailAddress": "Anna@StudioRossi.it", "action": "failed", "status": "5.1.1",
+             "diagnosticCode": "smtp; 550 5.1.1 user unknown"}]},
+        "mail": {"headers": [{"name": "Message-ID", "value": f"<{OURS}>"}]}})
+    for body in (inner, json.dumps({"Type": "Notification", "Message": inner})):
+        raw = ("From: no-reply@sns.amazonaws.com\nTo: assistenza@example.com\n"
+               f"Subject: AWS Notification Message\n\n{body}\n").encode()
+        report = read(raw)
+        assert report.read_by == "Amazon SES notification"
+        assert report.recipients == (RecipientOutcome(
+            "anna@studiorossi.it", Action.FAILED, "5.1.1", "550 5.1.1 user unknown"),)
+        assert report.message_ids == (OURS,)
