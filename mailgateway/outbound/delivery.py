@@ -8,9 +8,10 @@ news, recording it is the same, and is here, in the caller's transaction:
 - **bounced** (a hard bounce): the row says so with the server's words; the
   ticket gets an event; the ticket's group is told once, naming the address,
   that the customer did not receive the mail (they would otherwise believe the
-  desk silent); the address's run of bounces grows, and at
+  desk silent); a customer's address's run of bounces grows, and at
   `outbound.bounce_limit` in a row it is flagged and no longer mailed
-  (`queue.enqueue` leaves it out) until an admin clears it.
+  (`queue.enqueue` leaves it out) until an admin clears it. A notice to
+  technicians that bounces is recorded and logged as an error, never stopped.
 - **delayed** (a delay warning): recorded on the row and the ticket, no alarm:
   the server is still trying.
 - **delivered** (proof of delivery): the row says when, with the evidence; the
@@ -34,7 +35,7 @@ from mailgateway.clock import Clock
 from mailgateway.config import Settings
 from mailgateway.db.models import BouncingAddress, OutboxMail, OutboxStatus, Ticket
 from mailgateway.outbound.addressing import CUSTOMER_KINDS, group_recipients
-from mailgateway.outbound.intent import MailIntent, MailKind
+from mailgateway.outbound.intent import ANSWERING_KINDS, MailIntent, MailKind
 from mailgateway.outbound.queue import enqueue
 from mailgateway.store import Store
 from mailgateway.tickets import record_event
@@ -47,6 +48,10 @@ DELAYED_EVENT = "delivery_delayed"
 DELIVERED_EVENT = "delivered"
 
 _MOST_DIAGNOSTIC = 2000  # a server's words, kept readable on one row
+# Mail whose bounce the group hears of: what the customer of a ticket should have read.
+_TELL_GROUP = frozenset(k.value for k in CUSTOMER_KINDS)
+# Mail to whoever wrote to the desk, customers or strangers: their addresses are counted.
+_TO_CUSTOMERS = _TELL_GROUP | frozenset(k.value for k in ANSWERING_KINDS)
 
 
 def _log(row: OutboxMail, **values: object) -> structlog.typing.FilteringBoundLogger:
@@ -110,17 +115,23 @@ def record_bounce(
     first = row.status != OutboxStatus.BOUNCED
     row.status = OutboxStatus.BOUNCED.value
     row.bounced_at = row.bounced_at or now
-    flagged = _count_bounce(store.session, settings, recipient, diagnostic, now)
+    to_customer = row.kind in _TO_CUSTOMERS
+    # Only customers' addresses are stopped: a group's mailbox that is full for a day
+    # must not silence the desk's notices to it.
+    flagged = to_customer and _count_bounce(store.session, settings, recipient, diagnostic,
+                                            now)
     ticket = row.ticket
     told = False
     if ticket is not None:
         record_event(store.session, ticket, BOUNCED_EVENT, actor=actor, at=now,
                      reason=f"the {_what(row)} to {recipient} bounced: {diagnostic}"[:2000])
-        if first and MailKind(row.kind) in CUSTOMER_KINDS:
+        if first and row.kind in _TELL_GROUP:
             told = _tell_group(store, settings, clock, row, ticket, recipient, diagnostic,
                                flagged)
-    _log(row, recipient=recipient).warning("outbound_mail_bounced", diagnostic=diagnostic,
-                                           group_told=told, address_flagged=flagged)
+    bound = _log(row, recipient=recipient)
+    (bound.warning if to_customer else bound.error)(
+        "outbound_mail_bounced", diagnostic=diagnostic, group_told=told,
+        address_flagged=flagged)
     return BounceRecorded(new=True, group_told=told, address_flagged=flagged)
 
 

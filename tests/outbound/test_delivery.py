@@ -151,3 +151,21 @@ def test_the_command_line_shows_bounced_mail_and_bouncing_addresses(
     assert "is mailed again" in run("addresses", "clear", PERSON)
     assert run("addresses", "list", "--json") == []
     assert main(["--config", str(config_file), "addresses", "clear", PERSON]) == 1
+
+
+def test_a_bounced_notice_to_the_group_is_recorded_never_stopped(gateway: Gateway) -> None:
+    gateway.settings = replace(gateway.settings, outbound=replace(
+        gateway.settings.outbound, bounce_limit=1))
+    register_desk(gateway)
+    _acknowledgment(gateway)
+    with gateway.sessions.begin() as session:
+        notice = session.scalars(select(OutboxMail).where(
+            OutboxMail.kind == "new_ticket_notice")).one()
+        recorded = record_bounce(SessionStore(session), gateway.settings, gateway.clock,
+                                 notice, "tecnici@example.com", "5.2.2 mailbox full")
+    assert (recorded.new, recorded.group_told, recorded.address_flagged) == (True, False, False)
+    with gateway.sessions() as session:
+        assert session.get(BouncingAddress, "tecnici@example.com") is None
+        assert session.scalars(select(Event.reason).where(Event.kind == "bounced")).one() == (
+            "the new ticket notice to tecnici@example.com bounced: 5.2.2 mailbox full")
+    assert "bounce_notice" not in _kinds(gateway)
