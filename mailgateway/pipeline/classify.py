@@ -63,7 +63,7 @@ _BODY_WINDOW = 6000  # bounce texts open the body: a long mail is not read to it
 _BOUNCE_LOCAL = re.compile(r"^(?:mailer[-_]?daemon|mail[-_]?daemon|mdaemon)$", re.I)
 _BOUNCE_FROM = re.compile(
     r"mailer[-_]?daemon|mail delivery (?:sub)?system|mail administrator|post[-_]?master|"
-    r"system administrator|no[-_.]?reply@", re.I
+    r"no[-_.]?reply@", re.I
 )
 _NO_REPLY_LOCAL = re.compile(
     r"^(?:.+[-_.])?(?:mailer[-_]?daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|"
