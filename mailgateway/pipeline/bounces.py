@@ -28,8 +28,6 @@ from email.message import EmailMessage
 from typing import Any
 
 import structlog
-from flufl.bounce import all_failures
-
 from mailgateway.pipeline.decode import message_ids
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.reply_token import read_bounce_address
@@ -216,6 +214,10 @@ def _flufl_message(mail: ParsedMail) -> EmailMessage:
 
 
 def _from_flufl(mail: ParsedMail) -> list[RecipientOutcome]:
+    # Imported when first needed: its detectors take 20 ms to load, and `ingest`, run
+    # once per mail by an MTA, usually has no prose report to read.
+    from flufl.bounce import all_failures
+
     try:
         temporary, permanent = all_failures(_flufl_message(mail))
     except Exception as exc:  # a detector tripping on odd bytes: the report stays unread
