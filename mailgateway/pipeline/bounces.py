@@ -28,6 +28,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import structlog
+
 from mailgateway.pipeline.decode import message_ids
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.reply_token import read_bounce_address
