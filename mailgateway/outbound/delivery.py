@@ -228,10 +228,9 @@ def _tell_group(
     to = group_recipients(store.session, settings, ticket.group) or (settings.helpdesk.address,)
     known = store.session.get(BouncingAddress, address)
     bounces = known.bounces if known is not None else 1
-    for recipient in to:  # one mail each: its signed reply address names its recipient
-        enqueue(store, settings, clock, MailIntent(
-            kind=MailKind.BOUNCE_NOTICE, to=(recipient,), language=settings.helpdesk.language,
-            context={"address": address, "diagnostic": diagnostic, "bounced_kind": row.kind,
-                     "sent_at": row.sent_at, "flagged": flagged, "bounces": bounces}),
-            ticket)
-    return True
+    queued = [enqueue(store, settings, clock, MailIntent(
+        kind=MailKind.BOUNCE_NOTICE, to=(recipient,), language=settings.helpdesk.language,
+        context={"address": address, "diagnostic": diagnostic, "bounced_kind": row.kind,
+                 "sent_at": row.sent_at, "flagged": flagged, "bounces": bounces}), ticket)
+        for recipient in to]  # one mail each: its signed reply address names its recipient
+    return any(q is not None for q in queued)
