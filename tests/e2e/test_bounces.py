@@ -162,7 +162,13 @@ def test_a_bounced_acknowledgment_marks_the_row_and_tells_the_group_once(
     dispatch_once(desk.sessions, desk.settings, desk.clock, build_transport(desk.settings))
     assert [d.rcpt_tos for d in smtp_sink.deliveries] == [[GROUP]]
     notice = smtp_sink.deliveries[0].message
-    assert PERSON in str(notice["Subject"])
+    assert str(notice["Subject"]).startswith("[Ticket#2026-000001] Mail non recapitata a "
+                                             f"{PERSON}")
+    body = notice.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "non ha ricevuto la conferma di apertura del ticket 2026-000001" in text
+    assert "5.1.1" in text and "Recipient address rejected" in text
 
 
 def test_a_report_from_a_postmaster_to_the_return_path_is_taken(
