@@ -109,15 +109,24 @@ def _accounts_import(args: argparse.Namespace, app: App) -> int:
     return 0
 
 
+# An address whose mail keeps bouncing is no longer mailed (`addresses clear` undoes it).
+_BOUNCING = "\t(bouncing: not mailed)"
+
+
 def _accounts_list(args: argparse.Namespace, app: App) -> None:
     from mailgateway.directory import list_accounts
+    from mailgateway.outbound.delivery import not_mailed
 
     with app.reads() as session:
+        accounts = list(list_accounts(session))
+        bouncing = not_mailed(session)
         rows = [{"name": a.name, "email": a.main_email, "vat": a.vat_number,
-                 "language": a.language, "verified": a.verified}
-                for a in list_accounts(session)]
+                 "language": a.language, "verified": a.verified,
+                 "bouncing": a.main_email.lower() in bouncing}
+                for a in accounts]
     emit(args, rows, (f"{r['email']}\t{r['name']}\t{r['vat']}"
-                      + ("" if r["verified"] else "\t(unverified)") for r in rows))
+                      + ("" if r["verified"] else "\t(unverified)")
+                      + (_BOUNCING if r["bouncing"] else "") for r in rows))
 
 
 def _persons_add(args: argparse.Namespace, app: App) -> None:
@@ -131,11 +140,16 @@ def _persons_add(args: argparse.Namespace, app: App) -> None:
 
 def _persons_list(args: argparse.Namespace, app: App) -> None:
     from mailgateway.directory import list_persons
+    from mailgateway.outbound.delivery import not_mailed
 
     with app.reads() as session:
-        rows = [{"name": p.name, "email": p.email, "account": p.account.main_email}
-                for p in list_persons(session)]
-    emit(args, rows, (f"{r['email']}\t{r['name']}\t{r['account']}" for r in rows))
+        persons = list(list_persons(session))
+        bouncing = not_mailed(session)
+        rows = [{"name": p.name, "email": p.email, "account": p.account.main_email,
+                 "bouncing": p.email.lower() in bouncing}
+                for p in persons]
+    emit(args, rows, (f"{r['email']}\t{r['name']}\t{r['account']}"
+                      + (_BOUNCING if r["bouncing"] else "") for r in rows))
 
 
 def _staff_add(args: argparse.Namespace, app: App) -> None:

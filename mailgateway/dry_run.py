@@ -22,7 +22,7 @@ from mailgateway.store import SessionStore
 _KINDS: dict[type[Any], str] = {
     d.OpenTicket: "new_ticket", d.CustomerReply: "reply", d.StaffReply: "reply",
     d.Drop: "drop", d.Reject: "reject", d.Ignore: "ignore", d.Quarantine: "quarantine",
-    d.RefuseStaffMail: "refuse",
+    d.RefuseStaffMail: "refuse", d.RecordDelivery: "record_delivery",
 }
 
 

@@ -62,6 +62,7 @@ from mailgateway.outbound.compose import compose_queued
 from mailgateway.outbound.queue import purge_auto_answers
 from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
 from mailgateway.passes import Passes
+from mailgateway.reply_token import bounce_address
 from mailgateway.retry import Backoff
 
 
@@ -182,7 +183,9 @@ def _send_one(
     try:
         if raw is None:
             raw = _render(settings, clock, mail)
-        transport.send(mail.mail_from, mail.recipients, raw)
+        # The return path names the row: a delivery report finds it (outbound.delivery).
+        transport.send(bounce_address(mail.mail_from, settings.helpdesk.secret, mail.id),
+                       mail.recipients, raw)
     except PermanentError as exc:
         with writing:
             _set(session, [mail.id], status=OutboxStatus.FAILED, attempts=mail.attempts + 1,

@@ -18,6 +18,7 @@ from typing import Any
 
 from mailgateway.attachments import safe_filename
 from mailgateway.outbound.intent import MailIntent, MailKind
+from mailgateway.pipeline.bounces import BounceMatch
 from mailgateway.pipeline.classify import Classification
 from mailgateway.pipeline.commands import StaffCommand, command_problem, read_commands
 from mailgateway.pipeline.identify import Authority, Sender, SenderKind
@@ -82,6 +83,7 @@ class Facts:
     strangers_answered: int = 0           # refusals to strangers in the last hour
     refusal_told: bool = False            # the ticket's group heard of a refusal today
     policy: Policy = field(default_factory=Policy)
+    bounces: tuple[BounceMatch, ...] = ()  # a delivery report's outcomes of our mails
 
 
 @dataclass(frozen=True)
@@ -205,8 +207,17 @@ class RefuseStaffMail:
     mails: tuple[PlannedMail, ...] = ()
 
 
+@dataclass(frozen=True)
+class RecordDelivery:
+    """A delivery report about mails of ours: each outcome is recorded on its outbox
+    row (`outbound.delivery`); nothing is answered."""
+
+    reason: str
+    outcomes: tuple[BounceMatch, ...]
+
+
 Decision = (Ignore | Quarantine | Drop | Reject | OpenTicket | CustomerReply | StaffReply
-            | RefuseStaffMail)
+            | RefuseStaffMail | RecordDelivery)
 
 
 def decide(facts: Facts) -> Decision:
@@ -215,7 +226,11 @@ def decide(facts: Facts) -> Decision:
     if mail.over_limit is not None:
         return Quarantine(f"not read: {mail.over_limit}")
     if facts.classification.kind is not None:
-        return Ignore(f"{facts.classification.kind.value}: {facts.classification.reason}")
+        reason = f"{facts.classification.kind.value}: {facts.classification.reason}"
+        if facts.bounces:
+            rows = ", ".join(sorted({str(b.outbox_id) for b in facts.bounces}))
+            return RecordDelivery(f"{reason}; about outbox {rows}", facts.bounces)
+        return Ignore(reason)
     if not sender.email:
         return Quarantine("no sender address (From, Reply-To, Sender, envelope; at most 254 "
                           "characters): nobody to answer")

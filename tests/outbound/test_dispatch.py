@@ -38,7 +38,12 @@ from mailgateway.outbound.transports import (
     SmtpTransport,
     build_transport,
 )
-from mailgateway.reply_token import TokenPurpose, read_reply_address
+from mailgateway.reply_token import (
+    TokenPurpose,
+    bounce_address,
+    read_bounce_address,
+    read_reply_address,
+)
 from mailgateway.store import SessionStore
 from tests.outbound.conftest import TicketFactory, outbox_ids
 from tests.smtp_sink import SmtpSink
@@ -139,7 +144,14 @@ def test_acknowledgment_through_the_relay(
 
     assert (report.sent, report.retried, report.failed) == (1, 0, 0)
     [delivery] = smtp_sink.deliveries
-    assert delivery.mail_from == "assistenza@example.com"
+    # The return path names the row, signed: its delivery report finds it.
+    assert delivery.mail_from == bounce_address("assistenza@example.com", "test-secret",
+                                                outbox_id)
+    assert read_bounce_address(delivery.mail_from, "assistenza@example.com",
+                               "test-secret") == outbox_id
+    assert read_bounce_address(delivery.mail_from.replace(f"+b{outbox_id}.",
+                                                          f"+b{outbox_id + 1}."),
+                               "assistenza@example.com", "test-secret") is None
     assert delivery.rcpt_tos == [ticket.person.email]
     raw = delivery.raw
     assert raw.isascii()
@@ -436,7 +448,7 @@ def test_maildir_transport_is_the_default(
     messages = [box.get_bytes(key) for key in box.iterkeys()]
     assert len(messages) == 2
     assert all(
-        m.startswith(b"Return-Path: <assistenza@example.com>\nX-Envelope-To: cliente@")
+        m.startswith(b"Return-Path: <assistenza+b") and b">\nX-Envelope-To: cliente@" in m
         for m in messages
     )
     assert all(b"\r\n" not in m for m in messages)
