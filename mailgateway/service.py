@@ -27,7 +27,7 @@ from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline.context import Mailer, Pipeline
-from mailgateway.pipeline.parse import parse_mail
+from mailgateway.pipeline.pec import read_mail
 from mailgateway.pipeline.prepare import RawIdentity, header_end, raw_identity
 from mailgateway.pipeline.process import process_inbox_mail, quarantine
 from mailgateway.pipeline.rules import DeskNames, RuleBook
@@ -218,7 +218,7 @@ class Gateway:
                     ).scalar_one_or_none()
                 if raw is None:
                     return Outcome(self._status(inbox_id))
-            parsed = parse_mail(raw)
+            parsed = read_mail(raw)
             del raw
             with self.writing, self.sessions.begin() as session:
                 row = self._claim(session, inbox_id)
