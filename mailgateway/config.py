@@ -129,6 +129,8 @@ class OutboundSettings:
     auto_answer_window_minutes: int = 10
     # Refusals to senders the desk does not know, all addresses together.
     stranger_answers_per_hour: int = 60
+    # Hard bounces in a row after which an address is no longer mailed (until cleared).
+    bounce_limit: int = 3
 
     def resolved_password(self) -> str:
         """The relay password, from the environment variable when one is named."""

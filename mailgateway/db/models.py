@@ -74,6 +74,9 @@ class OutboxStatus(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     DEAD = "dead"
+    # Outcomes known after the relay took the mail (outbound.delivery).
+    BOUNCED = "bounced"      # a recipient's server refused it for good
+    DELIVERED = "delivered"  # proof of delivery came back (a certified receipt)
 
 
 class Account(Base):
@@ -289,6 +292,11 @@ class OutboxMail(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(255))  # outbound.claims.claimant
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None]
+    # What became of the mail after the relay took it (outbound.delivery): when it
+    # bounced or was delivered, and the server's words (a DSN's diagnostic, a receipt).
+    bounced_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    delivery_diagnostic: Mapped[str | None] = mapped_column(Text)
     ticket: Mapped[Ticket | None] = relationship()
 
 
@@ -300,3 +308,16 @@ class AutoAnswer(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     recipient: Mapped[str] = mapped_column(String(320))
     at: Mapped[datetime]
+
+
+class BouncingAddress(Base):
+    """An address whose mail came back refused: how often, lately, and whether the desk
+    has stopped mailing it (`flagged_at`), until an admin clears it."""
+
+    __tablename__ = "bouncing_addresses"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    bounces: Mapped[int] = mapped_column(Integer, default=0)  # hard bounces in a row
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+    last_diagnostic: Mapped[str] = mapped_column(Text, default="")
+    flagged_at: Mapped[datetime | None]

@@ -44,7 +44,8 @@ from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address, sta
 
 # Mails that go to technicians carry a staff token: answering them may act on the ticket.
 STAFF_KINDS = frozenset(
-    {MailKind.NEW_TICKET_NOTICE, MailKind.CUSTOMER_REPLY_NOTICE, MailKind.OVERDUE}
+    {MailKind.NEW_TICKET_NOTICE, MailKind.CUSTOMER_REPLY_NOTICE, MailKind.OVERDUE,
+     MailKind.BOUNCE_NOTICE}
 )
 
 REFERENCES_HEAD = 1  # the thread's first message: what clients thread on

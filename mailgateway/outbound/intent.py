@@ -32,6 +32,7 @@ class MailKind(StrEnum):
     AUTOCLOSE = "autoclose"                # RISPOSTO for autoclose_days: closed
     OVERDUE = "overdue"                    # first-response SLA missed: to the group
     REFUSED_NOTICE = "refused_notice"      # a technician's mail refused: to the group
+    BOUNCE_NOTICE = "bounce_notice"        # a mail to the customer bounced: to the group
 
 
 # Automatic answers to a mail received: a robot at the other end could answer them

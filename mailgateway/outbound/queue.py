@@ -19,7 +19,8 @@ address may each pass the last free slot; the limit is a brake, not a quota.
 Rows past the window are only ignored here; the dispatcher deletes them once
 a pass (`purge_auto_answers`), so queueing a mail costs one query, not two.
 An automatic mail is never addressed to the helpdesk itself (that would be
-a loop); `recipients` of the row is To then Cc, without duplicates.
+a loop), and no mail goes to an address flagged for bouncing
+(`outbound.delivery`); `recipients` of the row is To then Cc, without duplicates.
 """
 
 from __future__ import annotations
@@ -168,6 +169,11 @@ def enqueue(
             _report_limited(store.session, settings, now, fields, blocked)
         to = [a for a in to if a.lower() not in blocked]
         cc = [a for a in cc if a.lower() not in blocked]
+    bouncing = store.flagged_addresses({a.lower() for a in to + cc})
+    if bouncing:  # their mail comes back refused: an admin clears them (`addresses clear`)
+        log.info("outbound_mail_not_to_bouncing", recipients=sorted(bouncing), **fields)
+        to = [a for a in to if a.lower() not in bouncing]
+        cc = [a for a in cc if a.lower() not in bouncing]
     if not to:
         log.info("outbound_mail_skipped", reason="no recipient left", **fields)
         return None
