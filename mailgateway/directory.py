@@ -40,7 +40,7 @@ def _taken(session: Session, email: str) -> str | None:
 
 def add_account(
     session: Session, clock: Clock, *, name: str, email: str, vat: str = "",
-    language: str | None = None,
+    language: str | None = None, answer_email: str | None = None,
 ) -> Account:
     email = normal_address(email)
     if (taken := _taken(session, email)) is not None:
@@ -50,9 +50,21 @@ def add_account(
     if not name.strip():
         raise UserError("An account needs a name.")
     account = Account(name=name.strip(), main_email=email, vat_number=vat.strip(),
-                      language=language or None, verified=True, created_at=clock.now())
+                      language=language or None, verified=True, created_at=clock.now(),
+                      answer_email=normal_address(answer_email) if answer_email else None)
     session.add(account)
     session.flush()
+    return account
+
+
+def set_answer_email(session: Session, email: str, answer_email: str | None) -> Account:
+    """Where answers go when the account writes by PEC: `answer_email`, an ordinary
+    address of the account; None: the certified address it wrote from."""
+    account = session.scalars(select(Account).where(
+        Account.main_email == normal_address(email))).first()
+    if account is None:
+        raise UserError(f"There is no account {email}.")
+    account.answer_email = normal_address(answer_email) if answer_email else None
     return account
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "DeliveryOutcome",
     "PecFacts",
     "ReceiptKind",
+    "answer_address",
+    "certified_notice",
     "pec_facts",
     "read_certified",
     "read_daticert",
@@ -324,3 +326,19 @@ def _unopened(mail: ParsedMail, facts: PecFacts) -> ParsedMail:
     return replace(mail, pec=facts, attachments=files,
                    from_addr=facts.certified_sender or mail.from_addr,
                    defects=(*mail.defects, facts.problem or ""))
+
+
+def answer_address(mail: ParsedMail, sender: str, answer_email: str | None) -> str:
+    """Where the answer to `mail` from `sender` goes: the certified address it came
+    from, unless the account asked for its answers at an ordinary address."""
+    certified = mail.pec is not None and mail.pec.transport == TRANSPORT
+    return answer_email if certified and answer_email else sender
+
+
+def certified_notice(mail: ParsedMail) -> dict[str, Any] | None:
+    """What the technicians' notices say of a mail that came by PEC (None: it did not)."""
+    facts = mail.pec
+    if facts is None or facts.transport is None:
+        return None
+    return {"anomaly": facts.anomaly, "certified_sender": facts.certified_sender,
+            "certified_at": facts.certified_at, "provider": facts.provider}
