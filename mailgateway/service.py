@@ -39,6 +39,8 @@ log = structlog.get_logger()
 _INBOX_RAW = cast(Table, InboxRaw.__table__)
 _SENDER_FIELDS = re.compile(rb"(?im)^(?:from|reply-to|sender)[ \t]*:(.*(?:\r?\n[ \t].*)*)")
 _ADDRESS_LIKE = re.compile(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+")
+# A PEC provider's receipt: it comes from the provider, whom the directory never knows.
+_PEC_RECEIPT = re.compile(rb"(?im)^x-ricevuta[ \t]*:")
 
 
 def possible_senders(raw: bytes, envelope_from: str) -> set[str]:
@@ -151,6 +153,8 @@ class Gateway:
         pipeline reads the sender more carefully later, so a doubt means "take it"."""
         if self.settings.helpdesk.unknown_sender != "reject" or envelope_from == "":
             return None  # the null sender: a bounce, which comes from a machine we do not know
+        if _PEC_RECEIPT.search(raw[:header_end(raw)]):
+            return None  # the pipeline ties it to our mail, or records it; never answers
         candidates = possible_senders(raw, envelope_from)
         if not candidates:
             return None  # the pipeline quarantines it, with the reason
