@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from mailgateway.directory import add_account
 from mailgateway.outbound.commands import list_outbox
 from mailgateway.service import Gateway
 from mailgateway.views import show_ticket
+from tests.e2e.test_cli import run, run_json
 from tests.e2e.test_conversation import mails_to, send_outbox
 from tests.ingest.test_smtp import RunningListener, send, smtp_settings
 from tests.mails import GROUP, build_mail, register_desk
@@ -108,3 +110,30 @@ def test_a_delivery_error_over_smtp_bounces_the_acknowledgment(
     [notice] = mails_to(smtp_sink, GROUP)  # the group told, once
     assert [d for d in smtp_sink.deliveries if STUDIO in d.rcpt_tos] == []
     assert "rec@fakepec.it" in notice.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_the_command_line_shows_pec_facts_and_sets_where_answers_go(
+    config_file: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    assert run(capsys, config_file, "db", "upgrade")[0] == 0
+    code, out, _ = run(capsys, config_file, "accounts", "add", "--name", "Studio Rossi",
+                       "--email", STUDIO, "--answers-to", "Segreteria@StudioRossi.it")
+    assert code == 0
+    [account] = run_json(capsys, config_file, "accounts", "list")
+    assert account["answers_to"] == "segreteria@studiorossi.it"
+    code, out, _ = run(capsys, config_file, "accounts", "answers-to", STUDIO)
+    assert (code, out.strip()) == (0, f"Answers to {STUDIO}'s PEC mail go to the PEC "
+                                      "address it writes from.")
+    assert run(capsys, config_file, "accounts", "answers-to", "nobody@x.it")[0] != 0
+    inner = build_mail(sender=STUDIO, subject="Stampa F24 bloccata", message_id="m@pec.it")
+    mail = tmp_path / "pec.eml"
+    mail.write_bytes(envelope(inner, sender=STUDIO, to=[SUPPORT], subject="Stampa F24 bloccata",
+                              message_id="m@pec.it", when=datetime(2026, 3, 2, 10, 25,
+                                                                   tzinfo=ROME)))
+    now = ("--now", "2026-03-02T09:30:00Z")
+    assert run(capsys, config_file, *now, "ingest", str(mail))[0] == 0
+    code, out, _ = run(capsys, config_file, *now, "tickets", "show", "1")
+    assert code == 0
+    assert (f"[PEC] certified sender {STUDIO} at 2026-03-02T09:25:00+00:00 by Provider PEC "
+            "S.p.A.") in out
+    assert f"[mail] acknowledgment to {STUDIO}: pending" in out
