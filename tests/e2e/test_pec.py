@@ -132,7 +132,7 @@ def test_the_command_line_shows_pec_facts_and_sets_where_answers_go(
                                                                    tzinfo=ROME)))
     now = ("--now", "2026-03-02T09:30:00Z")
     assert run(capsys, config_file, *now, "ingest", str(mail))[0] == 0
-    code, out, _ = run(capsys, config_file, *now, "tickets", "show", "1")
+    code, out, _ = run(capsys, config_file, *now, "tickets", "show", "2026-000001")
     assert code == 0
     assert (f"[PEC] certified sender {STUDIO} at 2026-03-02T09:25:00+00:00 by Provider PEC "
             "S.p.A.") in out
