@@ -42,7 +42,12 @@ def keep_certified(store: Store, pipeline: Pipeline, analysis: Analysis,
         return
     if facts.receipt is not None:
         _tie_receipt(store, pipeline, facts, row)
-    elif row.ticket is not None:
+        return
+    if analysis.mail.message_id:
+        # The id the customer's client knows, not the provider's envelope's (kept in the
+        # message's facts): our later mails name it in their References.
+        row.message_id = analysis.mail.message_id[:998]
+    if row.ticket is not None:
         _keep_envelope(store, pipeline, analysis, facts, row, row.ticket)
 
 

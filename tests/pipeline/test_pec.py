@@ -204,6 +204,9 @@ def test_pec_reply_keeps_the_files_the_inner_mail_has(desk: Gateway) -> None:
     assert second["body"] == "Ecco la schermata."
     assert [a["filename"] for a in second["attachments"]] == ["schermata.pdf"]
     assert second["pec"]["kind"] == "posta-certificata"
+    with desk.sessions() as session:  # what our later mails' References name
+        ids = session.scalars(select(InboxMail.message_id).order_by(InboxMail.id)).all()
+    assert ids == [ORIGINAL, "4f2b@pec.studiorossi.it"]
 
 
 def test_anomaly_envelope_is_flagged_for_the_technicians(desk: Gateway) -> None:
