@@ -279,3 +279,18 @@ def test_account_may_want_answers_at_an_ordinary_address(desk: Gateway) -> None:
     assert deliver(desk, answer) == "processed"
     assert outbox(desk)[-1].kind == MailKind.ANSWER
     assert outbox(desk)[-1].recipients == ["segreteria@studiorossi.it"]
+
+
+def test_real_transport_envelope_becomes_its_senders_ticket(desk: Gateway) -> None:
+    with desk.sessions.begin() as session:
+        add_account(session, desk.clock, name="Example", email="no-reply@example.com")
+    assert deliver(desk, sample("posta-certificata.eml")) == "processed"
+    ticket = shown(desk)
+    assert (ticket["account"], ticket["subject"]) == (
+        "no-reply@example.com", "POSTA CERTIFICATA: SUBJECT")
+    [message] = ticket["messages"]
+    assert (message["body"], message["attachments"], message["refused_attachments"]) == (
+        "text", [], [])
+    assert message["pec"]["identifier"] == "CZPXCJRZKQDRVYXFAZYUIAWNACDAAHEVAEXAKN@example.com"
+    # A no-reply sender gets no acknowledgment; the technicians hear of it.
+    assert [m.kind for m in outbox(desk)] == [MailKind.NEW_TICKET_NOTICE]
