@@ -306,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     answers.add_argument("email", help="the account's main address")
     answers.add_argument("address", nargs="?",
                          help="an ordinary address; omitted: the PEC address it wrote from")
-    _add(accounts, "import", _accounts_import, "accounts from a CSV (name,email,vat,language)"
-         ).add_argument("csv")
+    _add(accounts, "import", _accounts_import,
+         "accounts from a CSV (name,email,vat,language,answers_to)").add_argument("csv")
     _add(accounts, "list", _accounts_list, "list accounts", json_flag=True)
 
     persons = _group(sub, "persons", "collaborators (PERSONE) of an account")

@@ -125,6 +125,13 @@ def test_the_command_line_shows_pec_facts_and_sets_where_answers_go(
     assert (code, out.strip()) == (0, f"Answers to {STUDIO}'s PEC mail go to the PEC "
                                       "address it writes from.")
     assert run(capsys, config_file, "accounts", "answers-to", "nobody@x.it")[0] != 0
+    listing = tmp_path / "accounts.csv"
+    listing.write_text("name,email,answers_to\nStudio Bianchi,bianchi@pec.bianchi.it,"
+                       "info@bianchi.it\n", encoding="utf-8")
+    assert run(capsys, config_file, "accounts", "import", str(listing))[0] == 0
+    answers = {a["email"]: a["answers_to"]
+               for a in run_json(capsys, config_file, "accounts", "list")}
+    assert answers == {STUDIO: None, "bianchi@pec.bianchi.it": "info@bianchi.it"}
     inner = build_mail(sender=STUDIO, subject="Stampa F24 bloccata", message_id="m@pec.it")
     mail = tmp_path / "pec.eml"
     mail.write_bytes(envelope(inner, sender=STUDIO, to=[SUPPORT], subject="Stampa F24 bloccata",
