@@ -303,10 +303,20 @@ def read_certified(mail: ParsedMail) -> ParsedMail:
     elif not sender:
         sender = certified
     return replace(
-        inner, pec=facts, from_addr=sender,
+        inner, pec=facts, from_addr=sender, headers=_unvouched(inner.headers),
         message_id=facts.refers_to or inner.message_id,
         subject=inner.subject or (facts.daticert.subject if facts.daticert else ""),
         date=inner.date or mail.date, defects=tuple(dict.fromkeys(defects)))
+
+
+# What a receiving MTA vouches with: inside an envelope anyone may have written them.
+_VOUCHING = frozenset({"authentication-results", "arc-authentication-results"})
+
+
+def _unvouched(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The inner mail's headers without authentication results: our MTA checked the
+    envelope, never what is inside it, so those a sender wrote must not pass for ours."""
+    return tuple((k, v) for k, v in headers if k.lower() not in _VOUCHING)
 
 
 def read_mail(raw: bytes) -> ParsedMail:

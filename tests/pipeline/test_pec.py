@@ -14,6 +14,7 @@ from mailgateway.db.models import Event, InboxMail, OutboxMail, Ticket
 from mailgateway.directory import add_account, set_answer_email
 from mailgateway.outbound.intent import MailKind
 from mailgateway.pipeline.classify import AutoKind, OwnMarks, classify
+from mailgateway.pipeline.identify import vouched_by_mta
 from mailgateway.pipeline.pec import DeliveryOutcome, ReceiptKind, read_daticert, read_mail
 from mailgateway.service import Gateway
 from mailgateway.views import show_ticket
@@ -128,6 +129,18 @@ def test_a_certified_sender_wins_over_the_inner_from() -> None:
                               subject="x", message_id=ORIGINAL, when=SENT))
     assert mail.from_addr == STUDIO
     assert any("differs from the certified sender" in d for d in mail.defects)
+
+
+def test_authentication_results_inside_an_envelope_vouch_for_nothing() -> None:
+    forged = build_mail(sender="luca@example.com", message_id=ORIGINAL, headers={
+        "Authentication-Results": "mx.example.com; dkim=pass header.d=example.com; "
+                                  "dmarc=pass header.from=example.com"})
+    assert vouched_by_mta(read_mail(forged), ("mx.example.com",))  # at the top: our MTA's
+    mail = read_mail(envelope(forged, sender="luca@example.com", to=["assistenza@example.com"],
+                              subject="x", message_id=ORIGINAL, when=SENT))
+    assert mail.from_addr == "luca@example.com"
+    assert mail.header("Authentication-Results") is None
+    assert not vouched_by_mta(mail, ("mx.example.com",))
 
 
 def test_an_envelope_without_its_mail_keeps_its_own_text() -> None:
