@@ -43,6 +43,8 @@ def keep_certified(store: Store, pipeline: Pipeline, analysis: Analysis,
     if facts.receipt is not None:
         _tie_receipt(store, pipeline, facts, row)
         return
+    if facts.transport is None:  # an `X-Ricevuta` of a kind the rules do not name
+        return
     if analysis.mail.message_id:
         # The id the customer's client knows, not the provider's envelope's (kept in the
         # message's facts): our later mails name it in their References.
