@@ -307,3 +307,36 @@ def test_real_transport_envelope_becomes_its_senders_ticket(desk: Gateway) -> No
     assert message["pec"]["identifier"] == "CZPXCJRZKQDRVYXFAZYUIAWNACDAAHEVAEXAKN@example.com"
     # A no-reply sender gets no acknowledgment; the technicians hear of it.
     assert [m.kind for m in outbox(desk)] == [MailKind.NEW_TICKET_NOTICE]
+
+
+@pytest.mark.parametrize(("kind", "status"), [
+    ("accettazione", "delivered"), ("avvenuta-consegna", "delivered"),
+    ("non-accettazione", "bounced"), ("errore-consegna", "bounced"),
+    ("preavviso-errore-consegna", "bounced"), ("presa-in-carico", "pending"),
+    ("rilevazione-virus", "pending"),
+])
+def test_every_receipt_kind_built_from_the_rules_updates_our_row(
+    desk: Gateway, kind: str, status: str,
+) -> None:
+    deliver(desk, studio_mail())
+    ack = outbox(desk)[0]
+    raw = receipt(kind, refers_to=ack.message_id, to="assistenza@example.com",
+                  recipient=STUDIO, subject="[Ticket#2026-000001] Stampa F24 bloccata",
+                  when=SENT + timedelta(minutes=3),
+                  error="nessuno" if status != "bounced" else "no-dest",
+                  error_detail="" if status != "bounced" else "5.1.1 casella inesistente")
+    assert deliver(desk, raw) == "ignored"
+    with desk.sessions() as session:
+        row = session.get(OutboxMail, ack.id)
+        assert row is not None and row.status == status
+        if status == "delivered":
+            assert row.delivered_at == (SENT + timedelta(minutes=3)).astimezone(UTC)
+        if status == "bounced":
+            assert "5.1.1 casella inesistente" in (row.delivery_diagnostic or "")
+        receipt_row = session.get(InboxMail, 2)
+        assert receipt_row is not None and receipt_row.reason == (
+            f"PEC {kind} receipt for outbox mail {ack.id}")
+        assert session.scalar(select(func.count()).select_from(Ticket)) == 1
+    kinds = [m.kind for m in outbox(desk)]
+    assert kinds[:2] == [MailKind.ACKNOWLEDGMENT, MailKind.NEW_TICKET_NOTICE]
+    assert kinds[2:] == ([MailKind.BOUNCE_NOTICE] if status == "bounced" else [])
