@@ -63,6 +63,10 @@ def acknowledged(desk: Gateway, listener: RunningListener, smtp_sink: SmtpSink) 
     send_outbox(desk)
     [ack] = mails_to(smtp_sink, STUDIO)
     assert ack["In-Reply-To"] == "<4f2a@pec.studiorossi.it>"
+    [notice] = mails_to(smtp_sink, GROUP)
+    text = notice.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert (f"Arrivato per PEC da {STUDIO}, certificato il 2 marzo 2026 alle ore 10:25 "
+            "(Provider PEC S.p.A.).") in text
     return str(ack["Message-ID"]).strip("<>")
 
 
@@ -144,3 +148,21 @@ def test_the_command_line_shows_pec_facts_and_sets_where_answers_go(
     assert (f"[PEC] certified sender {STUDIO} at 2026-03-02T09:25:00+00:00 by Provider PEC "
             "S.p.A.") in out
     assert f"[mail] acknowledgment to {STUDIO}: pending" in out
+
+
+def test_an_anomaly_envelope_warns_the_technicians(
+    desk: Gateway, listener: RunningListener, smtp_sink: SmtpSink,
+) -> None:
+    inner = build_mail(sender=STUDIO, subject="Dalla casella ordinaria",
+                       message_id="plain@studiorossi.it")
+    raw = envelope(inner, sender=STUDIO, to=[SUPPORT], subject="Dalla casella ordinaria",
+                   message_id="plain@studiorossi.it",
+                   when=datetime(2026, 3, 2, 10, 25, tzinfo=ROME), anomaly=True)
+    send(listener.port, raw, sender="posta-certificata@pec.provider.it")
+    assert desk.process_pending() == 1
+    send_outbox(desk)
+    [notice] = mails_to(smtp_sink, GROUP)
+    text = notice.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = notice.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "Attenzione: anomalia PEC." in text and "anomalia PEC." in html
+    assert len(mails_to(smtp_sink, STUDIO)) == 1  # the customer is acknowledged as usual
