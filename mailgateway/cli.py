@@ -94,8 +94,18 @@ def _accounts_add(args: argparse.Namespace, app: App) -> None:
 
     with app.sessions.begin() as session:
         account = add_account(session, app.clock, name=args.name, email=args.email,
-                              vat=args.vat, language=args.language)
+                              vat=args.vat, language=args.language,
+                              answer_email=args.answers_to)
         print(f"Account {account.main_email} added.")
+
+
+def _accounts_answers_to(args: argparse.Namespace, app: App) -> None:
+    from mailgateway.directory import set_answer_email
+
+    with app.sessions.begin() as session:
+        account = set_answer_email(session, args.email, args.address)
+        where = account.answer_email or "the PEC address it writes from"
+        print(f"Answers to {account.main_email}'s PEC mail go to {where}.")
 
 
 def _accounts_import(args: argparse.Namespace, app: App) -> int:
@@ -122,7 +132,8 @@ def _accounts_list(args: argparse.Namespace, app: App) -> None:
         bouncing = not_mailed(session)
         rows = [{"name": a.name, "email": a.main_email, "vat": a.vat_number,
                  "language": a.language, "verified": a.verified,
-                 "bouncing": a.main_email.lower() in bouncing}
+                 "bouncing": a.main_email.lower() in bouncing,
+                 "answers_to": a.answer_email}
                 for a in accounts]
     emit(args, rows, (f"{r['email']}\t{r['name']}\t{r['vat']}"
                       + ("" if r["verified"] else "\t(unverified)")
@@ -221,7 +232,7 @@ def _scheduler(args: argparse.Namespace, app: App) -> None:
 
 
 def _tickets_show(args: argparse.Namespace, app: App) -> None:
-    from mailgateway.views import show_ticket
+    from mailgateway.views import pec_lines, show_ticket
 
     with app.reads() as session:
         data = show_ticket(session, app.settings.helpdesk.ticket_tag, args.number)
@@ -234,6 +245,10 @@ def _tickets_show(args: argparse.Namespace, app: App) -> None:
                   f"{' (internal)' if message['internal'] else ''}", message["body"]]
         lines += [f"[file] {a['filename']} {a['size']} bytes" for a in message["attachments"]]
         lines += [f"[not kept] {name}" for name in message["refused_attachments"]]
+        lines += pec_lines(message["pec"])
+    lines += [f"[mail] {m['kind']} to {', '.join(m['recipients'])}: {m['status']}"
+              + (f", delivered {m['delivered_at']}" if m["delivered_at"] else "")
+              for m in data["outbox"]]
     emit(args, data, lines)
 
 
@@ -297,8 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--email", required=True, help="the main address (username)")
     add.add_argument("--vat", default="", help="partita IVA")
     add.add_argument("--language", choices=("it", "en"))
-    _add(accounts, "import", _accounts_import, "accounts from a CSV (name,email,vat,language)"
-         ).add_argument("csv")
+    add.add_argument("--answers-to", metavar="ADDRESS",
+                     help="when the account writes by PEC, answer at this ordinary address "
+                          "instead of the PEC address")
+    answers = _add(accounts, "answers-to", _accounts_answers_to,
+                   "where answers to the account's PEC mail go")
+    answers.add_argument("email", help="the account's main address")
+    answers.add_argument("address", nargs="?",
+                         help="an ordinary address; omitted: the PEC address it wrote from")
+    _add(accounts, "import", _accounts_import,
+         "accounts from a CSV (name,email,vat,language,answers_to)").add_argument("csv")
     _add(accounts, "list", _accounts_list, "list accounts", json_flag=True)
 
     persons = _group(sub, "persons", "collaborators (PERSONE) of an account")

@@ -40,7 +40,7 @@ def _taken(session: Session, email: str) -> str | None:
 
 def add_account(
     session: Session, clock: Clock, *, name: str, email: str, vat: str = "",
-    language: str | None = None,
+    language: str | None = None, answer_email: str | None = None,
 ) -> Account:
     email = normal_address(email)
     if (taken := _taken(session, email)) is not None:
@@ -50,9 +50,18 @@ def add_account(
     if not name.strip():
         raise UserError("An account needs a name.")
     account = Account(name=name.strip(), main_email=email, vat_number=vat.strip(),
-                      language=language or None, verified=True, created_at=clock.now())
+                      language=language or None, verified=True, created_at=clock.now(),
+                      answer_email=normal_address(answer_email) if answer_email else None)
     session.add(account)
     session.flush()
+    return account
+
+
+def set_answer_email(session: Session, email: str, answer_email: str | None) -> Account:
+    """Where answers go when the account writes by PEC: `answer_email`, an ordinary
+    address of the account; None: the certified address it wrote from."""
+    account = find_account(session, email)
+    account.answer_email = normal_address(answer_email) if answer_email else None
     return account
 
 
@@ -63,7 +72,8 @@ class AccountsImport:
 
 
 def import_accounts(session: Session, clock: Clock, path: Path) -> AccountsImport:
-    """Accounts from a CSV with a header: name, email, vat (optional), language (optional)."""
+    """Accounts from a CSV with a header: name, email, vat, language and answers_to (the
+    last three optional)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -77,7 +87,8 @@ def import_accounts(session: Session, clock: Clock, path: Path) -> AccountsImpor
             with session.begin_nested():
                 add_account(session, clock, name=row.get("name") or "",
                             email=row.get("email") or "", vat=row.get("vat") or "",
-                            language=row.get("language") or None)
+                            language=row.get("language") or None,
+                            answer_email=row.get("answers_to") or None)
             added += 1
         except UserError as exc:
             skipped.append(f"line {line}: {exc}")

@@ -27,7 +27,7 @@ from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline.context import Mailer, Pipeline
-from mailgateway.pipeline.parse import parse_mail
+from mailgateway.pipeline.pec import read_mail
 from mailgateway.pipeline.prepare import RawIdentity, header_end, raw_identity
 from mailgateway.pipeline.process import process_inbox_mail, quarantine
 from mailgateway.pipeline.rules import DeskNames, RuleBook
@@ -40,6 +40,8 @@ log = structlog.get_logger()
 _INBOX_RAW = cast(Table, InboxRaw.__table__)
 _SENDER_FIELDS = re.compile(rb"(?im)^(?:from|reply-to|sender)[ \t]*:(.*(?:\r?\n[ \t].*)*)")
 _ADDRESS_LIKE = re.compile(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+")
+# A PEC provider's receipt: it comes from the provider, whom the directory never knows.
+_PEC_RECEIPT = re.compile(rb"(?im)^x-ricevuta[ \t]*:")
 
 
 def possible_senders(raw: bytes, envelope_from: str) -> set[str]:
@@ -170,6 +172,8 @@ class Gateway:
         helpdesk = self.settings.helpdesk
         if to_our_return_path(raw, helpdesk.address, helpdesk.secret):
             return None  # a report on our mail, whoever sends it
+        if _PEC_RECEIPT.search(raw[:header_end(raw)]):
+            return None  # the pipeline ties it to our mail, or records it; never answers
         candidates = possible_senders(raw, envelope_from)
         if not candidates:
             return None  # the pipeline quarantines it, with the reason
@@ -236,7 +240,7 @@ class Gateway:
                     ).scalar_one_or_none()
                 if raw is None:
                     return Outcome(self._status(inbox_id))
-            parsed = parse_mail(raw)
+            parsed = read_mail(raw)
             del raw
             with self.writing, self.sessions.begin() as session:
                 row = self._claim(session, inbox_id)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from mailgateway.db.models import Account, InboxMail, Message, Ticket, TicketStatus
+from mailgateway.db.models import Account, InboxMail, Message, OutboxMail, Ticket, TicketStatus
 from mailgateway.errors import UserError
 from mailgateway.tickets import find_by_number, format_tag
 
@@ -74,7 +74,19 @@ def _message(message: Message) -> dict[str, Any]:
         "attachments": [{"filename": a.filename, "size": a.size, "sha256": a.sha256,
                          "content_type": a.content_type} for a in message.attachments],
         "refused_attachments": list(message.refused_attachments or []),
+        "pec": message.pec,  # the PEC envelope it came in, if it came by PEC
     }
+
+
+def _outbound(session: Session, ticket: Ticket) -> list[dict[str, Any]]:
+    """The ticket's mails and what became of them: a certified receipt's delivery time
+    is the desk's proof that the customer received the answer."""
+    rows = session.scalars(select(OutboxMail).where(OutboxMail.ticket_id == ticket.id)
+                           .order_by(OutboxMail.id))
+    return [{"id": r.id, "kind": r.kind, "recipients": list(r.recipients),
+             "status": r.status, "sent_at": _time(r.sent_at),
+             "delivered_at": _time(r.delivered_at), "bounced_at": _time(r.bounced_at),
+             "delivery": r.delivery_diagnostic} for r in rows]
 
 
 def show_ticket(session: Session, ticket_tag: str, number: str) -> dict[str, Any]:
@@ -95,7 +107,9 @@ def show_ticket(session: Session, ticket_tag: str, number: str) -> dict[str, Any
         "due_at": _time(ticket.due_at),
         "closed_at": _time(ticket.closed_at),
         "rules": list(ticket.rules or []),
+        "pec_address": ticket.pec_address,
         "messages": [_message(m) for m in ticket.messages],
+        "outbox": _outbound(session, ticket),
         "events": [{"at": _time(e.at), "actor": e.actor, "kind": e.kind,
                     "from": e.from_status, "to": e.to_status, "reason": e.reason}
                    for e in ticket.events],
@@ -112,3 +126,18 @@ def list_inbox(session: Session, status: str | None = None) -> list[dict[str, An
         "message_id": r.message_id, "sender": r.sender, "subject": r.subject,
         "size": r.size, "status": r.status, "reason": r.reason, "ticket": number,
     } for r, number in session.execute(query).all()]
+
+
+def pec_lines(pec: dict[str, Any] | None) -> list[str]:
+    """What `tickets show` says of a message's PEC envelope."""
+    if not pec:
+        return []
+    if pec.get("anomaly"):
+        return ["[PEC] anomaly: the provider could not certify this mail"]
+    said = [f"[PEC] certified sender {pec.get('certified_sender') or '-'}",
+            f"at {pec.get('certified_at') or '-'}"]
+    if pec.get("provider"):
+        said.append(f"by {pec['provider']}")
+    if pec.get("identifier"):
+        said.append(f"id {pec['identifier']}")
+    return [" ".join(said)]

@@ -89,6 +89,9 @@ class Account(Base):
     vat_number: Mapped[str] = mapped_column(String(32), default="")
     language: Mapped[str | None] = mapped_column(String(8))
     verified: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Where answers go when the account writes by PEC: None, to the certified address it
+    # wrote from (the delivery receipts are then the desk's proof); else this address.
+    answer_email: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime]
     persons: Mapped[list[Person]] = relationship(back_populates="account")
 
@@ -157,6 +160,8 @@ class Ticket(Base):
     rules: Mapped[list[str]] = mapped_column(JSON, default=list)
     watchers: Mapped[list[str]] = mapped_column(JSON, default=list)
     root_message_id: Mapped[str | None] = mapped_column(String(998))
+    # The certified (PEC) address the customer wrote from, when a mail came by PEC.
+    pec_address: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     due_at: Mapped[datetime | None]
@@ -186,6 +191,9 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
     refused_attachments: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The PEC envelope it came in (`pipeline.pec.PecFacts.record`): provider, certified
+    # sender and time, daticert identifiers, anomaly. None for ordinary mail.
+    pec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
     inbox: Mapped[InboxMail | None] = relationship()

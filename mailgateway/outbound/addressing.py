@@ -30,8 +30,11 @@ CUSTOMER_KINDS = (MailKind.ACKNOWLEDGMENT, MailKind.ANSWER, MailKind.REMINDER,
 
 
 def customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(To, Cc) of a mail to the ticket's customer."""
+    """(To, Cc) of a mail to the ticket's customer; to the account's ordinary address
+    instead of the PEC one it wrote from when it asked so (`Account.answer_email`)."""
     primary = ticket.person.email if ticket.person is not None else ticket.account.main_email
+    if ticket.pec_address == primary and ticket.account.answer_email:
+        primary = ticket.account.answer_email
     return (primary,), tuple(w for w in ticket.watchers or () if w != primary)
 
 

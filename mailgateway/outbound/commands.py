@@ -67,10 +67,11 @@ def list_outbox(session: Session, status: str | None, limit: int | None) -> list
             "created_at": mail.created_at.isoformat(),
             "next_attempt_at": mail.next_attempt_at.isoformat(),
             "sent_at": mail.sent_at.isoformat() if mail.sent_at else None,
-            "last_error": mail.last_error,
-            "bounced_at": mail.bounced_at.isoformat() if mail.bounced_at else None,
+            # Proof of delivery (a PEC receipt's certified time) or a bounce, when known.
             "delivered_at": mail.delivered_at.isoformat() if mail.delivered_at else None,
+            "bounced_at": mail.bounced_at.isoformat() if mail.bounced_at else None,
             "delivery": mail.delivery_diagnostic,
+            "last_error": mail.last_error,
         }
         for mail, number in session.execute(query).all()
     ]
@@ -86,6 +87,8 @@ def _line(row: dict[str, Any]) -> str:
         f"attempts={row['attempts']}",
         row["sent_at"] or f"next={row['next_attempt_at']}",
     ]
+    if row["delivered_at"]:
+        fields.append(f"delivered={row['delivered_at']}")
     if row["last_error"]:
         fields.append(" ".join(row["last_error"].split()))
     if row["delivery"]:  # what became of it: the servers' words, one line per recipient

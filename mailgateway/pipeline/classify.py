@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.pec import receipt_reason
 
 
 class AutoKind(StrEnum):
@@ -30,6 +31,7 @@ class AutoKind(StrEnum):
     BOUNCE = "bounce"
     BULK = "bulk"
     LOOP = "loop"
+    PEC_RECEIPT = "pec-receipt"
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,7 @@ def _bulk(mail: ParsedMail, own: OwnMarks) -> str | None:
 
 
 _CHECKS: tuple[tuple[AutoKind, Check], ...] = (
+    (AutoKind.PEC_RECEIPT, lambda mail, own: receipt_reason(mail)),
     (AutoKind.LOOP, _loop),
     (AutoKind.BOUNCE, _bounce),
     (AutoKind.AUTO_REPLY, _auto_reply),

@@ -23,6 +23,7 @@ from mailgateway.pipeline.classify import Classification
 from mailgateway.pipeline.commands import StaffCommand, command_problem, read_commands
 from mailgateway.pipeline.identify import Authority, Sender, SenderKind
 from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.pec import answer_address, certified_notice
 from mailgateway.pipeline.route import DEFAULT_IMPACT, DEFAULT_REQUEST_TYPE, Routing
 from mailgateway.pipeline.rules import RuleOutcome
 from mailgateway.tickets import OPEN_STATES, TicketAction
@@ -53,6 +54,7 @@ class Customer:
     language: str | None
     verified: bool = True
     main_email: str = ""
+    answer_email: str | None = None  # answers to its PEC mail go here (`Account.answer_email`)
 
 
 @dataclass(frozen=True)
@@ -300,7 +302,8 @@ def _open_ticket(facts: Facts, linked: TicketRef | None) -> OpenTicket:
     mails: list[PlannedMail] = []
     if facts.classification.may_auto_answer:
         mails.append(PlannedMail(
-            MailKind.ACKNOWLEDGMENT, (sender.email,), fields.language, watchers, in_reply_to,
+            MailKind.ACKNOWLEDGMENT, (answer_address(mail, sender.email, customer.answer_email),),
+            fields.language, watchers, in_reply_to,
             references, {"refused_attachments": list(refused), "body": description,
                          "unverified": not customer.verified}))
     technicians = (fields.assignee,) if fields.assignee else facts.group_recipients.get(
@@ -308,7 +311,8 @@ def _open_ticket(facts: Facts, linked: TicketRef | None) -> OpenTicket:
     mails += [PlannedMail(
         MailKind.NEW_TICKET_NOTICE, (address,), facts.policy.language, (), in_reply_to,
         references, {"body": description, "author": sender.email,
-                     "refused_attachments": list(refused), "unverified": not customer.verified})
+                     "refused_attachments": list(refused), "unverified": not customer.verified,
+                     "pec": certified_notice(mail)})
         for address in technicians]
     return OpenTicket(reason, fields, description, customer, rules, refused, linked,
                       tuple(mails))
@@ -320,7 +324,8 @@ def _customer_reply(facts: Facts, ticket: TicketRef) -> CustomerReply:
                    else facts.group_recipients.get(ticket.group, ()))
     mails = tuple(PlannedMail(
         MailKind.CUSTOMER_REPLY_NOTICE, (address,), facts.policy.language, (), in_reply_to,
-        references, {"body": facts.body, "author": facts.sender.email}, with_files=True)
+        references, {"body": facts.body, "author": facts.sender.email,
+                     "pec": certified_notice(facts.mail)}, with_files=True)
         for address in technicians)
     return CustomerReply(ticket, f"reply to {ticket.number} ({ticket.found_by})", facts.body,
                          mails)

@@ -109,7 +109,7 @@ def _customer(store: Store, sender: Sender) -> d.Customer | None:
     if account is None:
         return None
     return d.Customer(account.id, sender.person_id, account.language, account.verified,
-                      account.main_email)
+                      account.main_email, account.answer_email)
 
 
 def _rules(rules: RuleSet, mail: ParsedMail, sender: Sender,

@@ -26,6 +26,7 @@ from mailgateway.pipeline.decide import Facts, decide
 from mailgateway.pipeline.facts import read_facts, read_sent_mails, ticket_ref
 from mailgateway.pipeline.identify import Sender, SenderKind, identify
 from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.pec_record import keep_certified
 from mailgateway.pipeline.prepare import Findings, find, finding_settings, own_marks
 from mailgateway.pipeline.quote import strip_quotes
 from mailgateway.pipeline.thread import ThreadKeys
@@ -145,6 +146,7 @@ def process_inbox_mail(
             ticket = apply.refuse_staff_mail(store, pipeline, analysis, decision)
     row.status, row.reason, row.processed_at = status.value, reason, pipeline.clock.now()
     row.ticket = ticket
+    keep_certified(store, pipeline, analysis, row)  # a PEC envelope's facts, a receipt's news
     log.info("mail processed", status=row.status, reason=reason,
              ticket=ticket.number if ticket is not None else None)
     return analysis
