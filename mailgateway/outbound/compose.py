@@ -8,8 +8,8 @@ answers act on the ticket). Every mail names the helpdesk in
 `X-Mailgateway-Loop` so our own mail coming back is recognised; automatic
 ones say so (`Auto-Submitted`, RFC 3834) so other robots do not answer them.
 
-The texts come from the templates (`render.py`); ANSWER mails carry the
-technician's stored files. The dispatcher renders a queued mail when it
+The texts come from the templates (`render.py`); answers carry the
+technician's stored files, and notices of a customer's reply the customer's. The dispatcher renders a queued mail when it
 sends it (`compose_queued`), outside the transaction that received the mail.
 
 The message's bytes (CRLF line endings) are written by `mime`, by hand
@@ -46,6 +46,13 @@ from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address, sta
 STAFF_KINDS = frozenset(
     {MailKind.NEW_TICKET_NOTICE, MailKind.CUSTOMER_REPLY_NOTICE, MailKind.OVERDUE}
 )
+
+# Notices to technicians: written by no person, though not answers (RFC 3834).
+NOTICE_KINDS = STAFF_KINDS | {MailKind.REFUSED_NOTICE}
+# A closed ticket is never reopened: its answer invites no reply to the ticket.
+UNANSWERABLE_KINDS = frozenset({MailKind.CLOSED_TICKET})
+# Mails that carry the files kept from the mail they pass on.
+FILE_KINDS = frozenset({MailKind.ANSWER, MailKind.CUSTOMER_REPLY_NOTICE})
 
 REFERENCES_HEAD = 1  # the thread's first message: what clients thread on
 REFERENCES_TAIL = 10  # and the most recent ones
@@ -164,7 +171,7 @@ def _headers(
     fields.append(mime.address_list("To", intent.to))
     if intent.cc:
         fields.append(mime.address_list("Cc", intent.cc))
-    if ticket_number is not None:
+    if ticket_number is not None and intent.kind not in UNANSWERABLE_KINDS:
         address = reply_address(helpdesk.address, helpdesk.secret,
                                 reply_token(settings, clock, intent, ticket_number))
         fields.append(mime.fold("Reply-To", mime.mailbox(helpdesk.name, address)))
@@ -179,8 +186,8 @@ def _headers(
     fields.append(mime.header_line("X-Mailgateway-Loop", helpdesk.address))
     if ticket_number is not None:
         fields.append(mime.header_line("X-Mailgateway-Ticket", ticket_number))
-    if intent.automatic:
-        generated = intent.kind in GENERATED_KINDS
+    if intent.automatic or intent.kind in NOTICE_KINDS:
+        generated = intent.kind in GENERATED_KINDS or intent.kind in NOTICE_KINDS
         fields.append(mime.header_line("Auto-Submitted",
                                        "auto-generated" if generated else "auto-replied"))
         fields.append(mime.header_line("X-Auto-Response-Suppress", "All"))
@@ -216,11 +223,12 @@ def compose(
     ticket_number: str | None,
     message_id: str | None = None,
 ) -> ComposedMail:
-    """Render the templates and build the message; ANSWER mails carry the stored files.
+    """Render the templates and build the message; answers and notices of a customer's
+    reply carry the stored files.
     `message_id` is the one given when the mail was queued, else a new one."""
     rendered = render(settings, intent, context)
     attachments: list[AttachmentFile] = []
-    if intent.kind is MailKind.ANSWER:
+    if intent.kind in FILE_KINDS:
         attachments = load_attachments(settings, context.get("attachments") or ())
     return build_message(
         settings,

@@ -94,7 +94,7 @@ def _message_ids(sink: SmtpSink) -> list[str]:
     [
         (
             "it",
-            "La risposta avverrà entro le 24 ore",
+            "Riceverà una risposta entro 24 ore",
             "Non è possibile allegare file alla prima richiesta",
         ),
         (
