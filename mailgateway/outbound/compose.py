@@ -9,7 +9,8 @@ answers act on the ticket). Every mail names the helpdesk in
 ones say so (`Auto-Submitted`, RFC 3834) so other robots do not answer them.
 
 The texts come from the templates (`render.py`); answers carry the
-technician's stored files, and notices of a customer's reply the customer's. The dispatcher renders a queued mail when it
+technician's stored files, and notices of a customer's reply the
+customer's. The dispatcher renders a queued mail when it
 sends it (`compose_queued`), outside the transaction that received the mail.
 
 The message's bytes (CRLF line endings) are written by `mime`, by hand

@@ -42,6 +42,10 @@ def _id(mail: EmailMessage) -> str:
     return str(mail["Message-ID"]).strip()[1:-1]
 
 
+def _ids(header: object) -> list[str]:
+    return str(header or "").replace("<", "").replace(">", "").split()
+
+
 def _technician_answers(desk: Gateway, smtp_sink: SmtpSink, notice: EmailMessage,
                         body: str) -> EmailMessage:
     """The technician answers `notice`; returns the answer the customer receives."""
@@ -61,8 +65,7 @@ def _customer_writes(desk: Gateway, smtp_sink: SmtpSink, answered: EmailMessage,
     deliver(desk, build_mail(to=[reply_to_address(answered)], message_id=message_id,
                              subject="Re: " + str(answered["Subject"]), body=body,
                              in_reply_to=_id(answered), attachments=attachments or [],
-                             references=str(answered["References"] or "").replace(
-                                 "<", "").replace(">", "").split() + [_id(answered)]))
+                             references=[*_ids(answered["References"]), _id(answered)]))
     send_outbox(desk)
     # To the assignee once there is one, else the group.
     [notice] = mails_to(smtp_sink, TECHNICIAN) or mails_to(smtp_sink, "tecnici@example.com")
