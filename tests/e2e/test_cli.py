@@ -175,12 +175,21 @@ def test_accounts_import_csv(
 ) -> None:
     csv_file = tmp_path / "accounts.csv"
     csv_file.write_text(
-        "name,email,vat,language\nStudio Bianchi,info@bianchi.it,123,en\n"
+        "name,email,vat,language\nStudio Bianchi,info@bianchi.it,IT 12345678901,en\n"
         "Doppio,rossi@studiorossi.it,1,\nRotto,non-un-indirizzo,,\n"
+        "IVA corta,corta@verdi.it,123,\nVirgole,a@b.it,,it,troppo,\n"
     )
     code, out, err = run(capsys, desk, "accounts", "import", str(csv_file))
-    assert code == 0 and out.strip() == "1 accounts added, 2 skipped."
+    assert code == 0 and out.strip() == "1 accounts added, 4 skipped."
     assert "line 3" in err and "line 4" in err
+    assert "line 5: '123' is not an Italian VAT number" in err
+    assert "line 6: 6 fields where the header has 4; not read" in err
+    [bianchi] = [a for a in run_json(capsys, desk, "accounts", "list")
+                 if a["email"] == "info@bianchi.it"]
+    assert bianchi["vat"] == "12345678901"
+    csv_file.write_bytes("name,email\nCittà,c@x.it\n".encode("latin-1"))
+    code, _, err = run(capsys, desk, "accounts", "import", str(csv_file))
+    assert code == 1 and "is not UTF-8 text" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
