@@ -23,6 +23,7 @@ from mailgateway.clock import Clock, FixedClock, SystemClock, parse_instant
 from mailgateway.config import Settings, load_settings
 from mailgateway.errors import ConfigError, MailGatewayError, TemporaryError, UserError
 from mailgateway.log import configure_logging
+from mailgateway.signing_secret import check_serving_secret, with_secret
 from mailgateway.views import emit
 
 Handler = Callable[[argparse.Namespace, "App"], int | None]
@@ -284,9 +285,40 @@ def _inbox_retry(args: argparse.Namespace, app: App) -> None:
     print(f"Mail {args.id}: {app.gateway.retry(args.id)}.")
 
 
+def _wait_for_database(app: App, longest: float = 60.0) -> None:
+    """`serve` outlives a database that is not up yet (a boot, a restart): it says
+    so on one line per attempt and tries again, waiting twice as long each time."""
+    import signal
+    import time
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        delay = 1.0
+        while True:
+            try:
+                app.gateway  # noqa: B018 - connects, and creates or upgrades the schema
+                return
+            except SQLAlchemyError as exc:
+                print(f"mailgateway: {database_problem(app.settings, exc)}; retrying in "
+                      f"{delay:g} s.", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, longest)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _serve(args: argparse.Namespace, app: App) -> int:
+    from mailgateway.directory import check_notices_reach
     from mailgateway.server import serve
 
+    _wait_for_database(app)
+    with app.reads() as session:
+        check_notices_reach(session, app.settings)
     return serve(app.settings, app.clock)
 
 
@@ -409,8 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(args.config)
-        configure_logging(settings.log)
+        loaded = load_settings(args.config)
+        configure_logging(loaded.log)
+        if args.handler is _serve:
+            check_serving_secret(loaded)
+        settings = with_secret(loaded)
         clock: Clock = FixedClock(parse_instant(args.now)) if args.now else SystemClock()
     except ConfigError as exc:
         print(f"mailgateway: {exc}", file=sys.stderr)

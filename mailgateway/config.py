@@ -37,7 +37,9 @@ class HelpdeskSettings:
     domains: tuple[str, ...] = ("example.com",)
     ticket_tag: str = "[Ticket#{number}]"
     language: str = field(default="it", metadata=_choice("it", "en"))
-    secret: str = "change-me"
+    # Signs reply and bounce addresses; empty: one is generated into data_dir/secret
+    # on first use (`signing_secret`); `serve` beyond loopback needs it set.
+    secret: str = ""
     unknown_sender: str = field(default="reject", metadata=_choice("reject", "accept"))
     closed_reply: str = field(default="reject", metadata=_choice("reject", "new_ticket"))
     max_attachment_bytes: int = 26_214_400
@@ -185,12 +187,6 @@ class Settings:
     @property
     def data_dir(self) -> Path:
         return Path(self.helpdesk.data_dir)
-
-    def group_address(self, group: str | None) -> str:
-        """Where a new ticket of `group` is mailed: the group's address, else the helpdesk's."""
-        if group and group in self.groups:
-            return self.groups[group].address
-        return self.helpdesk.address
 
 
 def _describe(tp: Any) -> str:

@@ -12,12 +12,14 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.clock import Clock
+from mailgateway.config import Settings
 from mailgateway.db.models import Account, Person, Staff
-from mailgateway.errors import UserError
+from mailgateway.errors import ConfigError, UserError
 
 _ADDRESS = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
 _VAT = re.compile(r"^(?:IT)?(\d{11})$")
@@ -162,3 +164,22 @@ def list_persons(session: Session) -> Iterable[Person]:
 
 def list_staff(session: Session) -> Iterable[Staff]:
     return session.execute(select(Staff).order_by(Staff.email)).scalars()
+
+
+def check_notices_reach(session: Session, settings: Settings) -> None:
+    """Refuse a desk whose new tickets would be told to nobody: no group that new
+    tickets go to has an address or an active member. A group that alone reaches
+    nobody is logged, since its tickets would wait unseen."""
+    from mailgateway.outbound.addressing import group_recipients
+
+    groups = sorted({*ROUTED_GROUPS, *settings.groups})
+    silent = [g for g in groups if not group_recipients(session, settings, g)]
+    if len(silent) == len(groups):
+        raise ConfigError(
+            "groups: new tickets would reach nobody. Give each group an address "
+            "([groups.tecnica] address = \"tecnici@example.com\") or members "
+            "(mailgateway staff add --name N --email E --group tecnica).")
+    for group in silent:
+        structlog.get_logger().warning(
+            "group_reaches_nobody", group=group,
+            hint=f"[groups.{group}] address, or staff add --group {group}")

@@ -31,6 +31,7 @@ from mailgateway.pipeline.parse import parse_mail
 from mailgateway.pipeline.prepare import RawIdentity, header_end, raw_identity
 from mailgateway.pipeline.process import process_inbox_mail, quarantine
 from mailgateway.pipeline.rules import DeskNames, RuleBook
+from mailgateway.signing_secret import with_secret
 from mailgateway.sla import first_response_due
 from mailgateway.store import SessionStore, Store, read_directory
 
@@ -71,6 +72,7 @@ class Gateway:
         engine: Engine | None = None,
         mailer: Mailer | None = None,
     ) -> None:
+        settings = with_secret(settings)  # never sign with an empty secret
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.engine = engine or create_db_engine(settings.database)

@@ -81,15 +81,18 @@ def _message(message: Message) -> dict[str, Any]:
     }
 
 
-def find_ticket(session: Session, number: str, year: int) -> Ticket:
-    """The ticket `number` names (`12`: this year's `YYYY-000012`), else a user mistake."""
-    ticket = find_by_number(session, full_number(number, year))
+def find_ticket(session: Session, number: str, year: int | None = None) -> Ticket:
+    """The ticket `number` names (`12`: `year`'s `YYYY-000012`), else a user mistake."""
+    ticket = find_by_number(
+        session, full_number(number, year) if year is not None else number.strip())
     if ticket is None:
         raise UserError(f"There is no ticket {number.strip()}.")
     return ticket
 
 
-def show_ticket(session: Session, ticket_tag: str, number: str, year: int) -> dict[str, Any]:
+def show_ticket(
+    session: Session, ticket_tag: str, number: str, year: int | None = None
+) -> dict[str, Any]:
     ticket = find_ticket(session, number, year)
     linked = session.get(Ticket, ticket.linked_ticket_id) if ticket.linked_ticket_id else None
     return {
