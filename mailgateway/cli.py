@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,7 +48,7 @@ class App:
         gateway = Gateway(self.settings, self.clock)
         self._closers.append(gateway.close)
         if ensure_schema(gateway.engine):
-            print("mailgateway: database schema created or upgraded.", file=sys.stderr)
+            structlog.get_logger().info("database_schema_upgraded", hint="as db upgrade does")
         return gateway
 
     @property
@@ -74,8 +75,6 @@ def _db_upgrade(args: argparse.Namespace, app: App) -> None:
 
 
 def _ingest(args: argparse.Namespace, app: App) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from mailgateway.ingest.pipe import EX_TEMPFAIL, read_message
 
     raw = read_message(args.file)
@@ -290,8 +289,6 @@ def _wait_for_database(app: App, longest: float = 60.0) -> None:
     so on one line per attempt and tries again, waiting twice as long each time."""
     import signal
     import time
-
-    from sqlalchemy.exc import SQLAlchemyError
 
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(0)
