@@ -289,7 +289,9 @@ def _open_ticket(facts: Facts, linked: TicketRef | None) -> OpenTicket:
         mails.append(PlannedMail(
             MailKind.ACKNOWLEDGMENT, (sender.email,), fields.language, watchers, in_reply_to,
             references, {"refused_attachments": list(refused), "body": description,
-                         "unverified": not customer.verified}))
+                         "unverified": not customer.verified,
+                         # Echoed only as the customer chose it, never a default.
+                         "impact_stated": facts.form[0].impact is not None}))
     technicians = (fields.assignee,) if fields.assignee else facts.group_recipients.get(
         fields.group, ())
     mails += [PlannedMail(
