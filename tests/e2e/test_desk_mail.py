@@ -161,3 +161,20 @@ def test_the_customer_s_files_reach_the_technician(desk: Gateway, smtp_sink: Smt
     assert part.get_filename() == "schermata errore.png"
     assert part.get_content_type() == "image/png"
     assert part.get_content() == payload
+
+
+def test_the_acknowledgment_reads_as_the_desk_writes(desk: Gateway, smtp_sink: SmtpSink) -> None:
+    deliver(desk, build_mail(body="Impatto: Riesco a lavorare, con difficoltà\nNon stampa.",
+                             attachments=[("errore.png", b"png", "image/png")]))
+    deliver(desk, build_mail(subject="Altro", body="Non parte."))
+    send_outbox(desk)
+    texts = {str(m["Subject"]).split("] ")[1]: _text(m) for m in mails_to(smtp_sink, PERSON)}
+    chosen, unstated = texts["Errore 98,20 su MOCO"], texts["Altro"]
+    assert "Impatto: Riesco a lavorare, con difficoltà" in chosen
+    assert "Impatto:" not in unstated  # a default, not the customer's choice
+    for text in (chosen, unstated):  # one promise of the answer time
+        assert text.count("entro") == 2 and "Riceverà una risposta entro 24 ore, e comunque" in text
+    # The attachment instruction once.
+    assert chosen.count("rispondendo a questa e-mail") + chosen.count(
+        "rispondere a questa e-mail") == 1
+    assert "errore.png" in chosen

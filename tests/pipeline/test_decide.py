@@ -312,3 +312,13 @@ def test_an_answer_is_not_signed_twice(body: str, signed: bool) -> None:
                              staff_authority=(Authority.FULL, "reply token")))
     [answer] = decision.mails  # type: ignore[union-attr]
     assert answer.context["signed_off"] is signed
+
+
+def test_the_acknowledgment_echoes_the_impact_only_as_the_customer_chose_it() -> None:
+    chosen = decide(_facts(body="Impatto: Sono bloccato\nIl programma si chiude."))
+    unstated = decide(_facts())
+    assert isinstance(chosen, OpenTicket) and isinstance(unstated, OpenTicket)
+    assert chosen.fields.impact == "bloccato"
+    assert chosen.mails[0].kind is MailKind.ACKNOWLEDGMENT
+    assert chosen.mails[0].context["impact_stated"] is True
+    assert unstated.mails[0].context["impact_stated"] is False
