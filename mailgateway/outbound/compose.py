@@ -62,10 +62,15 @@ _MAX_ID_LENGTH = 900  # longer ids could not be folded under 998 octets
 
 @dataclass(frozen=True)
 class ComposedMail:
-    """A message ready for the outbox: its Message-ID (without <>) and its bytes."""
+    """A message ready to send: its Message-ID (without <>) and its pieces (stored
+    files are read only as it is written out)."""
 
     message_id: str
-    raw: bytes
+    message: mime.Message
+
+    @property
+    def raw(self) -> bytes:
+        return self.message.to_bytes()
 
 
 # --- pure pieces -----------------------------------------------------------
@@ -142,16 +147,16 @@ def settings_context(settings: Settings) -> dict[str, Any]:
 
 
 def load_attachments(settings: Settings, refs: Iterable[Mapping[str, Any]]) -> list[AttachmentFile]:
-    """The stored files an answer carries; a missing one is an error, not a silent omission."""
+    """The stored files a mail carries, read only as it is sent (so a 25 MB file is
+    streamed, not held); a missing one is an error, not a silent omission."""
     files = []
     for ref in refs:
         path = attachment_path(settings.data_dir, str(ref["sha256"]))
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise PermanentError(f"attachment {ref.get('filename')!r} missing at {path}") from exc
+        if not path.is_file():
+            raise PermanentError(f"attachment {ref.get('filename')!r} missing at {path}")
         content_type = str(ref.get("content_type") or "application/octet-stream")
-        files.append(AttachmentFile(str(ref.get("filename") or path.name), content_type, data))
+        files.append(AttachmentFile(str(ref.get("filename") or path.name), content_type,
+                                    path=path))
     return files
 
 
@@ -212,7 +217,10 @@ def build_message(
     fields.append(mime.header_line("Content-Language", choose_language(settings, intent.language)))
     fields.append(mime.CRLF)
     # Headers are ASCII but for an address with a non-ASCII local part (RFC 6532).
-    return ComposedMail(message_id, "".join(fields).encode("utf-8") + body)
+    head = "".join(fields).encode("utf-8")
+    if len(body) == 1 and isinstance(body[0], bytes):  # no stored file: one piece
+        return ComposedMail(message_id, mime.Message((head + body[0],)))
+    return ComposedMail(message_id, mime.Message((head, *body)))
 
 
 def compose(
@@ -249,7 +257,14 @@ def compose_queued(
 
     Raises `PermanentError` when it cannot be built (a stored file gone).
     """
+    return queued_message(settings, clock, document, message_id).to_bytes()
+
+
+def queued_message(
+    settings: Settings, clock: Clock, document: Mapping[str, Any], message_id: str
+) -> mime.Message:
+    """`compose_queued`, its stored files left to be read as it is sent."""
     stored = stored_intent(document)
     context = settings_context(settings) | dict(stored.intent.context)
     return compose(settings, clock, stored.intent, context,
-                   ticket_number=stored.ticket_number, message_id=message_id).raw
+                   ticket_number=stored.ticket_number, message_id=message_id).message
