@@ -206,6 +206,12 @@ def test_accounts_import_csv(
             "There is no account with main address nobody@x.it.",
         ),
         (("inbox", "retry", "42"), "There is no received mail with ID 42."),
+        (("inbox", "show", "42"), "There is no received mail with ID 42."),
+        (
+            ("accounts", "add", "--name", "X", "--email", "x@verdi.it", "--vat", "IT123"),
+            "'IT123' is not an Italian VAT number (partita IVA): 11 digits, optionally after IT.",
+        ),
+        (("tickets", "show", "7"), "There is no ticket 7."),
     ],
 )
 def test_user_mistakes_are_one_sentence(
