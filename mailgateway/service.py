@@ -32,6 +32,7 @@ from mailgateway.pipeline.prepare import RawIdentity, header_end, raw_identity
 from mailgateway.pipeline.process import process_inbox_mail, quarantine
 from mailgateway.pipeline.rules import DeskNames, RuleBook
 from mailgateway.reply_token import read_bounce_address
+from mailgateway.signing_secret import with_secret
 from mailgateway.sla import first_response_due
 from mailgateway.store import SessionStore, Store, read_directory
 
@@ -89,6 +90,7 @@ class Gateway:
         engine: Engine | None = None,
         mailer: Mailer | None = None,
     ) -> None:
+        settings = with_secret(settings)  # never sign with an empty secret
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.engine = engine or create_db_engine(settings.database)

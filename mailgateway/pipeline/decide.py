@@ -17,6 +17,7 @@ from email.utils import parseaddr
 from typing import Any
 
 from mailgateway.attachments import safe_filename
+from mailgateway.outbound.addressing import thread_headers
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.pipeline.bounces import BounceMatch
 from mailgateway.pipeline.classify import Classification
@@ -43,6 +44,10 @@ class TicketRef:
     assignee: str | None = None        # the assignee's address
     customer: str = ""                 # the PERSONA's address, else the account's
     root_message_id: str | None = None
+    # The Message-IDs of the mails the customer and the desk exchanged, oldest first,
+    # and the customer's latest: what an answer threads under (read for technicians).
+    conversation: tuple[str, ...] = ()
+    latest_customer_mail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -242,10 +247,7 @@ def decide(facts: Facts) -> Decision:
         if ticket.status in OPEN_STATES:
             return _customer_reply(facts, ticket)
         if facts.policy.closed_reply == "reject":
-            reason = f"ticket {ticket.number} is closed"
-            return Reject(MailKind.CLOSED_TICKET, reason, ticket, mails=_answer_sender(
-                facts, MailKind.CLOSED_TICKET, ticket.language, subject=mail.subject,
-                reason=reason))
+            return _closed_ticket_reject(facts, ticket)
     outcome = facts.rules
     if outcome.action == "drop":
         return Drop(outcome.action_rule or "", f"dropped by rule {outcome.action_rule}")
@@ -305,7 +307,9 @@ def _open_ticket(facts: Facts, linked: TicketRef | None) -> OpenTicket:
             MailKind.ACKNOWLEDGMENT, (answer_address(mail, sender.email, customer.answer_email),),
             fields.language, watchers, in_reply_to,
             references, {"refused_attachments": list(refused), "body": description,
-                         "unverified": not customer.verified}))
+                         "unverified": not customer.verified,
+                         # Echoed only as the customer chose it, never a default.
+                         "impact_stated": facts.form[0].impact is not None}))
     technicians = (fields.assignee,) if fields.assignee else facts.group_recipients.get(
         fields.group, ())
     mails += [PlannedMail(
@@ -316,6 +320,35 @@ def _open_ticket(facts: Facts, linked: TicketRef | None) -> OpenTicket:
         for address in technicians]
     return OpenTicket(reason, fields, description, customer, rules, refused, linked,
                       tuple(mails))
+
+
+def _closed_ticket_reject(facts: Facts, ticket: TicketRef) -> Reject:
+    """The customer told the ticket is closed (under the ticket's own subject, since
+    the answer is about it), and whoever handled it given the customer's words, so
+    that nothing the customer wrote is lost."""
+    reason = f"ticket {ticket.number} is closed"
+    mails = list(_answer_sender(facts, MailKind.CLOSED_TICKET, ticket.language,
+                                reason=reason, body=facts.body))
+    in_reply_to, references = _answering(facts.mail)
+    technicians = ((ticket.assignee,) if ticket.assignee
+                   else facts.group_recipients.get(ticket.group, ()))
+    mails += [PlannedMail(
+        MailKind.CUSTOMER_REPLY_NOTICE, (address,), facts.policy.language, (), in_reply_to,
+        references, {"body": facts.body, "author": facts.sender.email, "closed": True,
+                     "refused_attachments": [safe_filename(a.filename, a.content_type)
+                                             for a in facts.mail.attachments]})
+        for address in technicians]
+    return Reject(MailKind.CLOSED_TICKET, reason, ticket, mails=tuple(mails))
+
+
+def signed_off(text: str, name: str, email: str) -> bool:
+    """Whether a technician's text already ends with their own name (a sign-off),
+    so that the answer does not sign it a second time."""
+    tail = [line.strip().lower() for line in text.strip().splitlines()[-3:] if line.strip()]
+    names = {n.lower() for n in (name, name.split()[0] if name.split() else "",
+                                 email.partition("@")[0]) if len(n) > 1}
+    return any(line.strip(" ,.-") in names or (name and name.lower() in line)
+               for line in tail)
 
 
 def _customer_reply(facts: Facts, ticket: TicketRef) -> CustomerReply:
@@ -363,12 +396,15 @@ def _decide_staff(facts: Facts) -> Decision:
                        commands, refused, assignee)
     mails = list(_refusal_notice(facts, ticket, refused))
     if text and not reply.internal:
-        # Under the customer's first mail, the one id the customer's client surely knows.
-        root = ticket.root_message_id
+        # Under the customer mail it answers, in the thread the customer's client built.
+        in_reply_to, references = thread_headers(
+            ticket.conversation or tuple(filter(None, (ticket.root_message_id,))),
+            ticket.latest_customer_mail or ticket.root_message_id)
         mails.append(PlannedMail(
             MailKind.ANSWER, (ticket.customer,), ticket.language,
-            tuple(w for w in ticket.watchers if w != ticket.customer), root,
-            (root,) if root else (), {"body": text, "author": sender.name or sender.email},
+            tuple(w for w in ticket.watchers if w != ticket.customer), in_reply_to,
+            references, {"body": text, "author": sender.name or sender.email,
+                         "signed_off": signed_off(text, sender.name, sender.email)},
             with_files=True))
     return StaffReply(ticket, reply.reason, text, commands, refused, assignee, tuple(mails))
 

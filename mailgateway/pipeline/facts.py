@@ -25,7 +25,12 @@ from mailgateway.db.models import (
     Staff,
     Ticket,
 )
-from mailgateway.outbound.addressing import customer_recipients, group_recipients
+from mailgateway.outbound.addressing import (
+    conversations,
+    customer_recipients,
+    group_recipients,
+    latest_customer_mail,
+)
 from mailgateway.outbound.intent import MailKind
 from mailgateway.pipeline import decide as d
 from mailgateway.pipeline.bounces import Action, BounceReport, SentMail
@@ -74,6 +79,8 @@ def read_facts(
     if sender.kind is SenderKind.STAFF:
         authority = (_authority(settings, now, sender, ticket, found, vouched)
                      if ticket is not None else None)
+        if ticket is not None:
+            facts = replace(facts, ticket=_with_conversation(store, ticket))
         return replace(
             facts, staff_authority=authority,
             technicians=_technicians(store, assignees(body)),
@@ -89,6 +96,16 @@ def read_facts(
                  else 0)
     return replace(facts, group_recipients=_groups(store, settings, groups),
                    strangers_answered=strangers)
+
+
+def _with_conversation(store: Store, ticket: d.TicketRef) -> d.TicketRef:
+    """The ticket with the mails exchanged on it: a technician's answer threads there."""
+    row = store.ticket_numbered(ticket.number)
+    if row is None:
+        return ticket
+    thread = conversations(store.session, [row])[row.id]
+    return replace(ticket, conversation=tuple(thread),
+                   latest_customer_mail=latest_customer_mail(store.session, row.id))
 
 
 def _authority(
