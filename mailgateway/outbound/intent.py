@@ -33,6 +33,7 @@ class MailKind(StrEnum):
     OVERDUE = "overdue"                    # first-response SLA missed: to the group
     REFUSED_NOTICE = "refused_notice"      # a technician's mail refused: to the group
     ENCRYPTED_MAIL = "encrypted_mail"      # the customer's reply is encrypted: unreadable here
+    BOUNCE_NOTICE = "bounce_notice"        # a mail to the customer bounced: to the group
 
 
 # Automatic answers to a mail received: a robot at the other end could answer them

@@ -17,11 +17,14 @@ from email.utils import parseaddr
 from typing import Any
 
 from mailgateway.attachments import safe_filename
+from mailgateway.outbound.addressing import thread_headers
 from mailgateway.outbound.intent import MailIntent, MailKind
+from mailgateway.pipeline.bounces import BounceMatch
 from mailgateway.pipeline.classify import Classification
 from mailgateway.pipeline.commands import StaffCommand, command_problem, read_commands
 from mailgateway.pipeline.identify import Authority, Sender, SenderKind
 from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.pec import answer_address, certified_notice
 from mailgateway.pipeline.route import DEFAULT_IMPACT, DEFAULT_REQUEST_TYPE, Routing
 from mailgateway.pipeline.rules import RuleOutcome
 from mailgateway.pipeline.spam import upstream_spam_verdict
@@ -42,6 +45,10 @@ class TicketRef:
     assignee: str | None = None        # the assignee's address
     customer: str = ""                 # the PERSONA's address, else the account's
     root_message_id: str | None = None
+    # The Message-IDs of the mails the customer and the desk exchanged, oldest first,
+    # and the customer's latest: what an answer threads under (read for technicians).
+    conversation: tuple[str, ...] = ()
+    latest_customer_mail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class Customer:
     language: str | None
     verified: bool = True
     main_email: str = ""
+    answer_email: str | None = None  # answers to its PEC mail go here (`Account.answer_email`)
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class Facts:
     strangers_answered: int = 0           # refusals to strangers in the last hour
     refusal_told: bool = False            # the ticket's group heard of a refusal today
     policy: Policy = field(default_factory=Policy)
+    bounces: tuple[BounceMatch, ...] = ()  # a delivery report's outcomes of our mails
 
 
 @dataclass(frozen=True)
@@ -214,8 +223,17 @@ class RefuseStaffMail:
     mails: tuple[PlannedMail, ...] = ()
 
 
+@dataclass(frozen=True)
+class RecordDelivery:
+    """A delivery report about mails of ours: each outcome is recorded on its outbox
+    row (`outbound.delivery`); nothing is answered."""
+
+    reason: str
+    outcomes: tuple[BounceMatch, ...]
+
+
 Decision = (Ignore | Quarantine | Spam | Drop | Reject | OpenTicket | CustomerReply | StaffReply
-            | RefuseStaffMail)
+            | RefuseStaffMail | RecordDelivery)
 
 
 def decide(facts: Facts) -> Decision:
@@ -227,7 +245,11 @@ def decide(facts: Facts) -> Decision:
     if spam is not None:
         return Spam(spam)
     if facts.classification.kind is not None:
-        return Ignore(f"{facts.classification.kind.value}: {facts.classification.reason}")
+        reason = f"{facts.classification.kind.value}: {facts.classification.reason}"
+        if facts.bounces:
+            rows = ", ".join(sorted({str(b.outbox_id) for b in facts.bounces}))
+            return RecordDelivery(f"{reason}; about outbox {rows}", facts.bounces)
+        return Ignore(reason)
     if not sender.email:
         return Quarantine("no valid sender address (From, Reply-To, Sender, envelope, "
                           "Return-Path; a mailbox of at most 254 characters): nobody to answer")
@@ -237,10 +259,7 @@ def decide(facts: Facts) -> Decision:
         if ticket.status in OPEN_STATES:
             return _customer_reply(facts, ticket)
         if facts.policy.closed_reply == "reject":
-            reason = f"ticket {ticket.number} is closed"
-            return Reject(MailKind.CLOSED_TICKET, reason, ticket, mails=_answer_sender(
-                facts, MailKind.CLOSED_TICKET, ticket.language, subject=mail.subject,
-                reason=reason))
+            return _closed_ticket_reject(facts, ticket)
     outcome = facts.rules
     if outcome.action == "drop":
         return Drop(outcome.action_rule or "", f"dropped by rule {outcome.action_rule}")
@@ -300,19 +319,51 @@ def _open_ticket(facts: Facts, linked: TicketRef | None) -> OpenTicket:
     mails: list[PlannedMail] = []
     if facts.classification.may_auto_answer:
         mails.append(PlannedMail(
-            MailKind.ACKNOWLEDGMENT, (sender.email,), fields.language, watchers, in_reply_to,
+            MailKind.ACKNOWLEDGMENT, (answer_address(mail, sender.email, customer.answer_email),),
+            fields.language, watchers, in_reply_to,
             references, {"refused_attachments": list(refused), "body": description,
-                         "unverified": not customer.verified, "encrypted": mail.encrypted}))
+                         "unverified": not customer.verified, "encrypted": mail.encrypted,
+                         # Echoed only as the customer chose it, never a default.
+                         "impact_stated": facts.form[0].impact is not None}))
     technicians = (fields.assignee,) if fields.assignee else facts.group_recipients.get(
         fields.group, ())
     mails += [PlannedMail(
         MailKind.NEW_TICKET_NOTICE, (address,), facts.policy.language, (), in_reply_to,
         references, {"body": description, "author": sender.email,
                      "refused_attachments": list(refused), "unverified": not customer.verified,
-                     "encrypted": mail.encrypted})
+                     "encrypted": mail.encrypted, "pec": certified_notice(mail)})
         for address in technicians]
     return OpenTicket(reason, fields, description, customer, rules, refused, linked,
                       tuple(mails))
+
+
+def _closed_ticket_reject(facts: Facts, ticket: TicketRef) -> Reject:
+    """The customer told the ticket is closed (under the ticket's own subject, since
+    the answer is about it), and whoever handled it given the customer's words, so
+    that nothing the customer wrote is lost."""
+    reason = f"ticket {ticket.number} is closed"
+    mails = list(_answer_sender(facts, MailKind.CLOSED_TICKET, ticket.language,
+                                reason=reason, body=facts.body))
+    in_reply_to, references = _answering(facts.mail)
+    technicians = ((ticket.assignee,) if ticket.assignee
+                   else facts.group_recipients.get(ticket.group, ()))
+    mails += [PlannedMail(
+        MailKind.CUSTOMER_REPLY_NOTICE, (address,), facts.policy.language, (), in_reply_to,
+        references, {"body": facts.body, "author": facts.sender.email, "closed": True,
+                     "refused_attachments": [safe_filename(a.filename, a.content_type)
+                                             for a in facts.mail.attachments]})
+        for address in technicians]
+    return Reject(MailKind.CLOSED_TICKET, reason, ticket, mails=tuple(mails))
+
+
+def signed_off(text: str, name: str, email: str) -> bool:
+    """Whether a technician's text already ends with their own name (a sign-off),
+    so that the answer does not sign it a second time."""
+    tail = [line.strip().lower() for line in text.strip().splitlines()[-3:] if line.strip()]
+    names = {n.lower() for n in (name, name.split()[0] if name.split() else "",
+                                 email.partition("@")[0]) if len(n) > 1}
+    return any(line.strip(" ,.-") in names or (name and name.lower() in line)
+               for line in tail)
 
 
 def _customer_reply(facts: Facts, ticket: TicketRef) -> CustomerReply:
@@ -322,7 +373,8 @@ def _customer_reply(facts: Facts, ticket: TicketRef) -> CustomerReply:
     mails = tuple(PlannedMail(
         MailKind.CUSTOMER_REPLY_NOTICE, (address,), facts.policy.language, (), in_reply_to,
         references, {"body": facts.body, "author": facts.sender.email,
-                     "encrypted": facts.mail.encrypted}, with_files=True)
+                     "encrypted": facts.mail.encrypted,
+                     "pec": certified_notice(facts.mail)}, with_files=True)
         for address in technicians)
     if facts.mail.encrypted:
         # The technicians are told by their notice; the customer, who cannot know
@@ -365,12 +417,15 @@ def _decide_staff(facts: Facts) -> Decision:
                        commands, refused, assignee)
     mails = list(_refusal_notice(facts, ticket, refused))
     if text and not reply.internal:
-        # Under the customer's first mail, the one id the customer's client surely knows.
-        root = ticket.root_message_id
+        # Under the customer mail it answers, in the thread the customer's client built.
+        in_reply_to, references = thread_headers(
+            ticket.conversation or tuple(filter(None, (ticket.root_message_id,))),
+            ticket.latest_customer_mail or ticket.root_message_id)
         mails.append(PlannedMail(
             MailKind.ANSWER, (ticket.customer,), ticket.language,
-            tuple(w for w in ticket.watchers if w != ticket.customer), root,
-            (root,) if root else (), {"body": text, "author": sender.name or sender.email},
+            tuple(w for w in ticket.watchers if w != ticket.customer), in_reply_to,
+            references, {"body": text, "author": sender.name or sender.email,
+                         "signed_off": signed_off(text, sender.name, sender.email)},
             with_files=True))
     return StaffReply(ticket, reply.reason, text, commands, refused, assignee, tuple(mails))
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import Message
+from typing import TYPE_CHECKING
 
 import structlog
 from mailparser.dates import parse_mail_date
@@ -48,6 +49,9 @@ from mailgateway.pipeline.decode import (
 )
 from mailgateway.pipeline.large_parts import cut_large_parts, restore_parts
 from mailgateway.pipeline.limits import exceeded_limit
+
+if TYPE_CHECKING:
+    from mailgateway.pipeline.pec import PecFacts
 
 __all__ = ["Attachment", "ParsedMail", "parse_mail"]
 
@@ -99,6 +103,8 @@ class ParsedMail:
     # desk can read.
     signed: str | None = None
     encrypted: str | None = None
+    # The PEC envelope or receipt the mail came in (`pec.read_certified`), if any.
+    pec: PecFacts | None = None
 
     _index: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
