@@ -12,14 +12,15 @@ from sqlalchemy import Engine, create_engine, func, insert, select, text, update
 
 from mailgateway.config import DatabaseSettings
 from mailgateway.db.migrate import alembic_config, upgrade
-from mailgateway.db.models import Base, OutboxMail
+from mailgateway.db.models import Base, OutboxMail, described_by_models
 from mailgateway.db.session import create_db_engine
 
 
 def test_migrations_match_models(database_url: str) -> None:
     engine = create_engine(database_url)
     with engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(
+            connection, opts={"include_object": described_by_models}), Base.metadata)
     engine.dispose()
     assert diff == []
 

@@ -1,0 +1,100 @@
+"""What makes two requests alike, and what a customer's "risolto" looks like. Pure.
+
+The desk's guide says that nearly half of its answers are copied from tickets
+already solved, and asks customers not to open a second ticket for the same
+incident. Both need the same thing: a request reduced to the words that carry
+its meaning. Italian words are reduced to their stems (Snowball, the stemmer
+PostgreSQL's `italian` configuration uses too), without stop words, so
+"stampare le deleghe" and "la stampa della delega" meet on `stamp` and `deleg`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import snowballstemmer
+
+# Words that say nothing of a problem: Italian articles, prepositions, pronouns,
+# auxiliaries, and the greetings and courtesy every request carries.
+STOP_WORDS = frozenset("""
+a ad al allo alla ai agli alle all anche avere abbiamo avete avevo aveva ho ha hanno
+c che chi ci come con col cui da dal dallo dalla dai dagli dalle dall del dello della dei
+degli delle dell di dove e ed è era ero essere fa fare gli ha i il in io la le lei li lo
+loro lui ma mi mia mie miei mio ne nei nel nello nella negli nelle nell no noi non nostro
+nostra o per perché più poi qua quale quando quanto quella quelle quelli quello questa
+queste questi questo qui se sei si sia sono sta stato stata su sua sue sui sul sullo
+sulla sulle suo suoi ti tra fra tu tua tuo tutti tutto un una uno vi voi vostro vostra
+già ancora sempre solo molto poco ogni altro altra altri stesso cosa volta ora oggi
+buongiorno buonasera salve gentili gentile cortese cortesemente grazie ringrazio saluti
+cordiali distinti cordialmente attendo attesa riscontro cortese prego potete potreste
+vorrei vorremmo chiedo chiediamo sapere dire fatemi favore the and of to is in for on it
+""".split())
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_LONGEST_WORD = 30   # longer "words" are codes, hashes, base64: no meaning to stem
+
+
+@lru_cache(maxsize=1)
+def _stemmer() -> snowballstemmer.stemmer:
+    return snowballstemmer.stemmer("italian")
+
+
+def _fold(text: str) -> str:
+    """Lower case, accents kept (the stemmer knows them), typographic apostrophes split."""
+    return unicodedata.normalize("NFC", text).lower().replace("’", " ").replace("'", " ")
+
+
+def stems(text: str) -> list[str]:
+    """The meaningful words of `text`, stemmed, in order, repeated as they come."""
+    words = [w for w in _WORD.findall(_fold(text))
+             if w not in STOP_WORDS and len(w) <= _LONGEST_WORD and (len(w) > 1 or w.isdigit())]
+    return [s for s in _stemmer().stemWords(words) if s]
+
+
+def distinct_stems(text: str, limit: int = 40) -> tuple[str, ...]:
+    """The first `limit` distinct stems of `text`: what a search asks for."""
+    return tuple(dict.fromkeys(stems(text)))[:limit]
+
+
+def resemblance(first: str, second: str) -> float:
+    """How much two texts share, 0..1: the Jaccard index of their stem sets."""
+    a, b = set(stems(first)), set(stems(second))
+    if not a or not b:
+        return 1.0 if a == b else 0.0
+    return len(a & b) / len(a | b)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A solved ticket whose request resembles a new one. Another account's ticket
+    shows only the technician's answer: its number and subject are that customer's."""
+
+    answer: str
+    number: str | None = None
+    subject: str | None = None
+
+    def context(self) -> dict[str, str | None]:
+        return {"number": self.number, "subject": self.subject, "answer": self.answer}
+
+
+def says_solved(body: str, solved_words: Iterable[str]) -> bool:
+    """True when the answer's first line is one of `solved_words` and nothing else
+    ("Risolto!", "chiuso." count; "non è risolto" does not)."""
+    for line in body.splitlines():
+        if line.strip():
+            first = re.sub(r"[\s.!,;:)]+$", "", line.strip()).strip().lower()
+            return first in {w.lower() for w in solved_words}
+    return False
+
+
+STATUS_SUBJECTS = frozenset({"stato", "i miei ticket", "status", "my tickets"})
+
+
+def asks_status(subject: str) -> bool:
+    """A mail whose subject is STATO / I MIEI TICKET / STATUS: the portal's page asked by mail."""
+    words = " ".join(_WORD.findall(_fold(subject)))
+    return words in STATUS_SUBJECTS
