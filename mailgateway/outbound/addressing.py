@@ -26,7 +26,7 @@ REFERENCES_LATEST = 10
 
 # Mails of ours the customer receives, and so can answer.
 CUSTOMER_KINDS = (MailKind.ACKNOWLEDGMENT, MailKind.ANSWER, MailKind.REMINDER,
-                  MailKind.AUTOCLOSE, MailKind.CLOSED_TICKET)
+                  MailKind.AUTOCLOSE, MailKind.CLOSED_TICKET, MailKind.DUPLICATE_JOINED)
 
 
 def customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:

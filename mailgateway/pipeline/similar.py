@@ -20,7 +20,7 @@ import snowballstemmer
 
 # Words that say nothing of a problem: Italian articles, prepositions, pronouns,
 # auxiliaries, and the greetings and courtesy every request carries.
-STOP_WORDS = frozenset("""
+_STOP_TEXT = """
 a ad al allo alla ai agli alle all anche avere abbiamo avete avevo aveva ho ha hanno
 c che chi ci come con col cui da dal dallo dalla dai dagli dalle dall del dello della dei
 degli delle dell di dove e ed è era ero essere fa fare gli ha i il in io la le lei li lo
@@ -32,7 +32,8 @@ già ancora sempre solo molto poco ogni altro altra altri stesso cosa volta ora 
 buongiorno buonasera salve gentili gentile cortese cortesemente grazie ringrazio saluti
 cordiali distinti cordialmente attendo attesa riscontro cortese prego potete potreste
 vorrei vorremmo chiedo chiediamo sapere dire fatemi favore the and of to is in for on it
-""".split())
+"""
+STOP_WORDS = frozenset(_STOP_TEXT.split())
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _LONGEST_WORD = 30   # longer "words" are codes, hashes, base64: no meaning to stem
