@@ -11,15 +11,32 @@ so a ticket is suggested from the moment it is closed, and never half-written.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, delete, select, text
+from sqlalchemy import Connection, bindparam, delete, func, select, text
 from sqlalchemy.orm import Session
 
-from mailgateway.db.models import SEARCH_TABLE, Message, SolvedTicket, Ticket, TicketStatus
-from mailgateway.pipeline.similar import STOP_WORDS, Suggestion, distinct_stems, stems
+from mailgateway.db.models import (
+    SEARCH_TABLE,
+    SEARCH_TERMS,
+    Message,
+    SolvedTicket,
+    Ticket,
+    TicketStatus,
+)
+from mailgateway.pipeline.similar import (
+    STOP_WORDS,
+    SUBJECT_WEIGHT,
+    Candidate,
+    Suggestion,
+    rank,
+    request_text,
+    stems,
+    weighted_terms,
+)
 
-_REQUEST_CHARS = 4000   # what the search reads of a request: its subject and first lines
+_REQUEST_CHARS = 4000   # what the search reads of a request's first message
 _QUERY_WORDS = 40
 
 
@@ -35,11 +52,6 @@ def _answer(messages: Sequence[Message]) -> str | None:
     return None
 
 
-def _request(ticket: Ticket, messages: Sequence[Message]) -> str:
-    first = next((m.body for m in messages if m.direction == "in"), "")
-    return f"{ticket.subject}\n{first}"[:_REQUEST_CHARS]
-
-
 def index_solved(session: Session, ticket: Ticket) -> None:
     """Make a closed ticket findable. A ticket closed before any answer has nothing
     to offer another customer and stays out."""
@@ -47,16 +59,34 @@ def index_solved(session: Session, ticket: Ticket) -> None:
     answer = _answer(messages)
     if answer is None or ticket.closed_at is None:
         return
-    request = _request(ticket, messages)
+    first = next((m.body for m in messages if m.direction == "in"), "")
+    request = request_text(first)[:_REQUEST_CHARS]
     session.merge(SolvedTicket(ticket_id=ticket.id, account_id=ticket.account_id,
-                               closed_at=ticket.closed_at, request=request, answer=answer))
-    if _sqlite(session):
-        session.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE rowid = :id"), {"id": ticket.id})
-        session.execute(
-            text(f"INSERT INTO {SEARCH_TABLE} (rowid, words, account) "
-                 "VALUES (:id, :words, :account)"),
-            {"id": ticket.id, "words": " ".join(stems(request)),
-             "account": _account_token(ticket.account_id)})
+                               closed_at=ticket.closed_at, subject=ticket.subject,
+                               request=request, answer=answer))
+    write_search_words(session, [(ticket.id, ticket.account_id, ticket.subject, request)])
+
+
+def write_search_words(session: Session, rows: Sequence[tuple[int, int, str, str]]) -> None:
+    """SQLite: the stems of each `(ticket_id, account_id, subject, request)` into the
+    FTS5 table, replacing what it held. PostgreSQL computes its own (the generated
+    column)."""
+    if not rows or not _sqlite(session):
+        return
+    session.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE rowid = :id"),
+                    [{"id": row[0]} for row in rows])
+    values = []
+    for ticket_id, account_id, subject, request in rows:
+        subject_stems, request_stems = stems(subject), stems(request)
+        prefix = _account_prefix(account_id)
+        values.append({
+            "id": ticket_id, "subject": " ".join(subject_stems),
+            "words": " ".join(request_stems),
+            "own_subject": " ".join(prefix + w for w in subject_stems),
+            "own_words": " ".join(prefix + w for w in request_stems)})
+    session.execute(
+        text(f"INSERT INTO {SEARCH_TABLE} (rowid, subject, words, own_subject, own_words) "
+             "VALUES (:id, :subject, :words, :own_subject, :own_words)"), values)
 
 
 def forget_solved(session: Session, ticket_id: int) -> None:
@@ -87,8 +117,8 @@ def index_all_closed(connection: Connection, batch: int = 500) -> int:
     return done
 
 
-def _account_token(account_id: int) -> str:
-    return f"a{account_id}"
+def _account_prefix(account_id: int) -> str:
+    return f"a{account_id}_"
 
 
 def similar_solved(
@@ -101,8 +131,10 @@ def similar_solved(
     if scope == "off" or limit <= 0 or (account_id is None and scope != "all"):
         return ()
     only = account_id if scope != "all" else None
-    ids = (_sqlite_search(session, only, request, limit) if _sqlite(session)
-           else _postgresql_search(session, only, request, limit))
+    subject, _, body = request.partition("\n")
+    body = request_text(body)[:_REQUEST_CHARS]
+    ids = (_sqlite_search(session, only, subject, body, limit) if _sqlite(session)
+           else _postgresql_search(session, only, subject, body, limit))
     if not ids:
         return ()
     rows = session.execute(
@@ -122,17 +154,40 @@ def similar_solved(
     return tuple(found)
 
 
-def _sqlite_search(session: Session, account_id: int | None, request: str,
+# How many tickets the database's ranking hands over to `similar.rank`.
+_CANDIDATES = 30
+
+
+def _solved_count(session: Session, account_id: int | None) -> int:
+    query = select(func.count()).select_from(SolvedTicket)
+    if account_id is not None:
+        query = query.where(SolvedTicket.account_id == account_id)
+    return session.scalar(query) or 0
+
+
+def _sqlite_search(session: Session, account_id: int | None, subject: str, body: str,
                    limit: int) -> list[int]:
-    words = distinct_stems(request, _QUERY_WORDS)
+    prefix = _account_prefix(account_id) if account_id is not None else ""
+    subject_stems = [prefix + w for w in stems(subject)]
+    body_stems = [prefix + w for w in stems(body)]
+    words = list(dict.fromkeys([*subject_stems, *body_stems]))[:_QUERY_WORDS]
     if not words:
         return []
-    query = "words : (" + " OR ".join(f'"{w}"' for w in words) + ")"
-    if account_id is not None:
-        query = f'account : "{_account_token(account_id)}" AND {query}'
-    return list(session.scalars(
-        text(f"SELECT rowid FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH :query "
-             "ORDER BY rank LIMIT :limit"), {"query": query, "limit": limit}))
+    columns = ("own_subject", "own_words") if prefix else ("subject", "words")
+    weights = f"0, 0, {SUBJECT_WEIGHT}, 1" if prefix else f"{SUBJECT_WEIGHT}, 1, 0, 0"
+    match = "{" + " ".join(columns) + "} : (" + " OR ".join(f'"{w}"' for w in words) + ")"
+    rows = session.execute(
+        text(f"SELECT rowid, {columns[0]}, {columns[1]} FROM {SEARCH_TABLE} "
+             f"WHERE {SEARCH_TABLE} MATCH :match "
+             f"ORDER BY bm25({SEARCH_TABLE}, {weights}) LIMIT :candidates"),
+        {"match": match, "candidates": _CANDIDATES}).all()
+    candidates = [Candidate(row[0], weighted_terms(row[1].split(), row[2].split()))
+                  for row in rows]
+    documents: dict[str, int] = dict((row[0], row[1]) for row in session.execute(
+        text(f"SELECT term, doc FROM {SEARCH_TERMS} WHERE term IN :terms")
+        .bindparams(bindparam("terms", expanding=True)), {"terms": words}).all())
+    return rank(weighted_terms(subject_stems, body_stems), candidates, documents,
+                _solved_count(session, account_id), limit)
 
 
 def _query_words(request: str) -> list[str]:
@@ -146,14 +201,50 @@ def _query_words(request: str) -> list[str]:
     return words[:_QUERY_WORDS]
 
 
-def _postgresql_search(session: Session, account_id: int | None, request: str,
+# ts_rank's weights of D, C, B, A: the request (D) a third of the subject (A).
+_RANK_WEIGHTS = "{0.33, 0.2, 0.4, 1.0}"
+_LEXEME = re.compile(r"'((?:[^']|'')*)'(?::([0-9A-D,]+))?")
+
+
+def _lexemes(vector: str) -> dict[str, int]:
+    """A tsvector's text as term counts, positions weighted A (the subject) counted
+    `SUBJECT_WEIGHT` times."""
+    counts: dict[str, int] = {}
+    for lexeme, positions in _LEXEME.findall(vector):
+        term = lexeme.replace("''", "'")
+        weight = sum(SUBJECT_WEIGHT if p.endswith("A") else 1
+                     for p in positions.split(",")) if positions else 1
+        counts[term] = counts.get(term, 0) + weight
+    return counts
+
+
+def _postgresql_search(session: Session, account_id: int | None, subject: str, body: str,
                        limit: int) -> list[int]:
-    words = _query_words(request)
+    words = _query_words(f"{subject}\n{body}")
     if not words:
         return []
-    account = "AND account_id = :account " if account_id is not None else ""
-    return list(session.scalars(text(
-        "SELECT ticket_id FROM solved_tickets, to_tsquery('italian', :query) AS query "
+    tsquery = " | ".join(words)
+    account = f"AND account_id = {int(account_id)} " if account_id is not None else ""
+    rows = session.execute(text(
+        "SELECT ticket_id, search::text FROM solved_tickets, "
+        "to_tsquery('italian', :query) AS query "
         f"WHERE search @@ query {account}"
-        "ORDER BY ts_rank(search, query) DESC, ticket_id DESC LIMIT :limit"),
-        {"query": " | ".join(words), "account": account_id, "limit": limit}))
+        f"ORDER BY ts_rank('{_RANK_WEIGHTS}', search, query) DESC, ticket_id DESC "
+        "LIMIT :candidates"), {"query": tsquery, "candidates": _CANDIDATES}).all()
+    if not rows:
+        return []
+    candidates = [Candidate(row[0], _lexemes(row[1])) for row in rows]
+    asked = session.execute(text(
+        "SELECT setweight(to_tsvector('italian', :subject), 'A')::text, "
+        "to_tsvector('italian', :body)::text"), {"subject": subject, "body": body}).one()
+    query = _lexemes(asked[0])
+    for term, count in _lexemes(asked[1]).items():
+        query[term] = query.get(term, 0) + count
+    # Documents holding each term: those the query matches are all that hold any of its
+    # terms. (The words are letters and digits only: safe inside the quoted statement.)
+    matching = ("SELECT search FROM solved_tickets WHERE search @@ "
+                f"to_tsquery(''italian'', ''{tsquery}'') {account.replace(chr(39), '')}")
+    documents: dict[str, int] = dict((row[0], row[1]) for row in session.execute(
+        text(f"SELECT word, ndoc FROM ts_stat('{matching}') WHERE word IN :terms")
+        .bindparams(bindparam("terms", expanding=True)), {"terms": list(query)}).all())
+    return rank(query, candidates, documents, _solved_count(session, account_id), limit)

@@ -308,20 +308,23 @@ class SolvedTicket(Base):
     (`solved.index_solved`). Its full-text index is the database's own and lives beside
     it, made by migration 0008: on SQLite the FTS5 table `solved_search` (Snowball
     Italian stems, written with the row), on PostgreSQL the generated column `search`
-    (`to_tsvector('italian', request)`) under a GIN index. The models do not describe
-    those (`SEARCH_OBJECTS`)."""
+    (`to_tsvector('italian', …)`, the subject weighted A, the request D) under a GIN
+    index. The models do not describe
+    those (`described_by_models`)."""
 
     __tablename__ = "solved_tickets"
     ticket_id: Mapped[int] = mapped_column(
         ForeignKey("tickets.id"), primary_key=True, autoincrement=False)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     closed_at: Mapped[datetime]
-    request: Mapped[str] = mapped_column(Text)   # the subject and the first message
+    subject: Mapped[str] = mapped_column(Text)
+    request: Mapped[str] = mapped_column(Text)   # the first message, without its signature
     answer: Mapped[str] = mapped_column(Text)    # the technician's last answer
 
 
 # The search structures no model describes; Alembic's comparison leaves them alone.
 SEARCH_TABLE = "solved_search"
+SEARCH_TERMS = "solved_search_terms"   # SQLite: fts5vocab, documents per term
 SEARCH_COLUMN = "search"
 SEARCH_INDEX = "ix_solved_tickets_search"
 

@@ -10,13 +10,16 @@ PostgreSQL's `italian` configuration uses too), without stop words, so
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import snowballstemmer
+
+from mailgateway.pipeline.quote_patterns import is_signature_start
 
 # Words that say nothing of a problem: Italian articles, prepositions, pronouns,
 # auxiliaries, and the greetings and courtesy every request carries.
@@ -53,7 +56,32 @@ def stems(text: str) -> list[str]:
     """The meaningful words of `text`, stemmed, in order, repeated as they come."""
     words = [w for w in _WORD.findall(_fold(text))
              if w not in STOP_WORDS and len(w) <= _LONGEST_WORD and (len(w) > 1 or w.isdigit())]
-    return [s for s in _stemmer().stemWords(words) if s]
+    return [s for s in map(_stem, words) if s]
+
+
+@lru_cache(maxsize=65536)
+def _stem(word: str) -> str:
+    """One word's stem, remembered: a desk's vocabulary is small, and the pure-Python
+    stemmer takes about half a millisecond a word."""
+    return str(_stemmer().stemWord(word))
+
+
+# A line that closes a request: what follows is the writer's name, company, telephone.
+_VALEDICTION = re.compile(
+    r"^\s*(cordiali saluti|distinti saluti|saluti|cordialmente|un saluto|grazie[\w ,!.]*"
+    r"|buona giornata|buon lavoro|best regards|kind regards|regards|thanks[\w ,!.]*"
+    r"|thank you[\w ,!.]*)\s*[,.!]?\s*$", re.IGNORECASE)
+
+
+def request_text(body: str) -> str:
+    """What a request says of its problem: its text up to the valediction or signature.
+    (The ticket keeps every word; only the search leaves the signature out, since
+    names and telephone numbers resemble nothing but the same writer's other mail.)"""
+    lines = body.splitlines()
+    for index, line in enumerate(lines):
+        if index and (_VALEDICTION.match(line) or is_signature_start(line)):
+            return "\n".join(lines[:index]).strip()
+    return body.strip()
 
 
 def distinct_stems(text: str, limit: int = 40) -> tuple[str, ...]:
@@ -99,3 +127,56 @@ def asks_status(subject: str) -> bool:
     """A mail whose subject is STATO / I MIEI TICKET / STATUS: the portal's page asked by mail."""
     words = " ".join(_WORD.findall(_fold(subject)))
     return words in STATUS_SUBJECTS
+
+
+# A subject's word counts this many times a request's: subjects name the problem.
+SUBJECT_WEIGHT = 3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A solved ticket the full-text index found, with its terms (subject terms counted
+    `SUBJECT_WEIGHT` times)."""
+
+    ticket_id: int
+    terms: Mapping[str, int]
+
+
+def rank(query: Mapping[str, int], candidates: Sequence[Candidate],
+         documents: Mapping[str, int], total: int, limit: int) -> list[int]:
+    """The `limit` candidates most like `query`, best first: the cosine of their TF-IDF
+    vectors (log-scaled counts; `documents[term]` of `total` solved tickets hold the
+    term). The database's own rankings (BM25, `ts_rank`) find the candidates; this
+    orders them, because it weighs a rare shared word above many common ones, and
+    measured better on the generated desk (README, "Similar solved tickets")."""
+    weights = _weights(query, documents, total)
+    if not weights:
+        return []
+    scored = []
+    for candidate in candidates:
+        vector = _weights(candidate.terms, documents, total)
+        dot = sum(weight * vector.get(term, 0.0) for term, weight in weights.items())
+        if dot > 0:
+            scored.append((-dot, -candidate.ticket_id, candidate.ticket_id))
+    return [ticket_id for _, _, ticket_id in sorted(scored)[:limit]]
+
+
+def _weights(terms: Mapping[str, int], documents: Mapping[str, int],
+             total: int) -> dict[str, float]:
+    vector = {}
+    for term, count in terms.items():
+        if count > 0:
+            held = max(1, documents.get(term, 1))
+            vector[term] = (1 + math.log(count)) * math.log(1 + max(total, held) / held)
+    norm = math.sqrt(sum(v * v for v in vector.values()))
+    return {t: v / norm for t, v in vector.items()} if norm else {}
+
+
+def weighted_terms(subject: Iterable[str], request: Iterable[str]) -> dict[str, int]:
+    """Term counts of a subject's and a request's stems, the subject's weighted."""
+    counts: dict[str, int] = {}
+    for term in subject:
+        counts[term] = counts.get(term, 0) + SUBJECT_WEIGHT
+    for term in request:
+        counts[term] = counts.get(term, 0) + 1
+    return counts
