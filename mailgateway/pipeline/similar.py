@@ -146,28 +146,29 @@ def rank(query: Mapping[str, int], candidates: Sequence[Candidate],
          documents: Mapping[str, int], total: int, limit: int) -> list[int]:
     """The `limit` candidates most like `query`, best first: the cosine of their TF-IDF
     vectors (log-scaled counts; `documents[term]` of `total` solved tickets hold the
-    term). The database's own rankings (BM25, `ts_rank`) find the candidates; this
+    term; a term the query lacks counts as rare, so a ticket about much else ranks
+    lower). The database's own rankings (BM25, `ts_rank`) find the candidates; this
     orders them, because it weighs a rare shared word above many common ones, and
     measured better on the generated desk (README, "Similar solved tickets")."""
-    weights = _weights(query, documents, total)
+    rare = math.log(1 + max(total, 1))
+    idf = {term: math.log(1 + max(total, held) / held)
+           for term, held in documents.items() if held > 0}
+    weights = _vector(query, idf, rare)
     if not weights:
         return []
     scored = []
     for candidate in candidates:
-        vector = _weights(candidate.terms, documents, total)
+        vector = _vector(candidate.terms, idf, rare)
         dot = sum(weight * vector.get(term, 0.0) for term, weight in weights.items())
         if dot > 0:
             scored.append((-dot, -candidate.ticket_id, candidate.ticket_id))
     return [ticket_id for _, _, ticket_id in sorted(scored)[:limit]]
 
 
-def _weights(terms: Mapping[str, int], documents: Mapping[str, int],
-             total: int) -> dict[str, float]:
-    vector = {}
-    for term, count in terms.items():
-        if count > 0:
-            held = max(1, documents.get(term, 1))
-            vector[term] = (1 + math.log(count)) * math.log(1 + max(total, held) / held)
+def _vector(terms: Mapping[str, int], idf: Mapping[str, float],
+            rare: float) -> dict[str, float]:
+    vector = {term: (1 + math.log(count)) * idf.get(term, rare)
+              for term, count in terms.items() if count > 0}
     norm = math.sqrt(sum(v * v for v in vector.values()))
     return {t: v / norm for t, v in vector.items()} if norm else {}
 
