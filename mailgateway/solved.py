@@ -156,6 +156,7 @@ def similar_solved(
 
 # How many tickets the database's ranking hands over to `similar.rank`.
 _CANDIDATES = 30
+_WIDE_POOL = 300
 
 
 def _solved_count(session: Session, account_id: int | None) -> int:
@@ -228,31 +229,36 @@ def _postgresql_search(session: Session, account_id: int | None, subject: str, b
     words = _query_words(f"{subject}\n{body}")
     if not words:
         return []
-    tsquery = " | ".join(words)
-    account = f"AND account_id = {int(account_id)} " if account_id is not None else ""
-    rows = session.execute(text(
-        "SELECT ticket_id, search::text FROM solved_tickets, "
-        "to_tsquery('italian', :query) AS query "
-        f"WHERE search @@ query {account}"
-        f"ORDER BY ts_rank('{_RANK_WEIGHTS}', search, query) DESC, ticket_id DESC "
-        "LIMIT :candidates"), {"query": tsquery, "candidates": _CANDIDATES}).all()
-    if not rows:
-        return []
-    candidates = [Candidate(row[0], _lexemes(row[1])) for row in rows]
-    within = f"WHERE account_id = {int(account_id)}" if account_id is not None else ""
+    own = f"WHERE account_id = {int(account_id)}" if account_id is not None else ""
     asked = session.execute(text(
         "SELECT setweight(to_tsvector('italian', :subject), 'A')::text, "
         "to_tsvector('italian', :body)::text, "
-        f"(SELECT count(*) FROM solved_tickets {within})"),
+        f"(SELECT count(*) FROM solved_tickets {own})"),
         {"subject": subject, "body": body}).one()
     query = _lexemes(asked[0])
     for term, count in _lexemes(asked[1]).items():
         query[term] = query.get(term, 0) + count
-    # Documents holding each term: those the query matches are all that hold any of its
-    # terms. (The words are letters and digits only: safe inside the quoted statement.)
-    matching = ("SELECT search FROM solved_tickets WHERE search @@ "
-                f"to_tsquery(''italian'', ''{tsquery}'') {account.replace(chr(39), '')}")
-    documents: dict[str, int] = dict((row[0], row[1]) for row in session.execute(
-        text(f"SELECT word, ndoc FROM ts_stat('{matching}') WHERE word IN :terms")
-        .bindparams(bindparam("terms", expanding=True)), {"terms": list(query)}).all())
-    return rank(query, candidates, documents, asked[2], limit)
+    # One pass over the tickets the query matches: the best by ts_rank with their
+    # lexemes, and how many hold each of the query's terms. The account's tickets are
+    # read first (OFFSET 0 keeps the planner from merging the two filters): they are
+    # few, where the terms' postings span the whole desk.
+    # Across every account the matches are most of the desk: the counts are taken
+    # among the best `_WIDE_POOL` of them.
+    tickets = (f"(SELECT ticket_id, search FROM solved_tickets {own} OFFSET 0) AS own"
+               if own else "solved_tickets")
+    pool = "" if own else f"ORDER BY score DESC LIMIT {_WIDE_POOL}"
+    rows = session.execute(text(
+        "WITH asked AS (SELECT to_tsquery('italian', :query) AS query), "
+        "matching AS MATERIALIZED (SELECT ticket_id, search, "
+        f"ts_rank('{_RANK_WEIGHTS}', search, query) AS score FROM {tickets}, asked "
+        f"WHERE search @@ query {pool}) "
+        "(SELECT 0, ticket_id, search::text FROM (SELECT ticket_id, search FROM matching "
+        " ORDER BY score DESC, ticket_id DESC LIMIT :candidates) AS best) "
+        "UNION ALL "
+        "(SELECT 1, count(*), term FROM matching, unnest(tsvector_to_array(search)) AS term "
+        " WHERE term = ANY(:terms) GROUP BY term)"),
+        {"query": " | ".join(words), "candidates": _CANDIDATES, "terms": list(query)}).all()
+    candidates = [Candidate(row[1], _lexemes(row[2])) for row in rows if row[0] == 0]
+    documents = {row[2]: row[1] for row in rows if row[0] == 1}
+    total = asked[2] if own else min(asked[2], _WIDE_POOL)
+    return rank(query, candidates, documents, total, limit)
