@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, bindparam, delete, func, select, text
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import (
@@ -97,22 +97,41 @@ def forget_solved(session: Session, ticket_id: int) -> None:
 
 
 def index_all_closed(connection: Connection, batch: int = 500) -> int:
-    """Index every CHIUSO ticket not indexed yet (migration 0008 on an existing desk)."""
+    """Index every CHIUSO ticket closed before the index existed (migration 0008).
+    Reads named columns only: a later migration may add columns the models know and
+    this schema does not have yet."""
     session = Session(bind=connection)
-    done = 0
-    last = 0
+    done, last = 0, 0
     while True:
-        tickets = session.scalars(
-            select(Ticket).where(Ticket.status == TicketStatus.CHIUSO.value, Ticket.id > last)
+        tickets = session.execute(
+            select(Ticket.id, Ticket.account_id, Ticket.subject, Ticket.closed_at)
+            .where(Ticket.status == TicketStatus.CHIUSO.value, Ticket.id > last)
             .order_by(Ticket.id).limit(batch)).all()
         if not tickets:
             break
-        for ticket in tickets:
-            index_solved(session, ticket)
-            done += 1
         last = tickets[-1].id
-        session.flush()
-        session.expunge_all()
+        messages: dict[int, list[tuple[str, bool, str]]] = {}
+        for row in session.execute(
+                select(Message.ticket_id, Message.direction, Message.internal, Message.body)
+                .where(Message.ticket_id.in_([t.id for t in tickets])).order_by(Message.id)):
+            messages.setdefault(row.ticket_id, []).append((row.direction, row.internal,
+                                                            row.body))
+        rows, words = [], []
+        for ticket in tickets:
+            kept = messages.get(ticket.id, [])
+            answers = [b for d, internal, b in kept if d == "out" and not internal and b.strip()]
+            if not answers or ticket.closed_at is None:
+                continue
+            first = next((b for d, _, b in kept if d == "in"), "")
+            request = request_text(first)[:_REQUEST_CHARS]
+            rows.append({"ticket_id": ticket.id, "account_id": ticket.account_id,
+                         "closed_at": ticket.closed_at, "subject": ticket.subject,
+                         "request": request, "answer": answers[-1]})
+            words.append((ticket.id, ticket.account_id, ticket.subject, request))
+        if rows:
+            session.execute(insert(SolvedTicket), rows)
+            write_search_words(session, words)
+            done += len(rows)
     session.close()
     return done
 
