@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, text
+from sqlalchemy import Connection, bindparam, delete, event, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import (
@@ -54,27 +55,44 @@ def _answer(messages: Sequence[Message]) -> str | None:
 
 def index_solved(session: Session, ticket: Ticket) -> None:
     """Make a closed ticket findable. A ticket closed before any answer has nothing
-    to offer another customer and stays out."""
+    to offer another customer and stays out. The row takes the ticket's id when it is
+    written (a ticket of an import batch has none yet); its stems follow it into the
+    SQLite index then (`_write_stems`)."""
     messages = ticket.messages
     answer = _answer(messages)
     if answer is None or ticket.closed_at is None:
         return
     first = next((m.body for m in messages if m.direction == "in"), "")
     request = request_text(first)[:_REQUEST_CHARS]
-    session.merge(SolvedTicket(ticket_id=ticket.id, account_id=ticket.account_id,
-                               closed_at=ticket.closed_at, subject=ticket.subject,
-                               request=request, answer=answer))
-    write_search_words(session, [(ticket.id, ticket.account_id, ticket.subject, request)])
+    row = session.get(SolvedTicket, ticket.id) if ticket.id is not None else None
+    if row is None:
+        account = ticket.account_id if ticket.account_id is not None else ticket.account.id
+        row = SolvedTicket(ticket=ticket, account_id=account)
+        session.add(row)
+    row.closed_at, row.subject, row.request, row.answer = (
+        ticket.closed_at, ticket.subject, request, answer)
+
+
+@event.listens_for(SolvedTicket, "after_insert")
+@event.listens_for(SolvedTicket, "after_update")
+def _write_stems(_mapper: Any, connection: Connection, row: SolvedTicket) -> None:
+    """Every SolvedTicket the ORM writes has its stems in SQLite's index, in the same
+    transaction."""
+    if connection.dialect.name == "sqlite":
+        _write_search(connection, [(row.ticket_id, row.account_id, row.subject, row.request)])
 
 
 def write_search_words(session: Session, rows: Sequence[tuple[int, int, str, str]]) -> None:
     """SQLite: the stems of each `(ticket_id, account_id, subject, request)` into the
-    FTS5 table, replacing what it held. PostgreSQL computes its own (the generated
-    column)."""
-    if not rows or not _sqlite(session):
-        return
-    session.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE rowid = :id"),
-                    [{"id": row[0]} for row in rows])
+    FTS5 table, for rows written without the ORM (a migration, a benchmark's bulk
+    load). PostgreSQL computes its own (the generated column)."""
+    if rows and _sqlite(session):
+        _write_search(session.connection(), rows)
+
+
+def _write_search(connection: Connection, rows: Sequence[tuple[int, int, str, str]]) -> None:
+    connection.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE rowid = :id"),
+                       [{"id": row[0]} for row in rows])
     values = []
     for ticket_id, account_id, subject, request in rows:
         subject_stems, request_stems = stems(subject), stems(request)
@@ -84,7 +102,7 @@ def write_search_words(session: Session, rows: Sequence[tuple[int, int, str, str
             "words": " ".join(request_stems),
             "own_subject": " ".join(prefix + w for w in subject_stems),
             "own_words": " ".join(prefix + w for w in request_stems)})
-    session.execute(
+    connection.execute(
         text(f"INSERT INTO {SEARCH_TABLE} (rowid, subject, words, own_subject, own_words) "
              "VALUES (:id, :subject, :words, :own_subject, :own_words)"), values)
 

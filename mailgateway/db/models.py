@@ -320,6 +320,7 @@ class SolvedTicket(Base):
     subject: Mapped[str] = mapped_column(Text)
     request: Mapped[str] = mapped_column(Text)   # the first message, without its signature
     answer: Mapped[str] = mapped_column(Text)    # the technician's last answer
+    ticket: Mapped[Ticket] = relationship()
 
 
 # The search structures no model describes; Alembic's comparison leaves them alone.

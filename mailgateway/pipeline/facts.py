@@ -106,7 +106,7 @@ def _new_request(
     STATO page, a repeat of a recent open ticket, or a new request with solved
     tickets like it."""
     account = customer.account_id if customer is not None else None
-    if account is None or sender.kind is SenderKind.UNKNOWN:
+    if account is None or sender.kind is SenderKind.UNKNOWN or store.archive:
         return {}
     if ticket is None and asks_status(mail.subject):
         return {"status_page": status_page(store, settings, sender, customer)}
