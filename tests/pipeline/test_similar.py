@@ -17,7 +17,7 @@ from mailgateway.directory import add_account
 from mailgateway.outbound.compose import settings_context
 from mailgateway.outbound.intent import stored_intent
 from mailgateway.outbound.render import RenderedMail, render
-from mailgateway.pipeline.similar import says_solved
+from mailgateway.pipeline.similar import Candidate, asks_status, rank, request_text, says_solved
 from mailgateway.service import Gateway
 from mailgateway.solved import similar_solved
 from mailgateway.views import show_ticket
@@ -258,3 +258,23 @@ def test_stato_by_mail(desk: Gateway) -> None:
     own = _status(desk, PERSON)             # a collaborator: their own tickets only
     assert own["counts"]["TUTTI"] == 2 and own["whole_account"] is False
     assert "Licenza scaduta" not in str(own["open_tickets"])
+
+
+def test_request_text_leaves_the_signature_out() -> None:
+    body = "Buongiorno,\nla stampa F24 si blocca.\n\nCordiali saluti\nAnna Bianchi\nTel. 02 1234"
+    assert request_text(body) == "Buongiorno,\nla stampa F24 si blocca."
+    assert request_text("Saluti\nresto") == "Saluti\nresto"   # a first line is never cut
+
+
+def test_rank_weighs_a_rare_shared_word_above_common_ones() -> None:
+    query = {"stamp": 3, "f24": 3, "blocc": 1, "programm": 1}
+    documents = {"stamp": 40, "f24": 5, "blocc": 50, "programm": 90}
+    common = Candidate(1, {"stamp": 3, "blocc": 1, "programm": 1, "iva": 3})
+    rare = Candidate(2, {"f24": 3, "deleg": 1})
+    assert rank(query, [common, rare], documents, 100, 3)[0] == 2
+    assert rank(query, [Candidate(3, {"other": 1})], documents, 100, 3) == []
+
+
+def test_asks_status() -> None:
+    assert all(asks_status(s) for s in ("STATO", "I miei ticket", " status ", "My tickets"))
+    assert not any(asks_status(s) for s in ("Re: STATO", "stato del ticket", ""))
