@@ -175,7 +175,7 @@ class DuplicatesSettings:
     action: str = field(default="thread", metadata=_choice("thread", "flag", "off"))
     window_hours: int = 48
     # How much subject and text must share (stems, Jaccard index 0..1).
-    threshold: float = 0.6
+    threshold: float = 0.7
 
 
 @dataclass(frozen=True)

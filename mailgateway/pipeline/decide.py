@@ -24,7 +24,7 @@ from mailgateway.pipeline.identify import Authority, Sender, SenderKind
 from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.route import DEFAULT_IMPACT, DEFAULT_REQUEST_TYPE, Routing
 from mailgateway.pipeline.rules import RuleOutcome
-from mailgateway.pipeline.similar import Suggestion, resemblance, says_solved
+from mailgateway.pipeline.similar import Suggestion, numbers, resemblance, says_solved
 from mailgateway.tickets import OPEN_STATES, TicketAction
 
 
@@ -63,7 +63,7 @@ class Policy:
     stranger_answers_per_hour: int = 60
     solved_words: tuple[str, ...] = ("risolto", "chiuso", "solved")
     duplicates: str = "thread"           # thread | flag | off
-    duplicate_threshold: float = 0.6
+    duplicate_threshold: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -324,13 +324,15 @@ def _belongs(sender: Sender, ticket: TicketRef) -> bool:
 
 
 def duplicate_of(facts: Facts) -> TicketRef | None:
-    """The open ticket of the account a new request repeats: subject and text alike
-    (`Policy.duplicate_threshold`), the most alike first."""
+    """The open ticket of the account a new request repeats: the same numbers in the
+    subject, subject and text alike (`Policy.duplicate_threshold`), the most alike."""
     if facts.policy.duplicates == "off" or not facts.recent:
         return None
     threshold, text = facts.policy.duplicate_threshold, facts.form[1] or facts.mail.text
     best, best_score = None, 0.0
     for recent in facts.recent:
+        if numbers(facts.mail.subject) != numbers(recent.subject):
+            continue  # another error code, invoice, year: another incident
         subject = resemblance(facts.mail.subject, recent.subject)
         body = resemblance(text, recent.request)
         if subject >= threshold and body >= threshold and subject + body > best_score:

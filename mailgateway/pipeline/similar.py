@@ -89,6 +89,11 @@ def distinct_stems(text: str, limit: int = 40) -> tuple[str, ...]:
     return tuple(dict.fromkeys(stems(text)))[:limit]
 
 
+def numbers(text: str) -> frozenset[str]:
+    """The numbers a text names (error codes, invoice numbers, years)."""
+    return frozenset(w.lstrip("0") or "0" for w in _WORD.findall(text) if w.isdigit())
+
+
 def resemblance(first: str, second: str) -> float:
     """How much two texts share, 0..1: the Jaccard index of their stem sets."""
     a, b = set(stems(first)), set(stems(second))

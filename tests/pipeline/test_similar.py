@@ -36,6 +36,13 @@ IVA = ("Liquidazione IVA trimestrale errata",
 
 
 @pytest.fixture
+def config_data(config_data: dict[str, Any]) -> dict[str, Any]:
+    """The desk's defaults: repeated requests join their open ticket."""
+    config_data["duplicates"] = {"action": "thread"}
+    return config_data
+
+
+@pytest.fixture
 def desk(gateway: Gateway) -> Gateway:
     register_desk(gateway)
     with gateway.sessions.begin() as session:
@@ -199,7 +206,7 @@ def test_another_accounts_same_request_is_no_duplicate(desk: Gateway) -> None:
 
 def test_flagged_duplicate_opens_a_linked_ticket(
         desk: Gateway, config_data: dict[str, Any], clock: FixedClock) -> None:
-    config_data["duplicates"] = {"action": "flag"}
+    config_data["duplicates"]["action"] = "flag"
     flagging = Gateway(settings_from_mapping(config_data), clock)
     try:
         deliver(flagging, build_mail(subject=F24[0], body=F24[1]))
@@ -278,3 +285,10 @@ def test_rank_weighs_a_rare_shared_word_above_common_ones() -> None:
 def test_asks_status() -> None:
     assert all(asks_status(s) for s in ("STATO", "I miei ticket", " status ", "My tickets"))
     assert not any(asks_status(s) for s in ("Re: STATO", "stato del ticket", ""))
+
+
+def test_another_number_in_the_subject_is_another_incident(desk: Gateway) -> None:
+    deliver(desk, build_mail(subject="Fattura 12/2026 non ricevuta", body=IVA[1]))
+    deliver(desk, build_mail(subject="Fattura 13/2026 non ricevuta", body=IVA[1]))
+    with desk.sessions() as session:
+        assert len(session.scalars(select(Ticket)).all()) == 2
