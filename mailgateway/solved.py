@@ -4,7 +4,8 @@ A new request is compared with the CHIUSO tickets of the same account (or, with
 `similar.scope = "all"`, of every account) by the database's own full-text
 search: SQLite's FTS5 over Snowball Italian stems written here with the row,
 PostgreSQL's `to_tsvector('italian', …)` kept by the database in a generated
-column. Both rank by relevance (BM25, `ts_rank`). The row is written by
+column. Their rankings (BM25, `ts_rank`) pick the candidates, which
+`pipeline.similar.rank` orders by TF-IDF cosine. The row is written by
 `index_solved` in the transaction that closes the ticket (`tickets.change_status`),
 so a ticket is suggested from the moment it is closed, and never half-written.
 """
@@ -15,7 +16,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, event, func, insert, select, text
+from sqlalchemy import Connection, bindparam, event, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import (
@@ -105,13 +106,6 @@ def _write_search(connection: Connection, rows: Sequence[tuple[int, int, str, st
     connection.execute(
         text(f"INSERT INTO {SEARCH_TABLE} (rowid, subject, words, own_subject, own_words) "
              "VALUES (:id, :subject, :words, :own_subject, :own_words)"), values)
-
-
-def forget_solved(session: Session, ticket_id: int) -> None:
-    """Take a ticket out of the suggestions (a ticket deleted or reopened by hand)."""
-    session.execute(delete(SolvedTicket).where(SolvedTicket.ticket_id == ticket_id))
-    if _sqlite(session):
-        session.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE rowid = :id"), {"id": ticket_id})
 
 
 def index_all_closed(connection: Connection, batch: int = 500) -> int:

@@ -84,11 +84,6 @@ def request_text(body: str) -> str:
     return body.strip()
 
 
-def distinct_stems(text: str, limit: int = 40) -> tuple[str, ...]:
-    """The first `limit` distinct stems of `text`: what a search asks for."""
-    return tuple(dict.fromkeys(stems(text)))[:limit]
-
-
 def numbers(text: str) -> frozenset[str]:
     """The numbers a text names (error codes, invoice numbers, years)."""
     return frozenset(w.lstrip("0") or "0" for w in _WORD.findall(text) if w.isdigit())
