@@ -5,7 +5,9 @@ words) over 400 accounts are written with their index rows, then 500 new request
 are looked up one by one as `facts` does for a new ticket (the sender's account,
 `similar.scope = "account"`): the database's full-text ranking finds the candidates,
 `similar.rank` orders them. The stems of the new requests are computed once before
-timing, as in a running desk whose stem cache is warm.
+timing, as in a running desk whose stem cache is warm. The lookups run three rounds:
+p50/p99 of every lookup, and of each request's best round (on a shared machine a
+lookup of 4 ms sometimes waits 100 ms for a core; its best round shows the work).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mailgateway.solved import similar_solved
 
 ACCOUNTS = 400
 BATCH = 10_000
+ROUNDS = 3
 
 
 def bench_similar(settings: Settings, solved: int = 100_000, lookups: int = 500,
@@ -49,17 +52,27 @@ def bench_similar(settings: Settings, solved: int = 100_000, lookups: int = 500,
         asked = new_requests(lookups, desk_accounts(ACCOUNTS))
         for request in asked:
             stems(f"{request.subject}\n{request_text(request.body)}")
-        timings = []
+        rounds: list[list[float]] = []
         with Session(engine) as session:
-            for request in asked:
-                asking = f"{request.subject}\n{request.body}"
-                began = time.perf_counter()
-                similar_solved(session, accounts[request.account.email], asking, scope=scope)
-                timings.append(1000 * (time.perf_counter() - began))
-                session.rollback()
+            for _ in range(ROUNDS):
+                timings = []
+                for request in asked:
+                    asking = f"{request.subject}\n{request.body}"
+                    began = time.perf_counter()
+                    similar_solved(session, accounts[request.account.email], asking,
+                                   scope=scope)
+                    timings.append(1000 * (time.perf_counter() - began))
+                    session.rollback()
+                rounds.append(timings)
     finally:
         engine.dispose()
-    timings.sort()
-    return {"solved": solved, "lookups": lookups, "load_seconds": load_seconds,
-            "p50_ms": statistics.median(timings),
-            "p99_ms": timings[min(len(timings) - 1, int(0.99 * len(timings)))]}
+    every = sorted(t for timings in rounds for t in timings)
+    best = sorted(min(times) for times in zip(*rounds, strict=True))
+    return {"solved": solved, "lookups": lookups, "rounds": ROUNDS,
+            "load_seconds": load_seconds, "p50_ms": statistics.median(every),
+            "p99_ms": _p99(every), "best_p50_ms": statistics.median(best),
+            "best_p99_ms": _p99(best)}
+
+
+def _p99(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
