@@ -127,5 +127,13 @@ _INCREMENT = (update(_COUNTERS).where(_COUNTERS.c.year == bindparam("wanted"))
               .values(last=_COUNTERS.c.last + 1).returning(_COUNTERS.c.last))
 
 
+def full_number(number: str, year: int) -> str:
+    """`12` is this year's `YYYY-000012`, as people say it; a full number stays."""
+    value = number.strip()
+    if value.isdigit() and len(value) <= 6:
+        return format_number(year, int(value))
+    return value
+
+
 def find_by_number(session: Session, number: str) -> Ticket | None:
     return session.execute(select(Ticket).where(Ticket.number == number)).scalar_one_or_none()

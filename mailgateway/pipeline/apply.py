@@ -22,12 +22,15 @@ from mailgateway.db.models import (
     Attachment,
     InboxMail,
     Message,
+    OutboxMail,
     Person,
     Staff,
     Ticket,
     TicketStatus,
 )
+from mailgateway.outbound.delivery import record_bounce, record_delay, record_delivered
 from mailgateway.pipeline import decide as d
+from mailgateway.pipeline.bounces import Action
 from mailgateway.pipeline.context import Analysis, Pipeline
 from mailgateway.pipeline.facts import REFUSAL_EVENT
 from mailgateway.pipeline.parse import ParsedMail
@@ -268,6 +271,27 @@ def refuse_staff_mail(
     record_event(store.session, ticket, REFUSAL_EVENT, actor=analysis.sender.email,
                  at=pipeline.clock.now(), reason=decision.reason)
     _queue(store, pipeline, decision.mails, ticket)
+    return ticket
+
+
+def record_delivery(store: Store, pipeline: Pipeline, decision: d.RecordDelivery) -> Ticket | None:
+    """Record each outcome of a delivery report on its outbox row; the ticket of the
+    first row that has one (the report's inbox row is filed under it)."""
+    ticket: Ticket | None = None
+    for match in decision.outcomes:
+        row = store.session.get(OutboxMail, match.outbox_id)
+        if row is None:
+            continue
+        outcome = match.outcome
+        if outcome.action == Action.FAILED:
+            record_bounce(store, pipeline.settings, pipeline.clock, row, outcome.address,
+                          outcome.words)
+        elif outcome.action == Action.DELAYED:
+            record_delay(store, pipeline.clock, row, outcome.address, outcome.words)
+        elif outcome.action == Action.DELIVERED:
+            record_delivered(store, pipeline.clock, row, outcome.address, pipeline.clock.now(),
+                             f"delivery report: {outcome.words}")
+        ticket = ticket or row.ticket
     return ticket
 
 

@@ -7,13 +7,14 @@ no batch needs to cache), and is asked only for mail a person wrote.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import func, select
+from sqlalchemy import String, cast, func, select
+from sqlalchemy.orm import Session
 
 from mailgateway.config import Settings
 from mailgateway.db.models import (
@@ -21,14 +22,21 @@ from mailgateway.db.models import (
     Event,
     Message,
     OutboxMail,
+    OutboxStatus,
     Person,
     Staff,
     Ticket,
     TicketStatus,
 )
-from mailgateway.outbound.addressing import customer_recipients, group_recipients
+from mailgateway.outbound.addressing import (
+    conversations,
+    customer_recipients,
+    group_recipients,
+    latest_customer_mail,
+)
 from mailgateway.outbound.intent import MailKind
 from mailgateway.pipeline import decide as d
+from mailgateway.pipeline.bounces import Action, BounceReport, SentMail
 from mailgateway.pipeline.commands import assignees
 from mailgateway.pipeline.identify import (
     Authority,
@@ -63,8 +71,9 @@ def ticket_ref(ticket: Ticket, found_by: str) -> d.TicketRef:
 def policy(settings: Settings) -> d.Policy:
     helpdesk = settings.helpdesk
     return d.Policy(helpdesk.unknown_sender, helpdesk.closed_reply, helpdesk.language,
-                    settings.outbound.stranger_answers_per_hour, helpdesk.solved_words,
-                    settings.duplicates.action, settings.duplicates.threshold)
+                    settings.outbound.stranger_answers_per_hour, helpdesk.spam_subject_tags,
+                    helpdesk.solved_words, settings.duplicates.action,
+                    settings.duplicates.threshold)
 
 
 def read_facts(
@@ -79,6 +88,8 @@ def read_facts(
     if sender.kind is SenderKind.STAFF:
         authority = (_authority(settings, now, sender, ticket, found, vouched)
                      if ticket is not None else None)
+        if ticket is not None:
+            facts = replace(facts, ticket=_with_conversation(store, ticket))
         return replace(
             facts, staff_authority=authority,
             technicians=_technicians(store, assignees(body)),
@@ -171,6 +182,16 @@ def status_page(store: Store, settings: Settings, sender: Sender,
                         sender.name or customer.main_email)
 
 
+def _with_conversation(store: Store, ticket: d.TicketRef) -> d.TicketRef:
+    """The ticket with the mails exchanged on it: a technician's answer threads there."""
+    row = store.ticket_numbered(ticket.number)
+    if row is None:
+        return ticket
+    thread = conversations(store.session, [row])[row.id]
+    return replace(ticket, conversation=tuple(thread),
+                   latest_customer_mail=latest_customer_mail(store.session, row.id))
+
+
 def _authority(
     settings: Settings, now: datetime, sender: Sender, ticket: d.TicketRef, found: Findings,
     vouched: bool,
@@ -189,7 +210,7 @@ def _customer(store: Store, sender: Sender) -> d.Customer | None:
     if account is None:
         return None
     return d.Customer(account.id, sender.person_id, account.language, account.verified,
-                      account.main_email)
+                      account.main_email, account.answer_email)
 
 
 def _rules(rules: RuleSet, mail: ParsedMail, sender: Sender,
@@ -246,3 +267,44 @@ def _refusal_told(store: Store, ticket: d.TicketRef, now: datetime) -> bool:
         select(func.count()).select_from(Event).join(Ticket, Ticket.id == Event.ticket_id)
         .where(Ticket.number == ticket.number, Event.kind == REFUSAL_EVENT,
                Event.at > now - _REFUSALS_TOLD_EVERY)) != 0
+
+
+# A hard bounce that names neither the row nor the mail is tied to the latest mail to
+# its recipient, among those sent this long ago at most.
+BOUNCE_LOOKBACK = timedelta(days=14)
+_SENT_STATES = (OutboxStatus.SENT.value, OutboxStatus.BOUNCED.value,
+                OutboxStatus.DELIVERED.value)
+_MOST_IDS = 50
+
+
+def read_sent_mails(
+    session: Session, report: BounceReport, now: datetime
+) -> tuple[SentMail, ...]:
+    """The outbox rows a delivery report may be about, newest first: the row its
+    return path names, the rows of the Message-IDs it returns, and else the latest
+    mail sent to each recipient it says failed. One query each, by primary key,
+    by the unique Message-ID, and by the (status, next_attempt_at) index."""
+    columns = (OutboxMail.id, OutboxMail.message_id, OutboxMail.recipients)
+    rows: dict[int, SentMail] = {}
+
+    def keep(found: Iterable[Any]) -> None:
+        for id_, message_id, recipients in found:
+            rows[id_] = SentMail(id_, message_id, tuple(recipients or ()))
+
+    if report.outbox_id is not None:
+        keep(session.execute(select(*columns).where(OutboxMail.id == report.outbox_id)))
+    if not rows and report.message_ids:
+        keep(session.execute(select(*columns).where(
+            OutboxMail.message_id.in_(list(report.message_ids[:_MOST_IDS])))))
+    if not rows:
+        recipients_text = cast(OutboxMail.recipients, String)
+        for outcome in report.recipients:
+            if outcome.action != Action.FAILED:
+                continue
+            keep(session.execute(
+                select(*columns).where(
+                    OutboxMail.status.in_(_SENT_STATES),
+                    OutboxMail.next_attempt_at >= now - BOUNCE_LOOKBACK,
+                    recipients_text.contains(f'"{outcome.address}"', autoescape=True))
+                .order_by(OutboxMail.id.desc()).limit(1)))
+    return tuple(sorted(rows.values(), key=lambda s: -s.id))

@@ -1,7 +1,7 @@
 """solved tickets and their full-text index: SQLite FTS5, PostgreSQL tsvector ('italian')
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-03
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import mailgateway.db.models
 
 revision = '0008'
-down_revision = '0005'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
