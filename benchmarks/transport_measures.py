@@ -318,3 +318,30 @@ def routing_rules(ctx: Context) -> list[Row]:
         _row(results, "matching 200 rules ÷ pipeline CPU, no rules", "%",
              lambda r: r["matching_percent"], better="lower"),
     ]
+
+
+def similar_suggestions(ctx: Context) -> list[Row]:
+    """Suggestion lookup among 100,000 solved tickets (`similar_bench`); `--quick`:
+    10,000."""
+    name = "similar-suggestions"
+    solved = 10_000 if ctx.n < 100 else 100_000
+    results: Results = {}
+    if not _missing(ctx, name, "benchmarks.similar_bench"):
+        from benchmarks.similar_bench import bench_similar
+
+        def run(backend: Backend) -> dict[str, Any]:
+            with site_settings(ctx, "similar", backend) as settings:
+                return bench_similar(settings, solved)
+
+        results = _each_backend(ctx, name, run)
+    note = ("500 new requests of the generated desk, the sender's account, full-text "
+            "candidates ranked by TF-IDF cosine; target: p99 under 20 ms")
+    return [
+        _row(results, f"suggestion lookup p50, {solved:,} solved tickets", "ms",
+             lambda r: r["p50_ms"], better="lower", note=note),
+        _row(results, f"suggestion lookup p99, {solved:,} solved tickets", "ms",
+             lambda r: r["p99_ms"], better="lower"),
+        _row(results, "suggestion lookup p99, each request's best of 3 rounds", "ms",
+             lambda r: r["best_p99_ms"], better="lower",
+             note="what a lookup costs when it does not wait for a core"),
+    ]

@@ -50,6 +50,8 @@ class HelpdeskSettings:
     trusted_authserv_ids: tuple[str, ...] = ()
     # A technician's signed reply address older than this carries an answer, no command.
     staff_token_max_age_days: int = 90
+    # A customer's answer whose first line is one of these, alone, closes the ticket.
+    solved_words: tuple[str, ...] = ("risolto", "chiuso", "solved")
     # A subject holding one of these (any case) was flagged as spam by the filter in
     # front of the desk, as are X-Spam-Flag: YES and X-Spam-Status: Yes.
     spam_subject_tags: tuple[str, ...] = ("[SPAM]", "***SPAM***")
@@ -166,6 +168,24 @@ class SlaSettings:
 
 
 @dataclass(frozen=True)
+class SimilarSettings:
+    """Solved tickets suggested in the acknowledgment and the new-ticket notice."""
+
+    scope: str = field(default="account", metadata=_choice("account", "all", "off"))
+    limit: int = 3
+
+
+@dataclass(frozen=True)
+class DuplicatesSettings:
+    """A request repeating an open ticket of the same account from the last hours."""
+
+    action: str = field(default="thread", metadata=_choice("thread", "flag", "off"))
+    window_hours: int = 48
+    # How much subject and text must share (stems, Jaccard index 0..1).
+    threshold: float = 0.7
+
+
+@dataclass(frozen=True)
 class RulesSettings:
     path: str = "rules"
 
@@ -187,6 +207,8 @@ class Settings:
     scheduler: SchedulerSettings = SchedulerSettings()
     sla: SlaSettings = SlaSettings()
     rules: RulesSettings = RulesSettings()
+    similar: SimilarSettings = SimilarSettings()
+    duplicates: DuplicatesSettings = DuplicatesSettings()
     log: LogSettings = LogSettings()
 
     @property
@@ -323,6 +345,8 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         "scheduler": SchedulerSettings,
         "sla": SlaSettings,
         "rules": RulesSettings,
+        "similar": SimilarSettings,
+        "duplicates": DuplicatesSettings,
         "log": LogSettings,
     }
     values: dict[str, Any] = {}

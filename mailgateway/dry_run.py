@@ -23,6 +23,7 @@ _KINDS: dict[type[Any], str] = {
     d.OpenTicket: "new_ticket", d.CustomerReply: "reply", d.StaffReply: "reply",
     d.Drop: "drop", d.Reject: "reject", d.Ignore: "ignore", d.Quarantine: "quarantine",
     d.Spam: "spam", d.RefuseStaffMail: "refuse", d.RecordDelivery: "record_delivery",
+    d.StatusReport: "status_report",
 }
 
 
@@ -32,7 +33,11 @@ def describe(decision: d.Decision) -> dict[str, Any]:
     ticket = getattr(decision, "ticket", None)
     if isinstance(ticket, d.TicketRef):
         found["ticket"] = ticket.number
+    if isinstance(decision, d.CustomerReply) and (decision.solved or decision.joined):
+        found["closes" if decision.solved else "joins"] = True
     if isinstance(decision, d.OpenTicket):
+        if decision.duplicate_of is not None:
+            found["duplicate_of"] = decision.duplicate_of.number
         fields = decision.fields
         found["fields"] = {
             "product": fields.product, "request_type": fields.request_type,

@@ -52,6 +52,10 @@ from mailgateway.tickets import allocate_number
 class Store(Protocol):
     """What processing reads and the writes that later reads depend on."""
 
+    # Mail of the past being imported (`mailgateway import`): nothing that is about
+    # "now" applies to it (solved tickets suggested, repeated requests joined).
+    archive: bool
+
     @property
     def session(self) -> Session:
         """The transaction everything is written in."""
@@ -159,8 +163,9 @@ THREAD_REFS = cast(Table, ThreadRef.__table__)
 class SessionStore:
     """The plain store: a query per question, each write in the session at once."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, archive: bool = False) -> None:
         self._session = session
+        self.archive = archive
 
     @property
     def session(self) -> Session:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import Event, Ticket, TicketCounter, TicketStatus
+from mailgateway.solved import index_solved
 
 
 class TicketAction(StrEnum):
@@ -65,6 +66,7 @@ def change_status(
     ticket.status = target.value
     if target == TicketStatus.CHIUSO:
         ticket.closed_at = at
+        index_solved(session, ticket)  # suggested to the next customer from now on
     if action == TicketAction.STAFF_ANSWERED:
         ticket.answered_at = at
         ticket.reminded_at = None

@@ -330,3 +330,42 @@ class BouncingAddress(Base):
     last_at: Mapped[datetime]
     last_diagnostic: Mapped[str] = mapped_column(Text, default="")
     flagged_at: Mapped[datetime | None]
+
+
+class SolvedTicket(Base):
+    """A CHIUSO ticket as the search for similar requests reads it: its request and the
+    last answer the customer received. Written in the transaction that closes the ticket
+    (`solved.index_solved`). Its full-text index is the database's own and lives beside
+    it, made by migration 0008: on SQLite the FTS5 table `solved_search` (Snowball
+    Italian stems, written with the row), on PostgreSQL the generated column `search`
+    (`to_tsvector('italian', …)`, the subject weighted A, the request D) under a GIN
+    index. The models do not describe
+    those (`described_by_models`)."""
+
+    __tablename__ = "solved_tickets"
+    ticket_id: Mapped[int] = mapped_column(
+        ForeignKey("tickets.id"), primary_key=True, autoincrement=False)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    closed_at: Mapped[datetime]
+    subject: Mapped[str] = mapped_column(Text)
+    request: Mapped[str] = mapped_column(Text)   # the first message, without its signature
+    answer: Mapped[str] = mapped_column(Text)    # the technician's last answer
+    ticket: Mapped[Ticket] = relationship()
+
+
+# The search structures no model describes; Alembic's comparison leaves them alone.
+SEARCH_TABLE = "solved_search"
+SEARCH_TERMS = "solved_search_terms"   # SQLite: fts5vocab, documents per term
+SEARCH_COLUMN = "search"
+SEARCH_INDEX = "ix_solved_tickets_search"
+
+
+def described_by_models(obj: Any, name: str | None, type_: str, reflected: bool,
+                        compare_to: Any) -> bool:
+    """Alembic's `include_object`: False for the full-text structures of migration 0008
+    (SQLite's FTS5 table and its shadow tables, PostgreSQL's column and index)."""
+    if type_ == "table":
+        return not (name or "").startswith(SEARCH_TABLE)
+    if type_ == "column":
+        return not (name == SEARCH_COLUMN and obj.table.name == SolvedTicket.__tablename__)
+    return name != SEARCH_INDEX

@@ -70,6 +70,8 @@ class BatchStore:
     identity map keeps unchanged objects only while someone else does.
     """
 
+    archive = True   # only `mailgateway import` writes in batches
+
     def __init__(self, session: Session) -> None:
         self._session = session
         self._directory: dict[str, tuple[DirectoryMatch, ...]] = {}
@@ -259,7 +261,8 @@ def _receive_batch(
         fresh = _new_rows(gateway, session, mails, transport)
         if careful:
             for index, row in fresh:
-                outcomes[index] = _process_alone(gateway, SessionStore(session), row, mails[index])
+                outcomes[index] = _process_alone(gateway, SessionStore(session, archive=True),
+                                                 row, mails[index])
             session.flush()
         else:
             store = BatchStore(session)

@@ -26,7 +26,8 @@ REFERENCES_LATEST = 10
 
 # Mails of ours the customer receives, and so can answer.
 CUSTOMER_KINDS = (MailKind.ACKNOWLEDGMENT, MailKind.ANSWER, MailKind.REMINDER,
-                  MailKind.AUTOCLOSE, MailKind.CLOSED_TICKET, MailKind.ENCRYPTED_MAIL)
+                  MailKind.AUTOCLOSE, MailKind.CLOSED_TICKET, MailKind.DUPLICATE_JOINED,
+                  MailKind.ENCRYPTED_MAIL)
 
 
 def customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:

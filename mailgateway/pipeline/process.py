@@ -146,6 +146,8 @@ def process_inbox_mail(
             ticket = apply.add_customer_reply(store, pipeline, analysis, decision, row)
         case d.StaffReply(reason=reason):
             ticket = apply.add_staff_reply(store, pipeline, analysis, decision, row)
+        case d.StatusReport(reason=reason):
+            apply.send_status_report(store, pipeline, decision)
         case d.RefuseStaffMail(reason=reason):
             status = InboxStatus.QUARANTINED
             ticket = apply.refuse_staff_mail(store, pipeline, analysis, decision)
