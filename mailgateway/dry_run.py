@@ -43,6 +43,14 @@ def describe(decision: d.Decision) -> dict[str, Any]:
             "product": fields.product, "request_type": fields.request_type,
             "impact": fields.impact, "group": fields.group, "assignee": fields.assignee,
             "watchers": list(fields.watchers), "language": fields.language}
+    if isinstance(decision, d.RecordDelivery):
+        found["outcomes"] = [{"outbox": m.outbox_id, "recipient": m.outcome.address,
+                              "outcome": m.outcome.action, "words": m.outcome.words,
+                              "at": m.at.isoformat() if m.at else None}
+                             for m in decision.outcomes]
+    certified = getattr(decision, "certified", None)
+    if certified is not None and certified.anomaly:
+        found["pec_anomaly"] = certified.anomaly
     found["mails"] = [{"kind": m.kind.value, "to": list(m.to), "cc": list(m.cc),
                        "language": m.language} for m in getattr(decision, "mails", ())]
     return found

@@ -6,9 +6,8 @@ outbox row (`pipeline.bounces`), or a certified receipt. Whatever brought the
 news, recording it is the same, and is here, in the caller's transaction:
 
 - **bounced** (a hard bounce): the row says so with the server's words; the
-  ticket gets an event; the ticket's group is told once, naming the address,
-  that the customer did not receive the mail (they would otherwise believe the
-  desk silent); a customer's address's run of bounces grows, and at
+  ticket gets an event (its group's notice, once, is planned by
+  `pipeline.decide`); a customer's address's run of bounces grows, and at
   `outbound.bounce_limit` in a row it is flagged and no longer mailed
   (`queue.enqueue` leaves it out) until an admin clears it. A notice to
   technicians that bounces is recorded and logged as an error, never stopped.
@@ -33,10 +32,9 @@ from sqlalchemy.orm import Session
 
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
-from mailgateway.db.models import BouncingAddress, OutboxMail, OutboxStatus, Ticket
-from mailgateway.outbound.addressing import CUSTOMER_KINDS, group_recipients
-from mailgateway.outbound.intent import ANSWERING_KINDS, MailIntent, MailKind
-from mailgateway.outbound.queue import enqueue
+from mailgateway.db.models import BouncingAddress, OutboxMail, OutboxStatus
+from mailgateway.outbound.addressing import CUSTOMER_KINDS
+from mailgateway.outbound.intent import ANSWERING_KINDS
 from mailgateway.store import Store
 from mailgateway.tickets import record_event
 
@@ -48,10 +46,8 @@ DELAYED_EVENT = "delivery_delayed"
 DELIVERED_EVENT = "delivered"
 
 _MOST_DIAGNOSTIC = 2000  # a server's words, kept readable on one row
-# Mail whose bounce the group hears of: what the customer of a ticket should have read.
-_TELL_GROUP = frozenset(k.value for k in CUSTOMER_KINDS)
 # Mail to whoever wrote to the desk, customers or strangers: their addresses are counted.
-_TO_CUSTOMERS = _TELL_GROUP | frozenset(k.value for k in ANSWERING_KINDS)
+_TO_CUSTOMERS = frozenset(k.value for k in (*CUSTOMER_KINDS, *ANSWERING_KINDS))
 
 
 def _log(row: OutboxMail, **values: object) -> structlog.typing.FilteringBoundLogger:
@@ -65,7 +61,6 @@ class BounceRecorded:
     """What recording a hard bounce did."""
 
     new: bool             # False: this address's bounce of this row was known already
-    group_told: bool      # a notice to the ticket's group was queued
     address_flagged: bool  # the address reached the limit with this bounce
 
 
@@ -102,17 +97,13 @@ def record_bounce(
     diagnostic: str, *, actor: str = ACTOR,
 ) -> BounceRecorded:
     """`recipient`'s server refused the mail of `row` for good, saying `diagnostic`
-    (a DSN's Status and Diagnostic-Code, or a receipt's words).
-
-    The group is told once per mail: only when the row turns `bounced`, and only for
-    mail that went to the customer (a bounced notice to technicians is logged).
-    """
+    (a DSN's Status and Diagnostic-Code, or a receipt's words). A bounced mail to the
+    customer is a warning in the log, one to technicians an error."""
     now = clock.now()
     recipient = recipient.strip().lower()
     if _bounced_for(row, recipient):  # the report again, or another copy of it
-        return BounceRecorded(new=False, group_told=False, address_flagged=False)
+        return BounceRecorded(new=False, address_flagged=False)
     _add_line(row, _line(recipient, diagnostic or "refused"))
-    first = row.status != OutboxStatus.BOUNCED
     row.status = OutboxStatus.BOUNCED.value
     row.bounced_at = row.bounced_at or now
     to_customer = row.kind in _TO_CUSTOMERS
@@ -120,19 +111,13 @@ def record_bounce(
     # must not silence the desk's notices to it.
     flagged = to_customer and _count_bounce(store.session, settings, recipient, diagnostic,
                                             now)
-    ticket = row.ticket
-    told = False
-    if ticket is not None:
-        record_event(store.session, ticket, BOUNCED_EVENT, actor=actor, at=now,
+    if row.ticket is not None:
+        record_event(store.session, row.ticket, BOUNCED_EVENT, actor=actor, at=now,
                      reason=f"the {_what(row)} to {recipient} bounced: {diagnostic}"[:2000])
-        if first and row.kind in _TELL_GROUP:
-            told = _tell_group(store, settings, clock, row, ticket, recipient, diagnostic,
-                               flagged)
     bound = _log(row, recipient=recipient)
     (bound.warning if to_customer else bound.error)(
-        "outbound_mail_bounced", diagnostic=diagnostic, group_told=told,
-        address_flagged=flagged)
-    return BounceRecorded(new=True, group_told=told, address_flagged=flagged)
+        "outbound_mail_bounced", diagnostic=diagnostic, address_flagged=flagged)
+    return BounceRecorded(new=True, address_flagged=flagged)
 
 
 def record_delay(
@@ -220,17 +205,3 @@ def clear_address(session: Session, address: str) -> bool:
     session.delete(known)
     return True
 
-
-def _tell_group(
-    store: Store, settings: Settings, clock: Clock, row: OutboxMail, ticket: Ticket,
-    address: str, diagnostic: str, flagged: bool,
-) -> bool:
-    to = group_recipients(store.session, settings, ticket.group) or (settings.helpdesk.address,)
-    known = store.session.get(BouncingAddress, address)
-    bounces = known.bounces if known is not None else 1
-    queued = [enqueue(store, settings, clock, MailIntent(
-        kind=MailKind.BOUNCE_NOTICE, to=(recipient,), language=settings.helpdesk.language,
-        context={"address": address, "diagnostic": diagnostic, "bounced_kind": row.kind,
-                 "sent_at": row.sent_at, "flagged": flagged, "bounces": bounces}), ticket)
-        for recipient in to]  # one mail each: its signed reply address names its recipient
-    return any(q is not None for q in queued)

@@ -97,7 +97,25 @@ def _queue(
     files: Sequence[Attachment] = (),
 ) -> None:
     for mail in mails:
-        pipeline.mailer(store, mail.intent(_file_refs(files)), ticket)
+        about = store.ticket_numbered(mail.ticket) if mail.ticket is not None else ticket
+        pipeline.mailer(store, mail.intent(_file_refs(files)), about)
+
+
+PEC_ANOMALY_EVENT = "pec_anomaly"
+
+
+def _keep_certified(session: Session, ticket: Ticket, message: Message,
+                    certified: d.Certified | None, actor: str, now: datetime) -> None:
+    """A PEC envelope's facts on the message it became; its anomaly an event the
+    technicians see; the certified address the ticket's customer writes from."""
+    if certified is None:
+        return
+    message.pec = dict(certified.facts)
+    if certified.anomaly:
+        record_event(session, ticket, PEC_ANOMALY_EVENT, actor=actor, at=now,
+                     reason=certified.anomaly)
+    if certified.address:
+        ticket.pec_address = certified.address
 
 
 def apply_reject(
@@ -158,9 +176,9 @@ def open_ticket(
     )
     store.add_ticket(ticket)
     structlog.contextvars.bind_contextvars(ticket=ticket.number)
-    _add_message(store, ticket, row, direction="in", author=actor,
-                 body=_following(closed, ticket.language) + decision.description, at=now,
-                 refused=decision.refused_attachments)
+    message = _add_message(store, ticket, row, direction="in", author=actor,
+                           body=_following(closed, ticket.language) + decision.description,
+                           at=now, refused=decision.refused_attachments)
     record_created(session, ticket, actor=actor, at=now, reason=decision.reason)
     if decision.rules:
         record_event(session, ticket, "routed", actor=actor, at=now,
@@ -171,6 +189,7 @@ def open_ticket(
     if closed is not None:  # the closed ticket says where the conversation went on
         record_event(session, closed, "followed_up", actor=actor, at=now,
                      reason=f"continued in new ticket {ticket.number}")
+    _keep_certified(session, ticket, message, decision.certified, actor, now)
     _remember_message_id(store, mail, ticket)
     _queue(store, pipeline, decision.mails, ticket)
     return ticket
@@ -203,8 +222,8 @@ def add_customer_reply(
     now, author = pipeline.clock.now(), analysis.sender.email
     ticket = _found(store, analysis, decision.ticket)
     files, refused = _keep_attachments(store, pipeline, analysis.mail)
-    _add_message(store, ticket, row, direction="in", author=author, body=decision.body,
-                 at=now, refused=refused, files=files)
+    message = _add_message(store, ticket, row, direction="in", author=author,
+                           body=decision.body, at=now, refused=refused, files=files)
     if decision.joined:
         record_event(store.session, ticket, "duplicate_joined", actor=author, at=now,
                      reason=decision.reason)
@@ -213,6 +232,7 @@ def add_customer_reply(
                      reason=decision.reason) is None:
         record_event(store.session, ticket, TicketAction.CUSTOMER_REPLIED.value, actor=author,
                      at=now, reason=decision.reason)
+    _keep_certified(store.session, ticket, message, decision.certified, author, now)
     _remember_message_id(store, analysis.mail, ticket)
     _queue(store, pipeline, decision.mails, ticket, files)
     return ticket
@@ -251,8 +271,10 @@ def add_staff_reply(
     files: list[Attachment] = []
     if decision.body:
         files, refused = _keep_attachments(store, pipeline, analysis.mail)
-        _add_message(store, ticket, row, direction="out", author=actor, body=decision.body,
-                     at=now, internal=decision.internal, refused=refused, files=files)
+        message = _add_message(store, ticket, row, direction="out", author=actor,
+                               body=decision.body, at=now, internal=decision.internal,
+                               refused=refused, files=files)
+        _keep_certified(session, ticket, message, decision.certified, actor, now)
     for action in decision.actions:
         if action in (TicketAction.TAKEN, TicketAction.STAFF_ANSWERED) and ticket.assignee is None:
             ticket.assignee = _staff(session, actor)
@@ -275,8 +297,9 @@ def refuse_staff_mail(
 
 
 def record_delivery(store: Store, pipeline: Pipeline, decision: d.RecordDelivery) -> Ticket | None:
-    """Record each outcome of a delivery report on its outbox row; the ticket of the
-    first row that has one (the report's inbox row is filed under it)."""
+    """Record each outcome of a delivery report or PEC receipt on its outbox row, and
+    queue the group's notices; the ticket of the first row that has one (the report's
+    inbox row is filed under it)."""
     ticket: Ticket | None = None
     for match in decision.outcomes:
         row = store.session.get(OutboxMail, match.outbox_id)
@@ -289,9 +312,10 @@ def record_delivery(store: Store, pipeline: Pipeline, decision: d.RecordDelivery
         elif outcome.action == Action.DELAYED:
             record_delay(store, pipeline.clock, row, outcome.address, outcome.words)
         elif outcome.action == Action.DELIVERED:
-            record_delivered(store, pipeline.clock, row, outcome.address, pipeline.clock.now(),
-                             f"delivery report: {outcome.words}")
+            record_delivered(store, pipeline.clock, row, outcome.address,
+                             match.at or pipeline.clock.now(), f"{match.by}: {outcome.words}")
         ticket = ticket or row.ticket
+    _queue(store, pipeline, decision.mails, ticket)
     return ticket
 
 

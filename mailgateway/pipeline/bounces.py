@@ -24,6 +24,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -332,6 +333,8 @@ class BounceMatch:
 
     outbox_id: int
     outcome: RecipientOutcome
+    by: str = "delivery report"  # what brought the news: its evidence of a delivery
+    at: datetime | None = None   # when it happened, as a certified receipt says; None: now
 
 
 _RECORDED = frozenset({Action.FAILED, Action.DELAYED, Action.DELIVERED})

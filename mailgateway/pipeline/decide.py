@@ -19,8 +19,8 @@ from typing import Any
 from mailgateway.attachments import safe_filename
 from mailgateway.outbound.addressing import thread_headers
 from mailgateway.outbound.intent import MailIntent, MailKind
-from mailgateway.pipeline.bounces import BounceMatch
-from mailgateway.pipeline.classify import Classification
+from mailgateway.pipeline.bounces import Action, BounceMatch
+from mailgateway.pipeline.classify import AutoKind, Classification
 from mailgateway.pipeline.commands import StaffCommand, command_problem, read_commands
 from mailgateway.pipeline.identify import Authority, Sender, SenderKind
 from mailgateway.pipeline.parse import ParsedMail
@@ -74,6 +74,7 @@ class Policy:
     solved_words: tuple[str, ...] = ("risolto", "chiuso", "solved")
     duplicates: str = "thread"           # thread | flag | off
     duplicate_threshold: float = 0.7
+    bounce_limit: int = 3                # bounces in a row before an address is not mailed
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,18 @@ class StatusPage:
 
 
 @dataclass(frozen=True)
+class SentRef:
+    """An outbox row a delivery report is about: what telling its group needs."""
+
+    ticket: str | None          # its ticket's number
+    kind: str
+    to_customer: bool           # the ticket's customer should have read it
+    bounced: bool               # recorded bounced already: the group was told then
+    sent_at: Any = None         # a datetime
+    group: tuple[str, ...] = ()  # who hears of its bounce: the ticket's group, else the desk
+
+
+@dataclass(frozen=True)
 class Facts:
     """Everything `decide` looks at, read beforehand."""
 
@@ -132,6 +145,9 @@ class Facts:
     recent: tuple[RecentTicket, ...] = ()  # what a new request may repeat
     status_page: StatusPage | None = None  # the sender asked for STATO
     bounces: tuple[BounceMatch, ...] = ()  # a delivery report's outcomes of our mails
+    sent: Mapping[int, SentRef] = field(default_factory=dict)  # the rows they are about
+    # Each bouncing address's run so far (bounces, flagged): whether a bounce stops it.
+    bouncing: Mapping[str, tuple[int, bool]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,6 +162,7 @@ class PlannedMail:
     references: tuple[str, ...] = ()
     context: Mapping[str, Any] = field(default_factory=dict)
     with_files: bool = False  # it carries the files the mail's message keeps
+    ticket: str | None = None  # the ticket it is about, when not the decision's
 
     def intent(self, files: Sequence[Mapping[str, Any]] = ()) -> MailIntent:
         context = {**self.context, "attachments": list(files)} if self.with_files else dict(
@@ -166,6 +183,15 @@ class TicketFields:
     assignee: str | None = None          # a technician's address
     watchers: tuple[str, ...] = ()
     language: str = "it"
+
+
+@dataclass(frozen=True)
+class Certified:
+    """What a PEC envelope certified, kept on the message the mail becomes."""
+
+    facts: Mapping[str, Any]     # `PecFacts.record()`
+    anomaly: str | None = None   # the provider could not certify it: the ticket's event
+    address: str | None = None   # the certified address the customer writes from
 
 
 @dataclass(frozen=True)
@@ -215,6 +241,7 @@ class OpenTicket:
     linked_ticket: TicketRef | None = None  # the closed ticket it continues
     mails: tuple[PlannedMail, ...] = ()
     duplicate_of: TicketRef | None = None   # flagged: it seems to repeat this open ticket
+    certified: Certified | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +252,7 @@ class CustomerReply:
     mails: tuple[PlannedMail, ...] = ()
     solved: bool = False       # the customer says it is solved: the ticket closes
     joined: bool = False       # a new request repeating this ticket, added to it
+    certified: Certified | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +272,7 @@ class StaffReply:
     refused: str = ""   # why the mail's commands were not carried out, if they were not
     assignee: str | None = None  # the technician `#assegna` names, when found
     mails: tuple[PlannedMail, ...] = ()
+    certified: Certified | None = None
 
     @property
     def internal(self) -> bool:
@@ -275,11 +304,13 @@ class RefuseStaffMail:
 
 @dataclass(frozen=True)
 class RecordDelivery:
-    """A delivery report about mails of ours: each outcome is recorded on its outbox
-    row (`outbound.delivery`); nothing is answered."""
+    """A delivery report or PEC receipt about mails of ours: each outcome is recorded
+    on its outbox row (`outbound.delivery`); nothing is answered. A customer's mail
+    that bounces is told to its ticket's group, once (`mails`)."""
 
     reason: str
     outcomes: tuple[BounceMatch, ...]
+    mails: tuple[PlannedMail, ...] = ()
 
 
 Decision = (Ignore | Quarantine | Spam | Drop | Reject | OpenTicket | CustomerReply | StaffReply
@@ -288,6 +319,21 @@ Decision = (Ignore | Quarantine | Spam | Drop | Reject | OpenTicket | CustomerRe
 
 def decide(facts: Facts) -> Decision:
     """What to do with a mail, and every mail it causes."""
+    decision = _decide(facts)
+    envelope = facts.mail.pec
+    if envelope is None or envelope.transport is None or not isinstance(
+            decision, (OpenTicket, CustomerReply, StaffReply)):
+        return decision
+    anomaly = address = None
+    if envelope.anomaly:
+        anomaly = ("PEC anomaly: the provider could not certify this mail "
+                   f"({envelope.envelope_subject})")[:2000]
+    elif not isinstance(decision, StaffReply):
+        address = facts.mail.from_addr or None
+    return replace(decision, certified=Certified(envelope.record(), anomaly, address))
+
+
+def _decide(facts: Facts) -> Decision:
     mail, sender, ticket = facts.mail, facts.sender, facts.ticket
     if mail.over_limit is not None:
         return Quarantine(f"not read: {mail.over_limit}")
@@ -295,11 +341,7 @@ def decide(facts: Facts) -> Decision:
     if spam is not None:
         return Spam(spam)
     if facts.classification.kind is not None:
-        reason = f"{facts.classification.kind.value}: {facts.classification.reason}"
-        if facts.bounces:
-            rows = ", ".join(sorted({str(b.outbox_id) for b in facts.bounces}))
-            return RecordDelivery(f"{reason}; about outbox {rows}", facts.bounces)
-        return Ignore(reason)
+        return _automatic(facts)
     if not sender.email:
         return Quarantine("no valid sender address (From, Reply-To, Sender, envelope, "
                           "Return-Path; a mailbox of at most 254 characters): nobody to answer")
@@ -328,6 +370,44 @@ def decide(facts: Facts) -> Decision:
     if repeated is not None and facts.policy.duplicates == "thread":
         return _joined(facts, repeated)
     return _open_ticket(facts, linked, repeated)
+
+
+def _automatic(facts: Facts) -> Ignore | RecordDelivery:
+    """A machine's mail: a delivery report or PEC receipt about mails of ours is
+    recorded, anything else only kept."""
+    reason = f"{facts.classification.kind}: {facts.classification.reason}"
+    receipt = facts.mail.pec.receipt if facts.mail.pec is not None else None
+    rows = ", ".join(sorted({str(b.outbox_id) for b in facts.bounces}))
+    if receipt is not None and facts.classification.kind is AutoKind.PEC_RECEIPT:
+        if not facts.bounces:
+            return Ignore(f"PEC {receipt} receipt about no mail of ours")
+        reason = f"PEC {receipt} receipt for outbox mail {rows}"
+    elif facts.bounces:
+        reason = f"{reason}; about outbox {rows}"
+    else:
+        return Ignore(reason)
+    return RecordDelivery(reason, facts.bounces, _bounce_notices(facts))
+
+
+def _bounce_notices(facts: Facts) -> tuple[PlannedMail, ...]:
+    """The group of each ticket whose customer did not get our mail, told once: when
+    the row first turns bounced. A bounced mail to technicians is only recorded."""
+    mails: list[PlannedMail] = []
+    told: set[int] = set()
+    for match in facts.bounces:
+        row, outcome = facts.sent.get(match.outbox_id), match.outcome
+        if (row is None or row.ticket is None or not row.to_customer or row.bounced
+                or outcome.action != Action.FAILED or match.outbox_id in told):
+            continue
+        told.add(match.outbox_id)
+        bounces, flagged = facts.bouncing.get(outcome.address, (0, False))
+        context = {"address": outcome.address, "diagnostic": outcome.words,
+                   "bounced_kind": row.kind, "sent_at": row.sent_at, "bounces": bounces + 1,
+                   "flagged": not flagged and bounces + 1 >= facts.policy.bounce_limit}
+        # One mail each: its signed reply address names its recipient.
+        mails += [PlannedMail(MailKind.BOUNCE_NOTICE, (to,), facts.policy.language,
+                              context=context, ticket=row.ticket) for to in row.group]
+    return tuple(mails)
 
 
 def ticket_fields(facts: Facts) -> TicketFields:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from mailgateway.config import Settings
 from mailgateway.db.models import (
     Account,
+    BouncingAddress,
     Event,
     Message,
     OutboxMail,
@@ -29,6 +30,7 @@ from mailgateway.db.models import (
     TicketStatus,
 )
 from mailgateway.outbound.addressing import (
+    CUSTOMER_KINDS,
     conversations,
     customer_recipients,
     group_recipients,
@@ -36,7 +38,7 @@ from mailgateway.outbound.addressing import (
 )
 from mailgateway.outbound.intent import MailKind
 from mailgateway.pipeline import decide as d
-from mailgateway.pipeline.bounces import Action, BounceReport, SentMail
+from mailgateway.pipeline.bounces import Action, BounceMatch, BounceReport, SentMail
 from mailgateway.pipeline.commands import assignees
 from mailgateway.pipeline.identify import (
     Authority,
@@ -46,6 +48,7 @@ from mailgateway.pipeline.identify import (
     staff_authority,
 )
 from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.pec import PecFacts, receipt_outcome
 from mailgateway.pipeline.prepare import Findings
 from mailgateway.pipeline.route import route_new_ticket
 from mailgateway.pipeline.rules import MailFacts, RuleOutcome, RuleSet, headers_of, match
@@ -73,7 +76,7 @@ def policy(settings: Settings) -> d.Policy:
     return d.Policy(helpdesk.unknown_sender, helpdesk.closed_reply, helpdesk.language,
                     settings.outbound.stranger_answers_per_hour, helpdesk.spam_subject_tags,
                     helpdesk.solved_words, settings.duplicates.action,
-                    settings.duplicates.threshold)
+                    settings.duplicates.threshold, settings.outbound.bounce_limit)
 
 
 def read_facts(
@@ -308,3 +311,39 @@ def read_sent_mails(
                     recipients_text.contains(f'"{outcome.address}"', autoescape=True))
                 .order_by(OutboxMail.id.desc()).limit(1)))
     return tuple(sorted(rows.values(), key=lambda s: -s.id))
+
+
+def read_receipt(session: Session, receipt: PecFacts) -> tuple[BounceMatch, ...]:
+    """A PEC receipt's outcome for the outbox row of the Message-ID it names, if ours."""
+    ids = list(receipt.original_ids())
+    found = session.execute(select(OutboxMail.id, OutboxMail.message_id, OutboxMail.recipients)
+                            .where(OutboxMail.message_id.in_(ids))).first() if ids else None
+    if found is None:
+        return ()
+    return (receipt_outcome(receipt, SentMail(found[0], found[1], tuple(found[2] or ()))),)
+
+
+_TELL_GROUP = frozenset(k.value for k in CUSTOMER_KINDS)
+
+
+def read_delivered(
+    session: Session, settings: Settings, matches: tuple[BounceMatch, ...]
+) -> dict[str, Any]:
+    """The `Facts` of the outcomes of our mails: the rows they are about, and the runs
+    of bounces of the addresses that bounced."""
+    sent: dict[int, d.SentRef] = {}
+    for found in matches:
+        row = session.get(OutboxMail, found.outbox_id)
+        if row is None or row.id in sent:
+            continue
+        ticket = row.ticket
+        group = (group_recipients(session, settings, ticket.group) or (
+            settings.helpdesk.address,)) if ticket is not None else ()
+        sent[row.id] = d.SentRef(ticket.number if ticket is not None else None, row.kind,
+                                 row.kind in _TELL_GROUP,
+                                 row.status == OutboxStatus.BOUNCED.value, row.sent_at, group)
+    addresses = {m.outcome.address for m in matches if m.outcome.action == Action.FAILED}
+    bouncing = {b.address: (b.bounces, b.flagged_at is not None) for b in session.scalars(
+        select(BouncingAddress).where(BouncingAddress.address.in_(addresses)))} if addresses \
+        else {}
+    return {"bounces": matches, "sent": sent, "bouncing": bouncing}

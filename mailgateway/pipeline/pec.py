@@ -16,8 +16,8 @@ The shapes are those of the technical rules (DM 2 novembre 2005, allegato
 tecnico, and the `daticert.xml` schema): this module reads them and nothing
 else. `read_certified` turns a parsed envelope into the mail inside it, with
 the envelope's facts (`PecFacts`) kept beside; a receipt stays as it is, with
-its facts, for `classify` to call automatic and `pec_record` to tie to our
-outbox row. Pure: no database, no clock. The provider's S/MIME signature is
+its facts, for `classify` to call automatic and `receipt_outcome` to tie to
+our outbox row. Pure: no database, no clock. The provider's S/MIME signature is
 not verified (the raw mail keeps it for whoever needs the legal proof).
 """
 
@@ -31,6 +31,7 @@ from email.utils import parseaddr
 from enum import StrEnum
 from typing import Any
 
+from mailgateway.pipeline.bounces import Action, BounceMatch, RecipientOutcome, SentMail
 from mailgateway.pipeline.decode import message_ids
 from mailgateway.pipeline.parse import Attachment, ParsedMail, parse_mail
 
@@ -45,6 +46,7 @@ __all__ = [
     "read_certified",
     "read_daticert",
     "read_mail",
+    "receipt_outcome",
     "receipt_reason",
 ]
 
@@ -73,6 +75,12 @@ class DeliveryOutcome(StrEnum):
     BOUNCED = "bounced"       # refused, or not delivered (or not within the rules' 24 hours)
     NOTED = "noted"           # between providers: kept as evidence, changes nothing
 
+
+_ACTIONS = {
+    DeliveryOutcome.DELIVERED: Action.DELIVERED,
+    DeliveryOutcome.BOUNCED: Action.FAILED,
+    DeliveryOutcome.NOTED: DeliveryOutcome.NOTED.value,  # recorded nowhere
+}
 
 _OUTCOMES = {
     ReceiptKind.ACCETTAZIONE: DeliveryOutcome.DELIVERED,
@@ -261,6 +269,35 @@ def pec_facts(mail: ParsedMail) -> PecFacts | None:
         envelope_subject=mail.subject,
         on_behalf_of=behalf[1].strip("<>\"'").lower() if behalf else "",
         refers_to=_first_id(mail.header("X-Riferimento-Message-ID")), daticert=daticert)
+
+
+def receipt_outcome(facts: PecFacts, sent: SentMail) -> BounceMatch:
+    """What a receipt says of our mail `sent`, as a delivery report's outcome:
+    `accettazione` and `avvenuta-consegna` delivered at the certified time, the
+    errors bounced with the provider's words, the others only noted."""
+    outcome = facts.outcome or DeliveryOutcome.NOTED
+    cert = facts.daticert
+    if cert is not None and cert.delivered_to:
+        recipient = cert.delivered_to  # the mailbox the receipt is about
+    elif cert is not None and cert.recipients:
+        recipient = ", ".join(cert.recipients)
+    else:
+        recipient = ", ".join(sent.recipients)
+    if outcome is DeliveryOutcome.BOUNCED:
+        error = cert.error if cert is not None and cert.error != "nessuno" else ""
+        detail = cert.error_detail if cert is not None else ""
+        words = f"PEC {facts.receipt}" + (f" ({error})" if error else "")
+        words = f"{words}: {detail}" if detail else words
+    else:
+        at = facts.certified_at
+        said = [f"certified at {at.isoformat()}" if at else "certified"]
+        if facts.provider:
+            said.append(f"by {facts.provider}")
+        if cert is not None and cert.identifier:
+            said.append(f"(id {cert.identifier})")
+        words = " ".join(said)
+    return BounceMatch(sent.id, RecipientOutcome(recipient, _ACTIONS[outcome], "", words),
+                       by=f"PEC {facts.receipt}", at=facts.certified_at)
 
 
 def receipt_reason(mail: ParsedMail) -> str | None:

@@ -24,11 +24,17 @@ from mailgateway.pipeline.bounces import correlate, read_report
 from mailgateway.pipeline.classify import AutoKind, Classification, as_person, machine_sign
 from mailgateway.pipeline.context import Analysis, Pipeline
 from mailgateway.pipeline.decide import Facts, decide
-from mailgateway.pipeline.facts import policy, read_facts, read_sent_mails, ticket_ref
+from mailgateway.pipeline.facts import (
+    policy,
+    read_delivered,
+    read_facts,
+    read_receipt,
+    read_sent_mails,
+    ticket_ref,
+)
 from mailgateway.pipeline.identify import Sender, SenderKind, identify
 from mailgateway.pipeline.mailbox import recovered_mailbox, valid_mailbox
 from mailgateway.pipeline.parse import ParsedMail
-from mailgateway.pipeline.pec_record import keep_certified
 from mailgateway.pipeline.prepare import Findings, find, finding_settings, own_marks
 from mailgateway.pipeline.quote import strip_quotes
 from mailgateway.pipeline.thread import ThreadKeys
@@ -67,8 +73,13 @@ def analyse(
                              secret=settings.helpdesk.secret, domains=settings.helpdesk.domains,
                              envelope_to=envelope_to)
         sent = read_sent_mails(store.session, report, pipeline.clock.now())
-        facts = Facts(mail, classification, sender, ref, bounces=correlate(report, sent),
-                      policy=policy(settings))
+        facts = Facts(mail, classification, sender, ref, policy=policy(settings),
+                      **read_delivered(store.session, settings, correlate(report, sent)))
+    elif (classification.kind is AutoKind.PEC_RECEIPT and mail.pec is not None
+          and mail.pec.receipt is not None and mail.over_limit is None):
+        matches = read_receipt(store.session, mail.pec)
+        facts = Facts(mail, classification, sender, ref, policy=policy(settings),
+                      **read_delivered(store.session, settings, matches))
     elif classification.kind is not None or mail.over_limit is not None or not sender.email:
         facts = Facts(mail, classification, sender, ref, policy=policy(settings))
     else:
@@ -129,7 +140,8 @@ def process_inbox_mail(
     match decision:
         case d.Ignore(reason):
             status = InboxStatus.IGNORED
-        case d.RecordDelivery(reason=reason):
+        case d.RecordDelivery(reason=reason):  # a machine's mail: its news recorded
+            status = InboxStatus.IGNORED
             ticket = apply.record_delivery(store, pipeline, decision)
         case d.Quarantine(reason):
             status = InboxStatus.QUARANTINED
@@ -153,7 +165,10 @@ def process_inbox_mail(
             ticket = apply.refuse_staff_mail(store, pipeline, analysis, decision)
     row.status, row.reason, row.processed_at = status.value, reason, pipeline.clock.now()
     row.ticket = ticket
-    keep_certified(store, pipeline, analysis, row)  # a PEC envelope's facts, a receipt's news
+    if mail.pec is not None and mail.pec.transport is not None and mail.message_id:
+        # The id the customer's client knows, not the provider's envelope's (kept in the
+        # message's PEC facts): our later mails name it in their References.
+        row.message_id = mail.message_id[:998]
     log.info("mail processed", status=row.status, reason=reason,
              ticket=ticket.number if ticket is not None else None)
     return analysis

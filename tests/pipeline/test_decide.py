@@ -7,12 +7,14 @@ decision, with every mail it plans (kind, recipients, language).
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from mailgateway.db.models import TicketStatus
 from mailgateway.outbound.intent import MailKind
+from mailgateway.pipeline.bounces import Action, BounceMatch, RecipientOutcome, SentMail
 from mailgateway.pipeline.classify import AutoKind, Classification
 from mailgateway.pipeline.decide import (
     Customer,
@@ -23,17 +25,21 @@ from mailgateway.pipeline.decide import (
     OpenTicket,
     Policy,
     Quarantine,
+    RecordDelivery,
     RefuseStaffMail,
     Reject,
+    SentRef,
     StaffReply,
     TicketRef,
     decide,
 )
 from mailgateway.pipeline.identify import Authority, DirectoryMatch, Sender, SenderKind, identify
 from mailgateway.pipeline.parse import parse_mail
+from mailgateway.pipeline.pec import read_mail, receipt_outcome
 from mailgateway.pipeline.route import route_new_ticket
 from mailgateway.pipeline.rules import RuleFields, RuleOutcome
 from tests.mails import CUSTOMER, PERSON, TECHNICIAN, build_mail
+from tests.pec_mails import envelope, readdressed, sample
 
 STRANGER = "ignoto@altrove.it"
 OTHER_TECHNICIAN = "marta@example.com"
@@ -322,3 +328,67 @@ def test_the_acknowledgment_echoes_the_impact_only_as_the_customer_chose_it() ->
     assert chosen.mails[0].kind is MailKind.ACKNOWLEDGMENT
     assert chosen.mails[0].context["impact_stated"] is True
     assert unstated.mails[0].context["impact_stated"] is False
+
+
+# --- delivery reports, PEC receipts and envelopes --------------------------------------
+
+OURS = "mg.0123456789abcdef0123456789abcdef@example.com"
+BOUNCE = Classification(AutoKind.BOUNCE, "delivery status notification", may_auto_answer=False)
+RECEIPT = Classification(AutoKind.PEC_RECEIPT, "PEC receipt", may_auto_answer=False)
+ACKNOWLEDGED = SentRef("2026-000001", "acknowledgment", to_customer=True, bounced=False,
+                       group=GROUPS["tecnica"])
+
+
+def test_a_bounce_is_recorded_and_the_group_told_once_per_mail() -> None:
+    failed = RecipientOutcome(PERSON, Action.FAILED, "5.1.1", "user unknown")
+    again = RecipientOutcome(CUSTOMER, Action.FAILED, "5.2.2", "mailbox full")
+    facts = _facts(classification=BOUNCE, bounces=(BounceMatch(7, failed), BounceMatch(7, again)),
+                   sent={7: ACKNOWLEDGED}, bouncing={PERSON: (2, False)},
+                   policy=Policy(bounce_limit=3))
+    decision = decide(facts)
+    assert isinstance(decision, RecordDelivery) and decision.reason.endswith("about outbox 7")
+    assert decision.outcomes == facts.bounces
+    assert _mails(decision) == [("bounce_notice", (TECHNICIAN,), (), "it"),
+                                ("bounce_notice", (OTHER_TECHNICIAN,), (), "it")]
+    notice = decision.mails[0]
+    assert notice.ticket == "2026-000001"
+    assert {k: notice.context[k] for k in ("address", "diagnostic", "bounces", "flagged")} == {
+        "address": PERSON, "diagnostic": "5.1.1 user unknown", "bounces": 3, "flagged": True}
+    # Bounced already (the report again), or a notice to technicians: nobody is told.
+    for row in (replace(ACKNOWLEDGED, bounced=True), replace(ACKNOWLEDGED, to_customer=False)):
+        again_decided = decide(replace(facts, sent={7: row}))
+        assert isinstance(again_decided, RecordDelivery) and again_decided.mails == ()
+
+
+def test_a_pec_acceptance_is_a_delivery_at_the_certified_time() -> None:
+    when = datetime(2026, 3, 2, 10, 31, 5, tzinfo=UTC)
+    mail = read_mail(readdressed(sample("accettazione.eml"), OURS, when))
+    assert mail.pec is not None
+    outcome = receipt_outcome(mail.pec, SentMail(7, OURS, (PERSON,)))
+    facts = replace(_facts(classification=RECEIPT, bounces=(outcome,),
+                           sent={7: ACKNOWLEDGED}), mail=mail)
+    decision = decide(facts)
+    assert isinstance(decision, RecordDelivery)
+    assert decision.reason == "PEC accettazione receipt for outbox mail 7"
+    [match] = decision.outcomes
+    assert (match.outcome.action, match.at, match.by) == (Action.DELIVERED, when,
+                                                          "PEC accettazione")
+    assert match.outcome.words.startswith(f"certified at {when.isoformat()}")
+    assert decision.mails == ()
+    untied = decide(replace(facts, bounces=(), sent={}))
+    assert untied == Ignore("PEC accettazione receipt about no mail of ours")
+
+
+def test_an_anomaly_envelope_opens_a_ticket_that_carries_the_anomaly() -> None:
+    inner = build_mail(sender=PERSON, subject="Dalla casella ordinaria", message_id="p@x.it")
+    mail = read_mail(envelope(inner, sender=PERSON, to=["assistenza@example.com"],
+                              subject="Dalla casella ordinaria", message_id="p@x.it",
+                              when=datetime(2026, 3, 2, 9, 25, tzinfo=UTC), anomaly=True))
+    decision = decide(replace(_facts(), mail=mail))
+    assert isinstance(decision, OpenTicket) and decision.certified is not None
+    assert decision.certified.anomaly is not None
+    assert decision.certified.anomaly.startswith("PEC anomaly: the provider could not certify")
+    assert decision.certified.facts["anomaly"] is True
+    assert decision.certified.address is None  # nothing certified where the customer writes
+    plain = decide(_facts())
+    assert isinstance(plain, OpenTicket) and plain.certified is None

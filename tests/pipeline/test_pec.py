@@ -12,6 +12,7 @@ from sqlalchemy.orm import undefer
 
 from mailgateway.db.models import Event, InboxMail, OutboxMail, Ticket
 from mailgateway.directory import add_account, set_answer_email
+from mailgateway.dry_run import rules_test
 from mailgateway.outbound.intent import MailKind
 from mailgateway.pipeline.classify import AutoKind, OwnMarks, classify
 from mailgateway.pipeline.identify import vouched_by_mta
@@ -340,3 +341,18 @@ def test_every_receipt_kind_built_from_the_rules_updates_our_row(
     kinds = [m.kind for m in outbox(desk)]
     assert kinds[:2] == [MailKind.ACKNOWLEDGMENT, MailKind.NEW_TICKET_NOTICE]
     assert kinds[2:] == ([MailKind.BOUNCE_NOTICE] if status == "bounced" else [])
+
+
+def test_rules_test_shows_what_a_receipt_would_record(desk: Gateway) -> None:
+    deliver(desk, studio_mail())
+    ack = outbox(desk)[0]
+    report = rules_test(desk, readdressed(sample("errore-consegna.eml"), ack.message_id))
+    decision = report["decision"]
+    assert (decision["kind"], decision["reason"]) == (
+        "record_delivery", f"PEC errore-consegna receipt for outbox mail {ack.id}")
+    [outcome] = decision["outcomes"]
+    assert (outcome["outbox"], outcome["outcome"]) == (ack.id, "failed")
+    assert [m["kind"] for m in decision["mails"]] == [MailKind.BOUNCE_NOTICE]
+    assert len(outbox(desk)) == 2  # nothing written
+    with desk.sessions() as session:
+        assert session.get_one(OutboxMail, ack.id).status == "pending"
