@@ -10,6 +10,8 @@ share a queue without waiting on each other (`claimed`).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -85,16 +87,54 @@ class FairLock:
             self._condition.notify_all()
 
 
+class SharedWriteLock(FairLock):
+    """The fair lock, then an exclusive `flock` on a file beside the database: the
+    writers of the other processes on this host (`serve --workers`) queue on it too.
+
+    The kernel hands a released `flock` to a waiter at once, where SQLite's own
+    lock makes a blocked writer sleep-poll for up to 100 ms at a time: without
+    it a listener's commit could sleep through several processors' transactions.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> None:
+        super().__enter__()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            super().__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            super().__exit__()
+
+    def __del__(self) -> None:
+        os.close(self._fd)
+
+
 _WRITE_LOCKS: WeakKeyDictionary[Engine, FairLock] = WeakKeyDictionary()
 
 
 def write_lock(engine: Engine) -> AbstractContextManager[None]:
     """What every writer of `engine` holds around a transaction: on SQLite the one fair
     lock of that engine (listener, processor and dispatcher queue in arrival order),
+    shared through a lock file with the other processes that write the same file;
     nothing elsewhere."""
     if engine.dialect.name != "sqlite":
         return nullcontext()
-    return _WRITE_LOCKS.setdefault(engine, FairLock())
+    lock = _WRITE_LOCKS.get(engine)
+    if lock is None:
+        database = engine.url.database
+        on_disk = database and database != ":memory:" and not database.startswith("file:")
+        lock = SharedWriteLock(f"{database}-writer.lock") if on_disk else FairLock()
+        lock = _WRITE_LOCKS.setdefault(engine, lock)
+    return lock
 
 
 def claimed(query: Select[_Row], session: Session) -> Select[_Row]:
