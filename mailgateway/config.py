@@ -170,6 +170,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    # HOST:PORT of /metrics and /healthz; empty: not served.
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     helpdesk: HelpdeskSettings = HelpdeskSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -181,6 +187,7 @@ class Settings:
     sla: SlaSettings = SlaSettings()
     rules: RulesSettings = RulesSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def data_dir(self) -> Path:
@@ -300,6 +307,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         "sla": SlaSettings,
         "rules": RulesSettings,
         "log": LogSettings,
+        "metrics": MetricsSettings,
     }
     values: dict[str, Any] = {}
     for key, table in data.items():

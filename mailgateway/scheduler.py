@@ -34,6 +34,7 @@ from mailgateway.config import SchedulerSettings, Settings
 from mailgateway.db.dialect import claimed, reading, write_lock
 from mailgateway.db.models import Ticket, TicketStatus
 from mailgateway.db.session import session_factory
+from mailgateway.leadership import Leadership
 from mailgateway.outbound.addressing import (
     conversations,
     customer_recipients,
@@ -42,7 +43,6 @@ from mailgateway.outbound.addressing import (
 )
 from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.outbound.queue import enqueue
-from mailgateway.leadership import Leadership
 from mailgateway.passes import Passes
 from mailgateway.store import SessionStore
 from mailgateway.telemetry import TALLY

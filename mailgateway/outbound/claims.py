@@ -25,12 +25,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from mailgateway.config import Settings
 from mailgateway.db.dialect import claimed
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
-
 
 # How long a claim holds without renewal, and how often a sending dispatcher renews it:
 # a dead dispatcher's rows are free 45 s after its last renewal at the latest.
