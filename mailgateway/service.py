@@ -45,6 +45,7 @@ from mailgateway.telemetry import TALLY
 log = structlog.get_logger()
 
 _INBOX_RAW = cast(Table, InboxRaw.__table__)
+_MAX_CONFLICTS = 5
 _SENDER_FIELDS = re.compile(rb"(?im)^(?:from|reply-to|sender)[ \t]*:(.*(?:\r?\n[ \t].*)*)")
 _ADDRESS_LIKE = re.compile(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+")
 
@@ -97,6 +98,7 @@ class Gateway:
         self.rules = RuleBook(Path(settings.rules.path), self.desk_names)
         self.pipeline = Pipeline(settings, self.clock, mailer, self.rules)
         self._domains = tuple(d.lower() for d in settings.helpdesk.domains)
+        self._conflicts: dict[int, int] = {}  # inbox id → concurrent-write conflicts met
 
     def close(self) -> None:
         self.engine.dispose()
@@ -200,7 +202,10 @@ class Gateway:
         `raw`, when the caller still has the stored bytes, saves reading them back."""
         for attempt in range(5):
             try:
-                return self._process(inbox_id, raw)
+                outcome = self._process(inbox_id, raw)
+                if outcome.status == InboxStatus.RECEIVED.value and inbox_id in self._conflicts:
+                    continue  # a concurrent write won: at once again
+                return outcome
             except OperationalError as exc:  # database busy or gone: retry, then leave it
                 if not is_transient(exc):
                     raise
@@ -218,6 +223,7 @@ class Gateway:
         started = time.perf_counter()
         outcome = self._process_untimed(inbox_id, raw)
         if outcome.status != InboxStatus.RECEIVED.value:
+            self._conflicts.pop(inbox_id, None)
             TALLY.mail_processed(outcome.status, time.perf_counter() - started)
         return outcome
 
@@ -250,11 +256,24 @@ class Gateway:
             if is_transient(exc):
                 raise
             return self._quarantine(inbox_id, exc)
+        except IntegrityError as exc:
+            return self._after_conflict(inbox_id, exc)
         except Exception as exc:
             return self._quarantine(inbox_id, exc)
         finally:
             structlog.contextvars.unbind_contextvars(
                 "inbox_id", "ticket", "message_id", "transport")
+
+    def _after_conflict(self, inbox_id: int, exc: IntegrityError) -> Outcome:
+        """Another processor wrote a row this mail's transaction wanted to write too (the
+        account of a new sender, say) and committed first: the mail is processed again,
+        and then finds that row. A conflict that keeps coming back is quarantined."""
+        conflicts = self._conflicts[inbox_id] = self._conflicts.get(inbox_id, 0) + 1
+        if conflicts >= _MAX_CONFLICTS:
+            del self._conflicts[inbox_id]
+            return self._quarantine(inbox_id, exc)
+        log.info("processing conflict, trying again", inbox_id=inbox_id, attempt=conflicts)
+        return Outcome(InboxStatus.RECEIVED.value)
 
     def _status(self, inbox_id: int) -> str:
         with self.reads() as session:
@@ -327,8 +346,9 @@ class Gateway:
                 continue
             if outcome is None:
                 return handled
-            handled += 1
-            if outcome.status != InboxStatus.RECEIVED.value:
+            if outcome.status != InboxStatus.RECEIVED.value:  # else: tried again at once
+                handled += 1
+                self._conflicts.clear()
                 TALLY.mail_processed(outcome.status, time.perf_counter() - started)
         return handled
 
@@ -353,6 +373,10 @@ class Gateway:
             if is_transient(exc) or inbox_id is None:
                 raise
             return self._quarantine(inbox_id, exc)
+        except IntegrityError as exc:
+            if inbox_id is None:
+                raise
+            return self._after_conflict(inbox_id, exc)
         except Exception as exc:
             if inbox_id is None:
                 raise

@@ -35,7 +35,8 @@ from mailgateway.service import Gateway
 from mailgateway.telemetry import TALLY, heartbeat
 from tests.conftest import write_toml
 from tests.dovecot import Dovecot, dovecot_available
-from tests.smtp_sink import SmtpSink, free_port, smtp_sink  # noqa: F401 (a fixture)
+from tests.smtp_sink import SmtpSink, free_port
+from tests.smtp_sink import smtp_sink as smtp_sink  # re-exported as a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,7 +241,10 @@ def test_serve_with_workers_processes_the_mail_and_stops_cleanly(
                     return session.execute(select(func.count()).where(
                         InboxMail.status == InboxStatus.PROCESSED.value)).scalar_one()
 
-            wait_until(lambda: processed() == 20, what="20 mails processed")
+            try:
+                wait_until(lambda: processed() == 20, what="20 mails processed")
+            except AssertionError:
+                raise AssertionError(log.read_text()[-5000:]) from None
             with gateway.reads() as session:
                 assert session.execute(select(func.count(Ticket.id))).scalar_one() == 20
         finally:
