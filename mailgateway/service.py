@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway.clock import Clock, SystemClock
 from mailgateway.config import Settings
 from mailgateway.db.dialect import (
+    UrgentWrite,
     claimed,
     insert_blobs,
     is_postgresql,
@@ -87,6 +88,7 @@ class Gateway:
         # Sessions that only read: on SQLite they leave the write lock to the writers.
         self.reads: sessionmaker[Session] = session_factory(reading(self.engine))
         self.writing = write_lock(self.engine)
+        self.writing_urgently = UrgentWrite(self.engine)  # a client waits for this commit
         if mailer is None:
             from mailgateway.outbound.queue import enqueue
 
@@ -137,7 +139,7 @@ class Gateway:
         structlog.contextvars.bind_contextvars(
             message_id=identity.message_id, transport=transport)
         try:
-            with self.writing, self.sessions.begin() as session:
+            with self.writing_urgently, self.sessions.begin() as session:
                 row = self.inbox_row(raw, identity, transport, envelope_from, envelope_to)
                 row.trusts_authentication_results = trust_authentication_results
                 session.add(row)

@@ -39,6 +39,7 @@ class _Worker:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
         self.heart = heartbeat(f"worker {index}", stuck_after=10.0)
+        self.spoken = threading.Event()  # the running process has said something: it is up
 
 
 class WorkerPool:
@@ -53,6 +54,10 @@ class WorkerPool:
         self._on_queued = on_queued
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_scheduled = False
+
+    def ready(self) -> bool:
+        """True once every worker is up (it has spoken since it was started)."""
+        return all(w.spoken.is_set() for w in self._workers)
 
     def wake(self, _inbox_id: int | None = None) -> None:
         """Tell every worker mail is waiting; safe from any thread, many wakes make one."""
@@ -87,6 +92,7 @@ class WorkerPool:
                 *self._command, "--share", share,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
             worker.heart.working(True)
+            worker.spoken.clear()
             log.info("worker_started", worker=worker.index, pid=process.pid)
             hearing = asyncio.create_task(self._hear(worker, process))
             ended = asyncio.create_task(process.wait())
@@ -115,6 +121,7 @@ class WorkerPool:
         assert process.stdout is not None
         async for line in process.stdout:
             worker.heart.beat()
+            worker.spoken.set()
             word, *rest = line.decode("ascii", "replace").split()
             if word == "queued" and self._on_queued is not None:
                 self._on_queued()

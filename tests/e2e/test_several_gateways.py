@@ -200,13 +200,13 @@ def test_three_gateways_two_killed_lose_and_double_nothing(
     year = numbers[0][:4]
     assert numbers == [f"{year}-{k:06d}" for k in range(1, MAILS + 1)]
     # Every outbox row sent; a mail goes out twice only if its gateway died between the
-    # relay's 250 and the commit that marks it sent (at most one per kill).
+    # relay's 250 and the commit that marks it sent (at most one per kill and sending thread).
     assert {row.status for row in outbox} == {OutboxStatus.SENT}
     delivered = Counter(email.message_from_bytes(d.raw)["Message-ID"].strip("<>")
                         for d in smtp_sink.deliveries)
     assert set(delivered) == {row.message_id for row in outbox}
     doubled = sum(count - 1 for count in delivered.values())
-    assert doubled <= gateways.kills
+    assert doubled <= gateways.kills * 4  # outbound.connections sending threads
     # The mailbox was polled by one gateway at a time.
     assert max(sessions) <= 1
     print(f"\nsoak: {MAILS} mails ({len(by_smtp)} SMTP, {len(by_imap)} IMAP), "
