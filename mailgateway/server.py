@@ -120,22 +120,27 @@ class Reloader:
     templates read afresh. A change elsewhere in the file is logged as waiting for a
     restart; a broken file is refused and the running configuration kept."""
 
-    def __init__(self, rules: RuleBook, settings: Settings, config_path: str | None) -> None:
+    def __init__(
+        self, rules: RuleBook, settings: Settings, config_path: str | None,
+        pass_on: Callable[[], None] | None = None,
+    ) -> None:
+        """`pass_on` tells the worker processes, which reload too."""
         self._rules = rules
         self._settings = settings
         self._config_path = config_path
-        self._reload = False
-        self._passes = Passes("rules", self._look, interval=1.0)
+        self._pass_on = pass_on
+        self._passes = Passes("rules", self._rules.current, interval=1.0)
 
-    def _look(self) -> None:
-        if self._reload:
-            self._reload = False
-            self._reread_configuration()
-            self._rules.reload()
-            from mailgateway.outbound import render
+    def hangup(self) -> None:
+        """Everything read again at once, on the event loop (a few files: milliseconds),
+        so that no mail stored after the signal meets the old rules."""
+        if self._pass_on is not None:
+            self._pass_on()
+        self._reread_configuration()
+        self._rules.reload()
+        from mailgateway.outbound import render
 
-            render.forget_templates()
-        self._rules.current()
+        render.forget_templates()
 
     def _reread_configuration(self) -> None:
         try:
@@ -149,10 +154,6 @@ class Reloader:
         self._settings = replace(self._settings, log=fresh.log)
         log.info("configuration_reloaded", applied=["log", "rules", "templates"],
                  needs_restart=waiting)
-
-    def hangup(self) -> None:
-        self._reload = True
-        self._passes.wake()
 
     async def run(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -199,6 +200,7 @@ def build_components(
         components.append(dispatcher)
     queued = dispatcher.wake if dispatcher is not None else None
     wake: Callable[[int], None] | None = None
+    pass_on: Callable[[], None] | None = None
     if options.share is not None:  # a worker: its parent wakes it and hears of it
         from mailgateway.workers import ParentLink
 
@@ -210,13 +212,13 @@ def build_components(
         from mailgateway.workers import WorkerPool
 
         pool = WorkerPool(options.worker_command, options.workers, on_queued=queued)
-        wake = pool.wake
+        wake, pass_on = pool.wake, pool.hangup
         components.append(pool)
     elif "processor" in only:
         processor = Processor(gateway, options.processor_idle_seconds, on_processed=queued)
         wake = processor.wake
         components.append(processor)
-    components.append(Reloader(gateway.rules, settings, options.config_path))
+    components.append(Reloader(gateway.rules, settings, options.config_path, pass_on))
     if settings.smtp.enabled and "smtp" in only:
         from mailgateway.ingest.smtp import SmtpListener
 

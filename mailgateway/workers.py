@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -67,6 +68,17 @@ class WorkerPool:
         self._wake_scheduled = True
         with contextlib.suppress(RuntimeError):  # the loop closed: serve is ending
             loop.call_soon_threadsafe(self._wake_all)
+
+    def hangup(self) -> None:
+        """Pass SIGHUP on to every worker: they read the configuration, rules and
+        templates again too."""
+        for worker in self._workers:
+            process = worker.process
+            # One that has not spoken yet may not handle SIGHUP yet (it would end it);
+            # it reads everything afresh as it starts anyway.
+            if process is not None and process.returncode is None and worker.spoken.is_set():
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGHUP)
 
     def _wake_all(self) -> None:
         self._wake_scheduled = False

@@ -267,11 +267,12 @@ def test_serve_with_workers_processes_the_mail_and_stops_cleanly(
         serve_config["smtp"]["max_recipients"] = 5
         write_toml(serve_config, config)
         process.send_signal(signal.SIGHUP)
-        wait_until(lambda: b"configuration_reloaded" in log.read_bytes(), what="the reload")
-        [reloaded] = [json.loads(line) for line in log.read_text().splitlines()
-                      if "configuration_reloaded" in line]
-        assert reloaded["needs_restart"] == ["smtp"]
-        assert reloaded["applied"] == ["log", "rules", "templates"]
+        wait_until(lambda: log.read_bytes().count(b"configuration_reloaded") == 3,
+                   what="the reload, in the parent and passed on to both workers")
+        for reloaded in [json.loads(line) for line in log.read_text().splitlines()
+                         if "configuration_reloaded" in line]:
+            assert reloaded["needs_restart"] == ["smtp"]
+            assert reloaded["applied"] == ["log", "rules", "templates"]
     finally:
         _stop(process, log)
     assert log.read_text().count("stopped cleanly") == 3  # the parent and both workers
