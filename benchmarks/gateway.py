@@ -152,7 +152,7 @@ def _prepare(
     return site
 
 
-_GROUPS = (("tecnica", "tecnici"), ("commerciale", "commerciale"),
+GROUPS = (("tecnica", "tecnici"), ("commerciale", "commerciale"),
            ("amministrativa", "amministrazione"))
 """The desk's groups, as in config.example.toml: the example rules name them."""
 
@@ -188,7 +188,7 @@ def _config_toml(root: Path, url: str, rules: Path) -> str:
             f"path = {quoted(rules)}",
             "",
             *(f'[groups.{group}]\naddress = "{address}@example.com"\n'
-              for group, address in _GROUPS),
+              for group, address in GROUPS),
             "[log]",
             'level = "warning"',
             "",

@@ -35,6 +35,7 @@ from benchmarks.transport_measures import (
     imap_poller,
     routing_rules,
     scheduler,
+    similar_suggestions,
     smtp_listener,
     smtp_sustained,
 )
@@ -359,4 +360,6 @@ BENCHMARKS: list[Benchmark] = [
               scheduler),
     Benchmark("routing-rules", "per-mail pipeline time with no routing rules and with 200",
               routing_rules),
+    Benchmark("similar-suggestions", "solved tickets like a new request, among 100,000",
+              similar_suggestions),
 ]

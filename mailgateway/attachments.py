@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
+import shutil
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -75,3 +76,30 @@ def write_file(target: Path, payload: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def free_path(directory: Path, name: str) -> Path:
+    """`directory/name`, or `name (2)`, `name (3)`… when that is taken: an export
+    never overwrites a file."""
+    target = directory / name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem:
+        stem, extension = name, ""
+    counter = 2
+    while target.exists():
+        target = directory / (f"{stem} ({counter}).{extension}" if extension
+                              else f"{stem} ({counter})")
+        counter += 1
+    return target
+
+
+def export_file(data_dir: Path, sha256: str, directory: Path, name: str) -> Path:
+    """Copy a kept file out under its original (safe) name; returns where it went."""
+    source = attachment_path(data_dir, sha256)
+    if not source.is_file():
+        raise FileNotFoundError(f"the stored file {source} is missing")
+    directory.mkdir(parents=True, exist_ok=True)
+    target = free_path(directory, safe_filename(name))
+    with source.open("rb") as reader, target.open("xb") as writer:
+        shutil.copyfileobj(reader, writer)
+    return target

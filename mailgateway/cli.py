@@ -15,6 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway import __version__
@@ -22,6 +24,7 @@ from mailgateway.clock import Clock, FixedClock, SystemClock, parse_instant
 from mailgateway.config import Settings, load_settings
 from mailgateway.errors import ConfigError, MailGatewayError, TemporaryError, UserError
 from mailgateway.log import configure_logging
+from mailgateway.signing_secret import check_serving_secret, with_secret
 from mailgateway.views import emit
 
 Handler = Callable[[argparse.Namespace, "App"], int | None]
@@ -37,10 +40,15 @@ class App:
 
     @cached_property
     def gateway(self) -> Any:
+        """The gateway on a database with the code's schema: a fresh or older one is
+        created or upgraded first, as `serve` does, so every command works on first run."""
+        from mailgateway.db.migrate import ensure_schema
         from mailgateway.service import Gateway
 
         gateway = Gateway(self.settings, self.clock)
         self._closers.append(gateway.close)
+        if ensure_schema(gateway.engine):
+            structlog.get_logger().info("database_schema_upgraded", hint="as db upgrade does")
         return gateway
 
     @property
@@ -73,7 +81,11 @@ def _ingest(args: argparse.Namespace, app: App) -> int:
     try:
         received = app.gateway.receive(raw, transport="pipe")
     except TemporaryError as exc:
-        print(f"Could not store the mail, try again later: {exc}", file=sys.stderr)
+        print(f"mailgateway: could not store the mail, try again later: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except SQLAlchemyError as exc:  # the database unreachable: the MTA keeps the mail
+        print(f"mailgateway: could not store the mail, try again later: "
+              f"{database_problem(app.settings, exc)}", file=sys.stderr)
         return EX_TEMPFAIL
     status = app.gateway.process_outcome(received.inbox_id, raw).status
     print(f"Mail {received.inbox_id} {'already stored' if received.duplicate else 'stored'}:"
@@ -94,8 +106,18 @@ def _accounts_add(args: argparse.Namespace, app: App) -> None:
 
     with app.sessions.begin() as session:
         account = add_account(session, app.clock, name=args.name, email=args.email,
-                              vat=args.vat, language=args.language)
+                              vat=args.vat, language=args.language,
+                              answer_email=args.answers_to)
         print(f"Account {account.main_email} added.")
+
+
+def _accounts_answers_to(args: argparse.Namespace, app: App) -> None:
+    from mailgateway.directory import set_answer_email
+
+    with app.sessions.begin() as session:
+        account = set_answer_email(session, args.email, args.address)
+        where = account.answer_email or "the PEC address it writes from"
+        print(f"Answers to {account.main_email}'s PEC mail go to {where}.")
 
 
 def _accounts_import(args: argparse.Namespace, app: App) -> int:
@@ -109,15 +131,25 @@ def _accounts_import(args: argparse.Namespace, app: App) -> int:
     return 0
 
 
+# An address whose mail keeps bouncing is no longer mailed (`addresses clear` undoes it).
+_BOUNCING = "\t(bouncing: not mailed)"
+
+
 def _accounts_list(args: argparse.Namespace, app: App) -> None:
     from mailgateway.directory import list_accounts
+    from mailgateway.outbound.delivery import not_mailed
 
     with app.reads() as session:
+        accounts = list(list_accounts(session))
+        bouncing = not_mailed(session)
         rows = [{"name": a.name, "email": a.main_email, "vat": a.vat_number,
-                 "language": a.language, "verified": a.verified}
-                for a in list_accounts(session)]
+                 "language": a.language, "verified": a.verified,
+                 "bouncing": a.main_email.lower() in bouncing,
+                 "answers_to": a.answer_email}
+                for a in accounts]
     emit(args, rows, (f"{r['email']}\t{r['name']}\t{r['vat']}"
-                      + ("" if r["verified"] else "\t(unverified)") for r in rows))
+                      + ("" if r["verified"] else "\t(unverified)")
+                      + (_BOUNCING if r["bouncing"] else "") for r in rows))
 
 
 def _persons_add(args: argparse.Namespace, app: App) -> None:
@@ -131,18 +163,25 @@ def _persons_add(args: argparse.Namespace, app: App) -> None:
 
 def _persons_list(args: argparse.Namespace, app: App) -> None:
     from mailgateway.directory import list_persons
+    from mailgateway.outbound.delivery import not_mailed
 
     with app.reads() as session:
-        rows = [{"name": p.name, "email": p.email, "account": p.account.main_email}
-                for p in list_persons(session)]
-    emit(args, rows, (f"{r['email']}\t{r['name']}\t{r['account']}" for r in rows))
+        persons = list(list_persons(session))
+        bouncing = not_mailed(session)
+        rows = [{"name": p.name, "email": p.email, "account": p.account.main_email,
+                 "bouncing": p.email.lower() in bouncing}
+                for p in persons]
+    emit(args, rows, (f"{r['email']}\t{r['name']}\t{r['account']}"
+                      + (_BOUNCING if r["bouncing"] else "") for r in rows))
 
 
 def _staff_add(args: argparse.Namespace, app: App) -> None:
-    from mailgateway.directory import add_staff
+    from mailgateway.directory import ROUTED_GROUPS, add_staff
 
+    groups = {*app.settings.groups, *ROUTED_GROUPS}  # rules may name only configured ones
     with app.sessions.begin() as session:
-        staff = add_staff(session, app.clock, name=args.name, email=args.email, group=args.group)
+        staff = add_staff(session, app.clock, name=args.name, email=args.email, group=args.group,
+                          groups=groups)
         print(f"Technician {staff.email} added.")
 
 
@@ -207,20 +246,54 @@ def _scheduler(args: argparse.Namespace, app: App) -> None:
 
 
 def _tickets_show(args: argparse.Namespace, app: App) -> None:
-    from mailgateway.views import show_ticket
+    from mailgateway.views import show_ticket, ticket_lines
 
     with app.reads() as session:
-        data = show_ticket(session, app.settings.helpdesk.ticket_tag, args.number)
-    lines = [f"{data['tag']} {data['subject']}", f"status: {data['status']}",
-             f"account: {data['account']}  person: {data['person'] or '-'}",
-             f"product: {data['product'] or '-'}  type: {data['request_type']}  "
-             f"impact: {data['impact']}  due: {data['due_at']}"]
-    for message in data["messages"]:
-        lines += ["", f"--- {message['direction']} {message['author']} {message['created_at']}"
-                  f"{' (internal)' if message['internal'] else ''}", message["body"]]
-        lines += [f"[file] {a['filename']} {a['size']} bytes" for a in message["attachments"]]
-        lines += [f"[not kept] {name}" for name in message["refused_attachments"]]
-    emit(args, data, lines)
+        data = show_ticket(session, app.settings.helpdesk.ticket_tag, args.number,
+                           app.clock.now().year)
+    emit(args, data, ticket_lines(data, app.settings.sla.timezone))
+
+
+def _tickets_attachment(args: argparse.Namespace, app: App) -> int:
+    """A ticket's kept files: listed, or exported under their original names."""
+    from mailgateway.attachments import export_file
+    from mailgateway.views import find_ticket
+
+    with app.reads() as session:
+        ticket = find_ticket(session, args.number, app.clock.now().year)
+        files = [(a.filename, a.sha256, a.size) for m in ticket.messages for a in m.attachments]
+        number = ticket.number
+    if not args.all and args.name is None:
+        if not files:
+            print(f"Ticket {number} has no kept files.", file=sys.stderr)
+        for name, _, size in files:
+            print(f"{name}\t{size}")
+        return 0
+    chosen = files if args.all else [f for f in files if f[0] == args.name]
+    if not chosen:
+        known = ", ".join(sorted({f[0] for f in files})) or "none"
+        raise UserError(f"Ticket {number} has no file {args.name!r} (its files: {known}).")
+    for name, sha256, _ in chosen:
+        try:
+            target = export_file(app.settings.data_dir, sha256, Path(args.out), name)
+        except OSError as exc:
+            raise UserError(f"{name}: {exc}.") from None
+        print(target)
+    return 0
+
+
+def _inbox_show(args: argparse.Namespace, app: App) -> None:
+    from mailgateway.views import show_inbox
+
+    with app.reads() as session:
+        data, raw = show_inbox(session, args.id)
+    if args.raw:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
+        return
+    emit(args, data, [f"{key}: {'-' if value is None else value}"
+                      for key, value in data.items()])
 
 
 def _inbox_list(args: argparse.Namespace, app: App) -> None:
@@ -236,9 +309,38 @@ def _inbox_retry(args: argparse.Namespace, app: App) -> None:
     print(f"Mail {args.id}: {app.gateway.retry(args.id)}.")
 
 
+def _wait_for_database(app: App, longest: float = 60.0) -> None:
+    """`serve` outlives a database that is not up yet (a boot, a restart): it says
+    so on one line per attempt and tries again, waiting twice as long each time."""
+    import signal
+    import time
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        delay = 1.0
+        while True:
+            try:
+                app.gateway  # noqa: B018 - connects, and creates or upgrades the schema
+                return
+            except SQLAlchemyError as exc:
+                print(f"mailgateway: {database_problem(app.settings, exc)}; retrying in "
+                      f"{delay:g} s.", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, longest)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _serve(args: argparse.Namespace, app: App) -> int:
+    from mailgateway.directory import check_notices_reach
     from mailgateway.server import ServeOptions, default_workers, parse_only, serve
 
+    _wait_for_database(app)
+    with app.reads() as session:
+        check_notices_reach(session, app.settings)
     only = parse_only(args.only)
     share = None
     if args.share:
@@ -320,8 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--email", required=True, help="the main address (username)")
     add.add_argument("--vat", default="", help="partita IVA")
     add.add_argument("--language", choices=("it", "en"))
-    _add(accounts, "import", _accounts_import, "accounts from a CSV (name,email,vat,language)"
-         ).add_argument("csv")
+    add.add_argument("--answers-to", metavar="ADDRESS",
+                     help="when the account writes by PEC, answer at this ordinary address "
+                          "instead of the PEC address")
+    answers = _add(accounts, "answers-to", _accounts_answers_to,
+                   "where answers to the account's PEC mail go")
+    answers.add_argument("email", help="the account's main address")
+    answers.add_argument("address", nargs="?",
+                         help="an ordinary address; omitted: the PEC address it wrote from")
+    _add(accounts, "import", _accounts_import,
+         "accounts from a CSV (name,email,vat,language,answers_to)").add_argument("csv")
     _add(accounts, "list", _accounts_list, "list accounts", json_flag=True)
 
     persons = _group(sub, "persons", "collaborators (PERSONE) of an account")
@@ -346,7 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--overdue", action="store_true",
                          help="only tickets past their first-response time without an answer")
     _add(tickets, "show", _tickets_show, "one ticket in full", json_flag=True
-         ).add_argument("number")
+         ).add_argument("number", help="the ticket's number; 12 is this year's YYYY-000012")
+    export = _add(tickets, "attachment", _tickets_attachment,
+                  "a ticket's kept files: list them, or export one (NAME) or all (--all)")
+    export.add_argument("number", help="the ticket's number; 12 is this year's YYYY-000012")
+    chosen = export.add_mutually_exclusive_group()
+    chosen.add_argument("name", nargs="?", help="the file's name, as `tickets show` lists it")
+    chosen.add_argument("--all", action="store_true", help="every kept file of the ticket")
+    export.add_argument("--out", default=".", help="the directory to write to (default: .)")
 
     rules = _group(sub, "rules", "the admins' routing rules")
     _add(rules, "check", _rules_check, "check every rule file; list every error")
@@ -360,7 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     inbox = _group(sub, "inbox", "received mail and its fate")
     _add(inbox, "list", _inbox_list, "list received mail", json_flag=True).add_argument(
-        "--status", type=str.lower, choices=("received", "processed", "ignored", "quarantined"))
+        "--status", type=str.lower,
+        choices=("received", "processed", "ignored", "quarantined", "spam"))
+    show = _add(inbox, "show", _inbox_show, "one received mail and its fate", json_flag=True)
+    show.add_argument("id", type=int)
+    show.add_argument("--raw", action="store_true", help="the mail's bytes as received")
     _add(inbox, "retry", _inbox_retry, "re-run a quarantined mail").add_argument("id", type=int)
 
     # Command groups that live beside the stage they drive.
@@ -370,12 +491,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def database_problem(settings: Settings, exc: Exception) -> str:
+    """One sentence on why the database could not be used, its password hidden."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(settings.database.url).render_as_string(hide_password=True)
+    except ArgumentError:
+        url = "(unreadable URL)"
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (f"the database {url} cannot be used (database.url): "
+            f"{detail[0] if detail else type(exc).__name__}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(args.config)
-        configure_logging(settings.log)
+        loaded = load_settings(args.config)
+        configure_logging(loaded.log)
+        if args.handler is _serve:
+            check_serving_secret(loaded)
+        settings = with_secret(loaded)
         clock: Clock = FixedClock(parse_instant(args.now)) if args.now else SystemClock()
     except ConfigError as exc:
         if args.command == "doctor":  # one line per check, this one failed
@@ -394,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if isinstance(exc, UserError) else 2
     except MailGatewayError as exc:
         print(f"mailgateway: {exc}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, ImportError) as exc:  # ImportError: the URL's driver
+        print(f"mailgateway: {database_problem(app.settings, exc)}.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -37,7 +37,9 @@ class HelpdeskSettings:
     domains: tuple[str, ...] = ("example.com",)
     ticket_tag: str = "[Ticket#{number}]"
     language: str = field(default="it", metadata=_choice("it", "en"))
-    secret: str = "change-me"
+    # Signs reply and bounce addresses; empty: one is generated into data_dir/secret
+    # on first use (`signing_secret`); `serve` beyond loopback needs it set.
+    secret: str = ""
     unknown_sender: str = field(default="reject", metadata=_choice("reject", "accept"))
     closed_reply: str = field(default="reject", metadata=_choice("reject", "new_ticket"))
     max_attachment_bytes: int = 26_214_400
@@ -48,6 +50,11 @@ class HelpdeskSettings:
     trusted_authserv_ids: tuple[str, ...] = ()
     # A technician's signed reply address older than this carries an answer, no command.
     staff_token_max_age_days: int = 90
+    # A customer's answer whose first line is one of these, alone, closes the ticket.
+    solved_words: tuple[str, ...] = ("risolto", "chiuso", "solved")
+    # A subject holding one of these (any case) was flagged as spam by the filter in
+    # front of the desk, as are X-Spam-Flag: YES and X-Spam-Status: Yes.
+    spam_subject_tags: tuple[str, ...] = ("[SPAM]", "***SPAM***")
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,8 @@ class OutboundSettings:
     auto_answer_window_minutes: int = 10
     # Refusals to senders the desk does not know, all addresses together.
     stranger_answers_per_hour: int = 60
+    # Hard bounces in a row after which an address is no longer mailed (until cleared).
+    bounce_limit: int = 3
 
     def resolved_password(self) -> str:
         """The relay password, from the environment variable when one is named."""
@@ -159,6 +168,24 @@ class SlaSettings:
 
 
 @dataclass(frozen=True)
+class SimilarSettings:
+    """Solved tickets suggested in the acknowledgment and the new-ticket notice."""
+
+    scope: str = field(default="account", metadata=_choice("account", "all", "off"))
+    limit: int = 3
+
+
+@dataclass(frozen=True)
+class DuplicatesSettings:
+    """A request repeating an open ticket of the same account from the last hours."""
+
+    action: str = field(default="thread", metadata=_choice("thread", "flag", "off"))
+    window_hours: int = 48
+    # How much subject and text must share (stems, Jaccard index 0..1).
+    threshold: float = 0.7
+
+
+@dataclass(frozen=True)
 class RulesSettings:
     path: str = "rules"
 
@@ -186,18 +213,14 @@ class Settings:
     scheduler: SchedulerSettings = SchedulerSettings()
     sla: SlaSettings = SlaSettings()
     rules: RulesSettings = RulesSettings()
+    similar: SimilarSettings = SimilarSettings()
+    duplicates: DuplicatesSettings = DuplicatesSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
 
     @property
     def data_dir(self) -> Path:
         return Path(self.helpdesk.data_dir)
-
-    def group_address(self, group: str | None) -> str:
-        """Where a new ticket of `group` is mailed: the group's address, else the helpdesk's."""
-        if group and group in self.groups:
-            return self.groups[group].address
-        return self.helpdesk.address
 
 
 def _describe(tp: Any) -> str:
@@ -270,9 +293,35 @@ def check_imap_settings(mailbox: ImapSettings, key: str) -> None:
                           f"{key}.reconnect_max_seconds.")
 
 
+def _check_ports(settings: Settings) -> None:
+    ports = [("smtp.port", settings.smtp.port), ("outbound.port", settings.outbound.port)]
+    ports += [(f"imap[{i}].port", m.port) for i, m in enumerate(settings.imap)]
+    for key, port in ports:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{key} must be a port number from 0 to 65535, not {port}.")
+
+
+def _check_groups(settings: Settings) -> None:
+    """A group's notices must reach people: the helpdesk's own address would bring
+    them back as mail to the desk, dropped as a loop."""
+    own = settings.helpdesk.address.lower()
+    for name, group in settings.groups.items():
+        if not _ADDRESS.match(group.address):
+            raise ConfigError(f"groups.{name}.address must be an e-mail address.")
+        if group.address.lower() == own:
+            raise ConfigError(f"groups.{name}.address must not be the helpdesk's own address "
+                              f"({own}): its notices would come back as a loop. Give the "
+                              "group its own address, or remove it to mail its members.")
+
+
 def _check(settings: Settings) -> None:
+    from mailgateway.sla import check_sla
+
     for index, mailbox in enumerate(settings.imap):
         check_imap_settings(mailbox, f"imap[{index}]")
+    _check_ports(settings)
+    check_sla(settings.sla)
+    _check_groups(settings)
     if not _ADDRESS.match(settings.helpdesk.address):
         raise ConfigError(
             f"helpdesk.address must be an e-mail address, not {settings.helpdesk.address!r}."
@@ -285,9 +334,6 @@ def _check(settings: Settings) -> None:
     if not (url.startswith("sqlite") or url.startswith("postgresql")):
         raise ConfigError(
             f"database.url must be a sqlite:// or postgresql+psycopg:// URL, not {url!r}.")
-    for name, group in settings.groups.items():
-        if not _ADDRESS.match(group.address):
-            raise ConfigError(f"groups.{name}.address must be an e-mail address.")
     if bool(settings.smtp.tls_cert) != bool(settings.smtp.tls_key):
         raise ConfigError("smtp.tls_cert and smtp.tls_key must be set together.")
     if settings.smtp.require_starttls and not settings.smtp.tls_cert:
@@ -306,6 +352,8 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         "scheduler": SchedulerSettings,
         "sla": SlaSettings,
         "rules": RulesSettings,
+        "similar": SimilarSettings,
+        "duplicates": DuplicatesSettings,
         "log": LogSettings,
         "metrics": MetricsSettings,
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mailgateway.pipeline import decide as d
-from mailgateway.pipeline.parse import parse_mail
+from mailgateway.pipeline.pec import read_mail
 from mailgateway.pipeline.process import analyse
 from mailgateway.pipeline.rules import load_rules
 from mailgateway.service import Gateway
@@ -22,7 +22,8 @@ from mailgateway.store import SessionStore
 _KINDS: dict[type[Any], str] = {
     d.OpenTicket: "new_ticket", d.CustomerReply: "reply", d.StaffReply: "reply",
     d.Drop: "drop", d.Reject: "reject", d.Ignore: "ignore", d.Quarantine: "quarantine",
-    d.RefuseStaffMail: "refuse",
+    d.Spam: "spam", d.RefuseStaffMail: "refuse", d.RecordDelivery: "record_delivery",
+    d.StatusReport: "status_report",
 }
 
 
@@ -32,7 +33,11 @@ def describe(decision: d.Decision) -> dict[str, Any]:
     ticket = getattr(decision, "ticket", None)
     if isinstance(ticket, d.TicketRef):
         found["ticket"] = ticket.number
+    if isinstance(decision, d.CustomerReply) and (decision.solved or decision.joined):
+        found["closes" if decision.solved else "joins"] = True
     if isinstance(decision, d.OpenTicket):
+        if decision.duplicate_of is not None:
+            found["duplicate_of"] = decision.duplicate_of.number
         fields = decision.fields
         found["fields"] = {
             "product": fields.product, "request_type": fields.request_type,
@@ -45,7 +50,7 @@ def describe(decision: d.Decision) -> dict[str, Any]:
 
 def rules_test(gateway: Gateway, raw: bytes) -> dict[str, Any]:
     """What the gateway would do with `raw`, received now; writes nothing."""
-    mail = parse_mail(raw)
+    mail = read_mail(raw)
     with gateway.reads() as session:
         analysis = analyse(SessionStore(session), gateway.pipeline, mail)
         session.rollback()

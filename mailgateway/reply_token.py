@@ -131,3 +131,41 @@ def read_reply_address(address: str, helpdesk_address: str, secret: str) -> Repl
     if not hmac.compare_digest(_signature(secret, token), match["signature"]):
         return None
     return token
+
+
+# --- the return path of our mail (VERP) ------------------------------------------------
+#
+# Every mail leaves with `<local>+b<outbox id>.<signature>@<domain>` as its envelope
+# sender, so a delivery report comes back to an address that names the outbox row:
+# no text needs reading to know which mail bounced. Signed as the reply tokens are, so
+# nobody can mark a row of ours bounced by writing to a made-up address.
+
+_BOUNCE_TAG = re.compile(r"^b(?P<row>[0-9]{1,18})\.(?P<signature>[a-z2-7]{16})$")
+
+
+def _bounce_signature(secret: str, outbox_id: int) -> str:
+    digest = hmac.new(secret.encode(), f"bounce:{outbox_id}".encode(), hashlib.sha256)
+    return _b32(digest.digest(), _SIGNATURE_CHARS)
+
+
+def bounce_address(helpdesk_address: str, secret: str, outbox_id: int) -> str:
+    """The envelope sender of the outbox row `outbox_id`'s mail."""
+    local, _, domain = helpdesk_address.partition("@")
+    return f"{local}+b{outbox_id}.{_bounce_signature(secret, outbox_id)}@{domain}"
+
+
+def read_bounce_address(address: str, helpdesk_address: str, secret: str) -> int | None:
+    """The outbox row a return path of ours names; None for any other address or a
+    forged one."""
+    local, _, domain = address.strip().strip("<>").lower().partition("@")
+    our_local, _, our_domain = helpdesk_address.lower().partition("@")
+    base, plus, tag = local.partition("+")
+    if not plus or base != our_local or domain != our_domain:
+        return None
+    match = _BOUNCE_TAG.match(tag)
+    if match is None:
+        return None
+    outbox_id = int(match["row"])
+    if not hmac.compare_digest(_bounce_signature(secret, outbox_id), match["signature"]):
+        return None
+    return outbox_id

@@ -35,10 +35,12 @@ from mailgateway.errors import TemporaryError, UserError
 from mailgateway.ingest import Received
 from mailgateway.outbound.intent import MailIntent, QueuedMail
 from mailgateway.pipeline.context import Mailer, Pipeline
-from mailgateway.pipeline.parse import parse_mail
+from mailgateway.pipeline.pec import read_mail
 from mailgateway.pipeline.prepare import RawIdentity, header_end, raw_identity
 from mailgateway.pipeline.process import process_inbox_mail, quarantine
 from mailgateway.pipeline.rules import DeskNames, RuleBook
+from mailgateway.reply_token import read_bounce_address
+from mailgateway.signing_secret import with_secret
 from mailgateway.sla import first_response_due
 from mailgateway.store import SessionStore, Store, read_directory
 from mailgateway.telemetry import TALLY
@@ -49,6 +51,8 @@ _INBOX_RAW = cast(Table, InboxRaw.__table__)
 _MAX_CONFLICTS = 5
 _SENDER_FIELDS = re.compile(rb"(?im)^(?:from|reply-to|sender)[ \t]*:(.*(?:\r?\n[ \t].*)*)")
 _ADDRESS_LIKE = re.compile(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+")
+# A PEC provider's receipt: it comes from the provider, whom the directory never knows.
+_PEC_RECEIPT = re.compile(rb"(?im)^x-ricevuta[ \t]*:")
 
 
 def possible_senders(raw: bytes, envelope_from: str) -> set[str]:
@@ -57,6 +61,21 @@ def possible_senders(raw: bytes, envelope_from: str) -> set[str]:
     head = raw[:header_end(raw)]
     text = b" ".join(m[1] for m in _SENDER_FIELDS.finditer(head)).decode("utf-8", "replace")
     return {a.lower().strip(".") for a in _ADDRESS_LIKE.findall(f"{text} {envelope_from}")}
+
+
+_RECIPIENT_FIELDS = re.compile(
+    rb"(?im)^(?:to|cc|delivered-to|x-original-to)[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+
+
+def to_our_return_path(raw: bytes, helpdesk_address: str, secret: str) -> bool:
+    """Addressed to the signed return path of a mail of ours: a delivery report, which
+    may come from a server's postmaster rather than the null sender."""
+    head = raw[:header_end(raw)]
+    if b"+b" not in head:
+        return False
+    text = b" ".join(m[1] for m in _RECIPIENT_FIELDS.finditer(head)).decode("utf-8", "replace")
+    return any(read_bounce_address(a, helpdesk_address, secret) is not None
+               for a in _ADDRESS_LIKE.findall(text))
 
 
 def store_raws(session: Session, rows: Sequence[tuple[int, bytes]]) -> None:
@@ -81,6 +100,7 @@ class Gateway:
         engine: Engine | None = None,
         mailer: Mailer | None = None,
     ) -> None:
+        settings = with_secret(settings)  # never sign with an empty secret
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.engine = engine or create_db_engine(settings.database)
@@ -164,13 +184,17 @@ class Gateway:
         pipeline reads the sender more carefully later, so a doubt means "take it"."""
         if self.settings.helpdesk.unknown_sender != "reject" or envelope_from == "":
             return None  # the null sender: a bounce, which comes from a machine we do not know
+        helpdesk = self.settings.helpdesk
+        if to_our_return_path(raw, helpdesk.address, helpdesk.secret):
+            return None  # a report on our mail, whoever sends it
+        if _PEC_RECEIPT.search(raw[:header_end(raw)]):
+            return None  # the pipeline ties it to our mail, or records it; never answers
         candidates = possible_senders(raw, envelope_from)
         if not candidates:
             return None  # the pipeline quarantines it, with the reason
         with self.reads() as session:
             if any(read_directory(session, candidates).values()):
                 return None
-        helpdesk = self.settings.helpdesk
         shown = next(iter(sorted(candidates)))
         return (f"550 5.7.1 <{shown}> is not registered with {helpdesk.name}: write to "
                 f"{helpdesk.address} from your account's main address or a registered "
@@ -242,7 +266,7 @@ class Gateway:
                     ).scalar_one_or_none()
                 if raw is None:
                     return Outcome(self._status(inbox_id))
-            parsed = parse_mail(raw)
+            parsed = read_mail(raw)
             del raw
             with self.writing, self.sessions.begin() as session:
                 row = self._claim(session, inbox_id)
@@ -367,7 +391,7 @@ class Gateway:
                     message_id=row.message_id, transport=row.transport)
                 raw = session.execute(
                     select(InboxRaw.raw).where(InboxRaw.inbox_id == inbox_id)).scalar_one()
-                parsed = parse_mail(raw)
+                parsed = read_mail(raw)
                 del raw
                 analysis = process_inbox_mail(SessionStore(session), self.pipeline, row, parsed)
                 return Outcome(row.status, type(analysis.decision).__name__)

@@ -64,32 +64,59 @@ def _holidays(country: str, year: int) -> frozenset[date]:
     return frozenset(holidays.country_holidays(country, years=year))
 
 
-@lru_cache(maxsize=8)
-def office_hours(settings: SlaSettings) -> OfficeHours:
-    match = _HOURS.match(settings.business_hours.lower())
+def _office_days(business_hours: str) -> tuple[frozenset[int], time, time]:
+    match = _HOURS.match(business_hours.lower())
     if not match or match["first"] not in _DAYS or match["last"] not in _DAYS:
         raise ConfigError(
             f"sla.business_hours must look like 'mon-fri 09:00-18:00', "
-            f"not {settings.business_hours!r}.")
+            f"not {business_hours!r}.")
     first, last = _DAYS.index(match["first"]), _DAYS.index(match["last"])
-    opens, closes = time.fromisoformat(match["open"].zfill(5)), time.fromisoformat(
-        match["close"].zfill(5))
+    try:
+        opens, closes = (time.fromisoformat(match[key].zfill(5)) for key in ("open", "close"))
+    except ValueError:
+        raise ConfigError(f"sla.business_hours has an hour that does not exist: "
+                          f"{business_hours!r}.") from None
     if opens >= closes:
         raise ConfigError("sla.business_hours must open before it closes.")
     days = frozenset(range(first, last + 1)) if first <= last else frozenset(
         [*range(first, 7), *range(0, last + 1)])
-    try:
-        zone = ZoneInfo(settings.timezone)
-    except Exception:
-        raise ConfigError(f"sla.timezone {settings.timezone!r} is not a known time zone.") from None
-    if settings.holidays:
-        try:
-            import holidays
+    return days, opens, closes
 
-            holidays.country_holidays(settings.holidays)
-        except NotImplementedError:
-            raise ConfigError(
-                f"sla.holidays {settings.holidays!r} is not a known country code.") from None
+
+def _zone(timezone: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(timezone)
+    except Exception:  # ValueError, ZoneInfoNotFoundError, or a path-like key
+        raise ConfigError(f"sla.timezone {timezone!r} is not a known time zone "
+                          "(e.g. Europe/Rome).") from None
+
+
+_KNOWN_COUNTRY = "IT"  # the embedded default: known good, so not looked up at every start
+
+
+def _check_country(country: str) -> None:
+    if not country or country == _KNOWN_COUNTRY:
+        return
+    import holidays  # 30 ms: only for a country other than the default
+
+    if country not in holidays.list_supported_countries():
+        raise ConfigError(f"sla.holidays {country!r} is not a known country code "
+                          "(ISO 3166, e.g. IT), nor empty for none.")
+
+
+def check_sla(settings: SlaSettings) -> None:
+    """Refuse office hours, time zone or holiday country that cannot work, naming the key:
+    at start, not when the first ticket is opened."""
+    _office_days(settings.business_hours)
+    _zone(settings.timezone)
+    _check_country(settings.holidays)
+
+
+@lru_cache(maxsize=8)
+def office_hours(settings: SlaSettings) -> OfficeHours:
+    days, opens, closes = _office_days(settings.business_hours)
+    zone = _zone(settings.timezone)
+    _check_country(settings.holidays)
     return OfficeHours(days, opens, closes, zone, settings.holidays)
 
 

@@ -36,13 +36,25 @@ from sqlalchemy.orm import Session, joinedload
 
 from mailgateway.attachments import store_file
 from mailgateway.db.dialect import insert_ignoring_duplicates
-from mailgateway.db.models import Account, AutoAnswer, Person, Staff, ThreadRef, Ticket
+from mailgateway.db.models import (
+    Account,
+    AutoAnswer,
+    BouncingAddress,
+    Person,
+    Staff,
+    ThreadRef,
+    Ticket,
+)
 from mailgateway.pipeline.identify import DirectoryMatch, SenderKind
 from mailgateway.tickets import allocate_number
 
 
 class Store(Protocol):
     """What processing reads and the writes that later reads depend on."""
+
+    # Mail of the past being imported (`mailgateway import`): nothing that is about
+    # "now" applies to it (solved tickets suggested, repeated requests joined).
+    archive: bool
 
     @property
     def session(self) -> Session:
@@ -77,6 +89,10 @@ class Store(Protocol):
         ...
 
     def add_automatic_answer(self, recipient: str, at: datetime) -> None: ...
+
+    def flagged_addresses(self, recipients: Collection[str]) -> set[str]:
+        """Those of the (lower-cased) `recipients` that bounce and are no longer mailed."""
+        ...
 
     def keep_file(self, data_dir: Path, payload: bytes) -> str:
         """Store an attachment's bytes under `data_dir` by their sha256, returned; the
@@ -134,14 +150,22 @@ def read_answer_counts(
     return counts
 
 
+def read_flagged(session: Session, recipients: Collection[str]) -> set[str]:
+    if not recipients:
+        return set()
+    return set(session.scalars(select(BouncingAddress.address).where(
+        BouncingAddress.address.in_(list(recipients)), BouncingAddress.flagged_at.is_not(None))))
+
+
 THREAD_REFS = cast(Table, ThreadRef.__table__)
 
 
 class SessionStore:
     """The plain store: a query per question, each write in the session at once."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, archive: bool = False) -> None:
         self._session = session
+        self.archive = archive
 
     @property
     def session(self) -> Session:
@@ -178,6 +202,9 @@ class SessionStore:
 
     def add_automatic_answer(self, recipient: str, at: datetime) -> None:
         self._session.add(AutoAnswer(recipient=recipient, at=at))
+
+    def flagged_addresses(self, recipients: Collection[str]) -> set[str]:
+        return read_flagged(self._session, recipients)
 
     def keep_file(self, data_dir: Path, payload: bytes) -> str:
         return store_file(data_dir, payload)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailgateway.db.models import Event, Ticket, TicketCounter, TicketStatus
+from mailgateway.solved import index_solved
 
 
 class TicketAction(StrEnum):
@@ -65,6 +66,7 @@ def change_status(
     ticket.status = target.value
     if target == TicketStatus.CHIUSO:
         ticket.closed_at = at
+        index_solved(session, ticket)  # suggested to the next customer from now on
     if action == TicketAction.STAFF_ANSWERED:
         ticket.answered_at = at
         ticket.reminded_at = None
@@ -123,6 +125,14 @@ def allocate_number(session: Session, year: int) -> str:
 _COUNTERS = cast(Table, TicketCounter.__table__)
 _INCREMENT = (update(_COUNTERS).where(_COUNTERS.c.year == bindparam("wanted"))
               .values(last=_COUNTERS.c.last + 1).returning(_COUNTERS.c.last))
+
+
+def full_number(number: str, year: int) -> str:
+    """`12` is this year's `YYYY-000012`, as people say it; a full number stays."""
+    value = number.strip()
+    if value.isdigit() and len(value) <= 6:
+        return format_number(year, int(value))
+    return value
 
 
 def find_by_number(session: Session, number: str) -> Ticket | None:

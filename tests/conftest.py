@@ -113,6 +113,9 @@ def config_data(tmp_path: Path, database_url: str) -> dict[str, Any]:
         "outbound": {"transport": "maildir", "maildir": str(var / "sent")},
         "groups": {"tecnica": {"address": "tecnici@example.com"}},
         "rules": {"path": str(tmp_path / "rules")},
+        # Tests send the same request again and again for other ends; joining repeats
+        # is tested where it is turned on (tests/pipeline/test_similar.py).
+        "duplicates": {"action": "off"},
         "log": {"level": "warning"},
     }
 

@@ -28,3 +28,26 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             connection.execute(text("SELECT pg_advisory_xact_lock(7346127001)"))
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The revision the database is at; None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision(engine: Engine) -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+
+
+def ensure_schema(engine: Engine) -> bool:
+    """Create or upgrade the schema when it is not the code's (as `serve` does), so that
+    every command works on a fresh database; True when it had to."""
+    if schema_revision(engine) == head_revision(engine):
+        return False
+    upgrade(engine)
+    return True

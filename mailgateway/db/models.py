@@ -67,6 +67,7 @@ class InboxStatus(StrEnum):
     PROCESSED = "processed"
     IGNORED = "ignored"
     QUARANTINED = "quarantined"
+    SPAM = "spam"  # flagged by the mail server's filter: kept, nothing opened or answered
 
 
 class OutboxStatus(StrEnum):
@@ -74,6 +75,9 @@ class OutboxStatus(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     DEAD = "dead"
+    # Outcomes known after the relay took the mail (outbound.delivery).
+    BOUNCED = "bounced"      # a recipient's server refused it for good
+    DELIVERED = "delivered"  # proof of delivery came back (a certified receipt)
 
 
 class Account(Base):
@@ -86,6 +90,9 @@ class Account(Base):
     vat_number: Mapped[str] = mapped_column(String(32), default="")
     language: Mapped[str | None] = mapped_column(String(8))
     verified: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Where answers go when the account writes by PEC: None, to the certified address it
+    # wrote from (the delivery receipts are then the desk's proof); else this address.
+    answer_email: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime]
     persons: Mapped[list[Person]] = relationship(back_populates="account")
 
@@ -154,6 +161,8 @@ class Ticket(Base):
     rules: Mapped[list[str]] = mapped_column(JSON, default=list)
     watchers: Mapped[list[str]] = mapped_column(JSON, default=list)
     root_message_id: Mapped[str | None] = mapped_column(String(998))
+    # The certified (PEC) address the customer wrote from, when a mail came by PEC.
+    pec_address: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     due_at: Mapped[datetime | None]
@@ -183,6 +192,9 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
     refused_attachments: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The PEC envelope it came in (`pipeline.pec.PecFacts.record`): provider, certified
+    # sender and time, daticert identifiers, anomaly. None for ordinary mail.
+    pec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
     inbox: Mapped[InboxMail | None] = relationship()
@@ -289,6 +301,11 @@ class OutboxMail(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(255))  # outbound.claims.claimant
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None]
+    # What became of the mail after the relay took it (outbound.delivery): when it
+    # bounced or was delivered, and the server's words (a DSN's diagnostic, a receipt).
+    bounced_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    delivery_diagnostic: Mapped[str | None] = mapped_column(Text)
     ticket: Mapped[Ticket | None] = relationship()
 
 
@@ -300,3 +317,55 @@ class AutoAnswer(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     recipient: Mapped[str] = mapped_column(String(320))
     at: Mapped[datetime]
+
+
+class BouncingAddress(Base):
+    """An address whose mail came back refused: how often, lately, and whether the desk
+    has stopped mailing it (`flagged_at`), until an admin clears it."""
+
+    __tablename__ = "bouncing_addresses"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    bounces: Mapped[int] = mapped_column(Integer, default=0)  # hard bounces in a row
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+    last_diagnostic: Mapped[str] = mapped_column(Text, default="")
+    flagged_at: Mapped[datetime | None]
+
+
+class SolvedTicket(Base):
+    """A CHIUSO ticket as the search for similar requests reads it: its request and the
+    last answer the customer received. Written in the transaction that closes the ticket
+    (`solved.index_solved`). Its full-text index is the database's own and lives beside
+    it, made by migration 0008: on SQLite the FTS5 table `solved_search` (Snowball
+    Italian stems, written with the row), on PostgreSQL the generated column `search`
+    (`to_tsvector('italian', …)`, the subject weighted A, the request D) under a GIN
+    index. The models do not describe
+    those (`described_by_models`)."""
+
+    __tablename__ = "solved_tickets"
+    ticket_id: Mapped[int] = mapped_column(
+        ForeignKey("tickets.id"), primary_key=True, autoincrement=False)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    closed_at: Mapped[datetime]
+    subject: Mapped[str] = mapped_column(Text)
+    request: Mapped[str] = mapped_column(Text)   # the first message, without its signature
+    answer: Mapped[str] = mapped_column(Text)    # the technician's last answer
+    ticket: Mapped[Ticket] = relationship()
+
+
+# The search structures no model describes; Alembic's comparison leaves them alone.
+SEARCH_TABLE = "solved_search"
+SEARCH_TERMS = "solved_search_terms"   # SQLite: fts5vocab, documents per term
+SEARCH_COLUMN = "search"
+SEARCH_INDEX = "ix_solved_tickets_search"
+
+
+def described_by_models(obj: Any, name: str | None, type_: str, reflected: bool,
+                        compare_to: Any) -> bool:
+    """Alembic's `include_object`: False for the full-text structures of migration 0008
+    (SQLite's FTS5 table and its shadow tables, PostgreSQL's column and index)."""
+    if type_ == "table":
+        return not (name or "").startswith(SEARCH_TABLE)
+    if type_ == "column":
+        return not (name == SEARCH_COLUMN and obj.table.name == SolvedTicket.__tablename__)
+    return name != SEARCH_INDEX

@@ -15,12 +15,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.config import DatabaseSettings
 from mailgateway.db.dialect import tune_sqlite
+from mailgateway.errors import UserError
 
 
 def _ensure_sqlite_dir(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"The database directory {Path(database).parent} cannot be "
+                            f"created (database.url): {exc.strerror}.") from None
 
 
 def create_db_engine(settings: DatabaseSettings) -> Engine:

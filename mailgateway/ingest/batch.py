@@ -53,6 +53,7 @@ from mailgateway.store import (
     Store,
     read_answer_counts,
     read_directory,
+    read_flagged,
     read_references,
 )
 from mailgateway.tickets import allocate_number, format_number
@@ -69,12 +70,15 @@ class BatchStore:
     identity map keeps unchanged objects only while someone else does.
     """
 
+    archive = True   # only `mailgateway import` writes in batches
+
     def __init__(self, session: Session) -> None:
         self._session = session
         self._directory: dict[str, tuple[DirectoryMatch, ...]] = {}
         self._tickets: dict[str, Ticket | None] = {}
         self._references: dict[str, Ticket | None] = {}
         self._answers: dict[str, int] = {}
+        self._flagged: dict[str, bool] = {}
         self._customers: list[Account | Person] = []
         self._remembered: list[tuple[str, Ticket]] = []
         self._files: list[Future[None]] = []
@@ -96,6 +100,7 @@ class BatchStore:
             self._directory.update(read_directory(self._session, senders))
             self._hold_customers(senders)
             self._answers.update(read_answer_counts(self._session, senders, answers_since))
+            self._read_flagged(senders)
         if numbers:
             self._tickets.update(dict.fromkeys(numbers))
             self._tickets.update((t.number, t) for t in self._session.execute(
@@ -175,6 +180,16 @@ class BatchStore:
         self._session.add(AutoAnswer(recipient=recipient, at=at))
         self._answers[recipient] = self.automatic_answers([recipient], at)[recipient] + 1
 
+    def _read_flagged(self, recipients: Collection[str]) -> None:
+        flagged = read_flagged(self._session, recipients)
+        self._flagged.update((r, r in flagged) for r in recipients)
+
+    def flagged_addresses(self, recipients: Collection[str]) -> set[str]:
+        missing = [r for r in recipients if r not in self._flagged]
+        if missing:
+            self._read_flagged(missing)
+        return {r for r in recipients if self._flagged[r]}
+
     def keep_file(self, data_dir: Path, payload: bytes) -> str:
         """Written by a few threads while the batch goes on (creating, writing and
         syncing a file is waiting on the disk); `write` waits for them."""
@@ -246,7 +261,8 @@ def _receive_batch(
         fresh = _new_rows(gateway, session, mails, transport)
         if careful:
             for index, row in fresh:
-                outcomes[index] = _process_alone(gateway, SessionStore(session), row, mails[index])
+                outcomes[index] = _process_alone(gateway, SessionStore(session, archive=True),
+                                                 row, mails[index])
             session.flush()
         else:
             store = BatchStore(session)

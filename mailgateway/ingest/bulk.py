@@ -60,7 +60,8 @@ class ImportReport:
         mails = sum(o.values()) + self.failed
         rate = f", {mails / self.seconds:.0f} a second" if self.seconds and mails else ""
         return (f"{mails} mails in {self.seconds:.1f} s{rate}: {o['new_ticket']} new tickets, "
-                f"{o['reply']} replies, {o['ignored']} ignored, {o['quarantined']} quarantined, "
+                f"{o['reply']} replies, {o['ignored']} ignored, {o['spam']} spam, "
+                f"{o['quarantined']} quarantined, "
                 f"{o['duplicate']} already stored, {self.failed} not stored.")
 
 

@@ -294,8 +294,9 @@ class SmtpListener:
                 f"smtp.host/smtp.port {self.settings.host}:{self.settings.port} cannot be "
                 f"listened on: {exc.strerror or exc}."
             ) from None
-        self._server = server
+        # The port first: `serving` turns true with `_server`, and callers then read it.
         self._port = server.sockets[0].getsockname()[1]
+        self._server = server
         self.log.info(
             "smtp.listening", host=self.settings.host, port=self._port, tls=self._tls is not None
         )

@@ -26,12 +26,16 @@ REFERENCES_LATEST = 10
 
 # Mails of ours the customer receives, and so can answer.
 CUSTOMER_KINDS = (MailKind.ACKNOWLEDGMENT, MailKind.ANSWER, MailKind.REMINDER,
-                  MailKind.AUTOCLOSE, MailKind.CLOSED_TICKET)
+                  MailKind.AUTOCLOSE, MailKind.CLOSED_TICKET, MailKind.DUPLICATE_JOINED,
+                  MailKind.ENCRYPTED_MAIL)
 
 
 def customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(To, Cc) of a mail to the ticket's customer."""
+    """(To, Cc) of a mail to the ticket's customer; to the account's ordinary address
+    instead of the PEC one it wrote from when it asked so (`Account.answer_email`)."""
     primary = ticket.person.email if ticket.person is not None else ticket.account.main_email
+    if ticket.pec_address == primary and ticket.account.answer_email:
+        primary = ticket.account.answer_email
     return (primary,), tuple(w for w in ticket.watchers or () if w != primary)
 
 
@@ -69,6 +73,15 @@ def conversations(session: Session, tickets: Sequence[Ticket]) -> dict[int, list
     return {ticket: list(messages) for ticket, messages in found.items()}
 
 
+def latest_customer_mail(session: Session, ticket_id: int) -> str | None:
+    """The Message-ID of the customer's latest mail on a ticket: what an answer answers."""
+    return session.scalars(
+        select(InboxMail.message_id).join(Message, Message.inbox_id == InboxMail.id)
+        .where(Message.ticket_id == ticket_id, Message.direction == "in",
+               InboxMail.message_id.is_not(None))
+        .order_by(InboxMail.received_at.desc(), InboxMail.id.desc()).limit(1)).first()
+
+
 def thread_headers(
     ids: Sequence[str], answered: str | None = None
 ) -> tuple[str | None, tuple[str, ...]]:
@@ -77,6 +90,7 @@ def thread_headers(
     answered = answered or (ids[-1] if ids else None)
     if answered is None:
         return None, ()
-    others = [i for i in ids if i != answered]
-    kept = others[:1] + others[1:][-(REFERENCES_LATEST - 1):] if others else []
+    # The mails before the answered one: its own References, as its sender's client knew them.
+    earlier = list(ids[:ids.index(answered)]) if answered in ids else list(ids)
+    kept = earlier[:1] + earlier[1:][-(REFERENCES_LATEST - 1):]
     return answered, (*kept, answered)

@@ -1,4 +1,5 @@
-"""The outbound queue on the command line: `dispatch`, `outbox list`, `outbox retry`.
+"""The outbound queue on the command line: `dispatch`, `outbox list`, `outbox retry`,
+and the addresses that bounce: `addresses list`, `addresses clear`.
 
 Registered by `mailgateway.cli` beside its own commands; handlers get the
 parsed arguments and the CLI's `App` (settings, clock, sessions) and print.
@@ -16,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock
 from mailgateway.config import Settings
-from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
+from mailgateway.db.models import BouncingAddress, OutboxMail, OutboxStatus, Ticket
+from mailgateway.errors import UserError
 from mailgateway.views import emit
 
 if TYPE_CHECKING:
@@ -65,6 +67,10 @@ def list_outbox(session: Session, status: str | None, limit: int | None) -> list
             "created_at": mail.created_at.isoformat(),
             "next_attempt_at": mail.next_attempt_at.isoformat(),
             "sent_at": mail.sent_at.isoformat() if mail.sent_at else None,
+            # Proof of delivery (a PEC receipt's certified time) or a bounce, when known.
+            "delivered_at": mail.delivered_at.isoformat() if mail.delivered_at else None,
+            "bounced_at": mail.bounced_at.isoformat() if mail.bounced_at else None,
+            "delivery": mail.delivery_diagnostic,
             "last_error": mail.last_error,
         }
         for mail, number in session.execute(query).all()
@@ -81,8 +87,12 @@ def _line(row: dict[str, Any]) -> str:
         f"attempts={row['attempts']}",
         row["sent_at"] or f"next={row['next_attempt_at']}",
     ]
+    if row["delivered_at"]:
+        fields.append(f"delivered={row['delivered_at']}")
     if row["last_error"]:
         fields.append(" ".join(row["last_error"].split()))
+    if row["delivery"]:  # what became of it: the servers' words, one line per recipient
+        fields.append(" | ".join(row["delivery"].splitlines()))
     return "\t".join(fields)
 
 
@@ -127,6 +137,35 @@ async def _dispatch_forever(dispatcher: Dispatcher) -> None:
     await dispatcher.run(stopping)
 
 
+def list_addresses(session: Session) -> list[dict[str, Any]]:
+    """Addresses whose mail bounced, the flagged ones (no longer mailed) first."""
+    rows = session.scalars(select(BouncingAddress).order_by(
+        BouncingAddress.flagged_at.is_(None), BouncingAddress.last_at.desc()))
+    return [{"address": a.address, "bounces": a.bounces, "flagged": a.flagged_at is not None,
+             "flagged_at": a.flagged_at.isoformat() if a.flagged_at else None,
+             "last_at": a.last_at.isoformat(), "last_diagnostic": a.last_diagnostic}
+            for a in rows]
+
+
+def _addresses_list(args: argparse.Namespace, app: AppLike) -> int:
+    with app.reads() as session:
+        rows = list_addresses(session)
+    emit(args, rows, (f"{r['address']}\t{r['bounces']} bounces\t"
+                      f"{'not mailed' if r['flagged'] else 'mailed'}\t{r['last_at']}\t"
+                      f"{r['last_diagnostic']}" for r in rows))
+    return 0
+
+
+def _addresses_clear(args: argparse.Namespace, app: AppLike) -> int:
+    from mailgateway.outbound.delivery import clear_address
+
+    with app.sessions.begin() as session:
+        if not clear_address(session, args.address):
+            raise UserError(f"{args.address} has no bounces on record.")
+    print(f"{args.address} is mailed again; its bounces are forgotten.")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `dispatch` and `outbox list|retry` to the top-level command parser."""
     dispatch = subparsers.add_parser(
@@ -149,4 +188,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                 description="Put a failed or dead mail back in the queue.")
     again.add_argument("id", type=int)
     again.set_defaults(handler=_outbox_retry)
+
+    addresses = subparsers.add_parser("addresses", help="addresses whose mail bounces")
+    commands = addresses.add_subparsers(dest="addresses_command", required=True,
+                                        metavar="COMMAND")
+    listing = commands.add_parser(
+        "list", help="list addresses whose mail bounced",
+        description="Addresses whose mail bounced; those at outbound.bounce_limit are "
+                    "no longer mailed.")
+    listing.add_argument("--json", action="store_true", help="print one JSON document")
+    listing.set_defaults(handler=_addresses_list)
+    clear = commands.add_parser(
+        "clear", help="mail an address again",
+        description="Forget an address's bounces: the desk mails it again.")
+    clear.add_argument("address")
+    clear.set_defaults(handler=_addresses_clear)
 

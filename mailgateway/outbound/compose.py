@@ -8,8 +8,9 @@ answers act on the ticket). Every mail names the helpdesk in
 `X-Mailgateway-Loop` so our own mail coming back is recognised; automatic
 ones say so (`Auto-Submitted`, RFC 3834) so other robots do not answer them.
 
-The texts come from the templates (`render.py`); ANSWER mails carry the
-technician's stored files. The dispatcher renders a queued mail when it
+The texts come from the templates (`render.py`); answers carry the
+technician's stored files, and notices of a customer's reply the
+customer's. The dispatcher renders a queued mail when it
 sends it (`compose_queued`), outside the transaction that received the mail.
 
 The message's bytes (CRLF line endings) are written by `mime`, by hand
@@ -44,8 +45,16 @@ from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address, sta
 
 # Mails that go to technicians carry a staff token: answering them may act on the ticket.
 STAFF_KINDS = frozenset(
-    {MailKind.NEW_TICKET_NOTICE, MailKind.CUSTOMER_REPLY_NOTICE, MailKind.OVERDUE}
+    {MailKind.NEW_TICKET_NOTICE, MailKind.CUSTOMER_REPLY_NOTICE, MailKind.OVERDUE,
+     MailKind.BOUNCE_NOTICE}
 )
+
+# Notices to technicians: written by no person, though not answers (RFC 3834).
+NOTICE_KINDS = STAFF_KINDS | {MailKind.REFUSED_NOTICE}
+# A closed ticket is never reopened: its answer invites no reply to the ticket.
+UNANSWERABLE_KINDS = frozenset({MailKind.CLOSED_TICKET})
+# Mails that carry the files kept from the mail they pass on.
+FILE_KINDS = frozenset({MailKind.ANSWER, MailKind.CUSTOMER_REPLY_NOTICE})
 
 REFERENCES_HEAD = 1  # the thread's first message: what clients thread on
 REFERENCES_TAIL = 10  # and the most recent ones
@@ -54,10 +63,15 @@ _MAX_ID_LENGTH = 900  # longer ids could not be folded under 998 octets
 
 @dataclass(frozen=True)
 class ComposedMail:
-    """A message ready for the outbox: its Message-ID (without <>) and its bytes."""
+    """A message ready to send: its Message-ID (without <>) and its pieces (stored
+    files are read only as it is written out)."""
 
     message_id: str
-    raw: bytes
+    message: mime.Message
+
+    @property
+    def raw(self) -> bytes:
+        return self.message.to_bytes()
 
 
 # --- pure pieces -----------------------------------------------------------
@@ -134,16 +148,16 @@ def settings_context(settings: Settings) -> dict[str, Any]:
 
 
 def load_attachments(settings: Settings, refs: Iterable[Mapping[str, Any]]) -> list[AttachmentFile]:
-    """The stored files an answer carries; a missing one is an error, not a silent omission."""
+    """The stored files a mail carries, read only as it is sent (so a 25 MB file is
+    streamed, not held); a missing one is an error, not a silent omission."""
     files = []
     for ref in refs:
         path = attachment_path(settings.data_dir, str(ref["sha256"]))
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise PermanentError(f"attachment {ref.get('filename')!r} missing at {path}") from exc
+        if not path.is_file():
+            raise PermanentError(f"attachment {ref.get('filename')!r} missing at {path}")
         content_type = str(ref.get("content_type") or "application/octet-stream")
-        files.append(AttachmentFile(str(ref.get("filename") or path.name), content_type, data))
+        files.append(AttachmentFile(str(ref.get("filename") or path.name), content_type,
+                                    path=path))
     return files
 
 
@@ -164,7 +178,7 @@ def _headers(
     fields.append(mime.address_list("To", intent.to))
     if intent.cc:
         fields.append(mime.address_list("Cc", intent.cc))
-    if ticket_number is not None:
+    if ticket_number is not None and intent.kind not in UNANSWERABLE_KINDS:
         address = reply_address(helpdesk.address, helpdesk.secret,
                                 reply_token(settings, clock, intent, ticket_number))
         fields.append(mime.fold("Reply-To", mime.mailbox(helpdesk.name, address)))
@@ -179,8 +193,8 @@ def _headers(
     fields.append(mime.header_line("X-Mailgateway-Loop", helpdesk.address))
     if ticket_number is not None:
         fields.append(mime.header_line("X-Mailgateway-Ticket", ticket_number))
-    if intent.automatic:
-        generated = intent.kind in GENERATED_KINDS
+    if intent.automatic or intent.kind in NOTICE_KINDS:
+        generated = intent.kind in GENERATED_KINDS or intent.kind in NOTICE_KINDS
         fields.append(mime.header_line("Auto-Submitted",
                                        "auto-generated" if generated else "auto-replied"))
         fields.append(mime.header_line("X-Auto-Response-Suppress", "All"))
@@ -204,7 +218,10 @@ def build_message(
     fields.append(mime.header_line("Content-Language", choose_language(settings, intent.language)))
     fields.append(mime.CRLF)
     # Headers are ASCII but for an address with a non-ASCII local part (RFC 6532).
-    return ComposedMail(message_id, "".join(fields).encode("utf-8") + body)
+    head = "".join(fields).encode("utf-8")
+    if len(body) == 1 and isinstance(body[0], bytes):  # no stored file: one piece
+        return ComposedMail(message_id, mime.Message((head + body[0],)))
+    return ComposedMail(message_id, mime.Message((head, *body)))
 
 
 def compose(
@@ -216,11 +233,12 @@ def compose(
     ticket_number: str | None,
     message_id: str | None = None,
 ) -> ComposedMail:
-    """Render the templates and build the message; ANSWER mails carry the stored files.
+    """Render the templates and build the message; answers and notices of a customer's
+    reply carry the stored files.
     `message_id` is the one given when the mail was queued, else a new one."""
     rendered = render(settings, intent, context)
     attachments: list[AttachmentFile] = []
-    if intent.kind is MailKind.ANSWER:
+    if intent.kind in FILE_KINDS:
         attachments = load_attachments(settings, context.get("attachments") or ())
     return build_message(
         settings,
@@ -240,7 +258,14 @@ def compose_queued(
 
     Raises `PermanentError` when it cannot be built (a stored file gone).
     """
+    return queued_message(settings, clock, document, message_id).to_bytes()
+
+
+def queued_message(
+    settings: Settings, clock: Clock, document: Mapping[str, Any], message_id: str
+) -> mime.Message:
+    """`compose_queued`, its stored files left to be read as it is sent."""
     stored = stored_intent(document)
     context = settings_context(settings) | dict(stored.intent.context)
     return compose(settings, clock, stored.intent, context,
-                   ticket_number=stored.ticket_number, message_id=message_id).raw
+                   ticket_number=stored.ticket_number, message_id=message_id).message

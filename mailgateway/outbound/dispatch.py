@@ -56,10 +56,12 @@ from mailgateway.db.dialect import write_lock
 from mailgateway.db.models import OutboxMail, OutboxStatus
 from mailgateway.errors import PermanentError, TemporaryError, UserError
 from mailgateway.outbound.claims import LEASE, RENEW_SECONDS, claim_due, renew_claims
-from mailgateway.outbound.compose import compose_queued
+from mailgateway.outbound.compose import queued_message
+from mailgateway.outbound.mime import Message
 from mailgateway.outbound.queue import purge_auto_answers
 from mailgateway.outbound.transports import MailTransport, RelayUnavailableError, build_transport
 from mailgateway.passes import Passes
+from mailgateway.reply_token import bounce_address
 from mailgateway.retry import Backoff
 
 
@@ -130,13 +132,13 @@ _MARK_SENT = (
 _MARK_SENT_RENDERED = _MARK_SENT.values(raw=bindparam("raw"))
 
 
-def _render(settings: Settings, clock: Clock, mail: _Claimed) -> bytes:
+def _render(settings: Settings, clock: Clock, mail: _Claimed) -> Message:
     """The row's mail rendered now. Waiting cannot mend a row that cannot be rendered:
     it fails at once, for `outbox retry` once its file or template is back."""
     if mail.intent is None:
         raise PermanentError("the outbox row holds neither a mail nor what to write")
     try:
-        return compose_queued(settings, clock, mail.intent, mail.message_id)
+        return queued_message(settings, clock, mail.intent, mail.message_id)
     except PermanentError:
         raise
     except Exception as exc:  # a broken template or snapshot: retrying cannot mend it
@@ -171,11 +173,16 @@ def _send_one(
     the instant to postpone the rest of the batch to when the relay is down."""
     bound = _log(outbox_id=mail.id, ticket=mail.ticket, message_id=mail.message_id)
     relay_down = False
-    raw = mail.raw
+    raw: bytes | Message | None = mail.raw
     try:
         if raw is None:
             raw = _render(settings, clock, mail)
-        transport.send(mail.mail_from, mail.recipients, raw)
+            # A mail without stored files is kept as sent; one with files is not
+            # copied into the database: its files are on disk, its intent in the row.
+            raw = raw if raw.streamed else raw.to_bytes()
+        # The return path names the row: a delivery report finds it (outbound.delivery).
+        transport.send(bounce_address(mail.mail_from, settings.helpdesk.secret, mail.id),
+                       mail.recipients, raw)
     except PermanentError as exc:
         with writing:
             _set(session, [mail.id], status=OutboxStatus.FAILED, attempts=mail.attempts + 1,
@@ -189,7 +196,7 @@ def _send_one(
         error = f"{type(exc).__name__}: {exc}"
     else:
         params = {"row_id": mail.id, "attempts": mail.attempts + 1, "sent_at": clock.now()}
-        rendered = mail.raw is None
+        rendered = mail.raw is None and isinstance(raw, bytes)
         with writing:
             session.execute(_MARK_SENT_RENDERED if rendered else _MARK_SENT,
                             params | {"raw": raw} if rendered else params)

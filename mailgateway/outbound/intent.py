@@ -32,13 +32,18 @@ class MailKind(StrEnum):
     AUTOCLOSE = "autoclose"                # RISPOSTO for autoclose_days: closed
     OVERDUE = "overdue"                    # first-response SLA missed: to the group
     REFUSED_NOTICE = "refused_notice"      # a technician's mail refused: to the group
+    ENCRYPTED_MAIL = "encrypted_mail"      # the customer's reply is encrypted: unreadable here
+    BOUNCE_NOTICE = "bounce_notice"        # a mail to the customer bounced: to the group
+    DUPLICATE_JOINED = "duplicate_joined"  # a repeated request added to its open ticket
+    STATUS_REPORT = "status_report"        # STATO / I MIEI TICKET: the sender's tickets
 
 
 # Automatic answers to a mail received: a robot at the other end could answer them
 # back, so they are rate-limited per recipient and never sent to a machine.
 ANSWERING_KINDS = frozenset(
     {MailKind.ACKNOWLEDGMENT, MailKind.UNKNOWN_SENDER, MailKind.CLOSED_TICKET,
-     MailKind.REJECTED}
+     MailKind.REJECTED, MailKind.ENCRYPTED_MAIL, MailKind.DUPLICATE_JOINED,
+     MailKind.STATUS_REPORT}
 )
 # Automatic mails time sends (RFC 3834 "auto-generated"): they answer nothing.
 GENERATED_KINDS = frozenset({MailKind.REMINDER, MailKind.AUTOCLOSE})

@@ -15,18 +15,66 @@ import base64
 import binascii
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from email.utils import parseaddr
+from pathlib import Path
 from urllib.parse import quote
 
 
 @dataclass(frozen=True)
 class AttachmentFile:
+    """A file to attach: its bytes, or (`path`) a stored file read when the mail is
+    written, a slice at a time, so a 25 MB file never sits whole in memory."""
+
     filename: str
     content_type: str
-    data: bytes
+    data: bytes = b""
+    path: Path | None = None
+
+
+# 57 bytes make one 76-character base64 line; 1,024 lines are read and written at once.
+_CHUNK_BYTES = 57 * 1024
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """A stored file's base64 body, produced a slice at a time (complete lines)."""
+
+    path: Path
+
+    def chunks(self) -> Iterator[bytes]:
+        with self.path.open("rb") as stream:
+            while block := stream.read(_CHUNK_BYTES):
+                yield base64.encodebytes(block).replace(b"\n", b"\r\n")
+
+
+Piece = bytes | FileBody
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message as the pieces it is written from: bytes, and stored files' bodies
+    read only when the message is written out."""
+
+    pieces: tuple[Piece, ...]
+
+    @property
+    def streamed(self) -> bool:
+        """Whether it carries stored files (then it is best written out as a stream)."""
+        return any(isinstance(piece, FileBody) for piece in self.pieces)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The message's bytes in order; every chunk ends at a line end (CRLF)."""
+        for piece in self.pieces:
+            if isinstance(piece, FileBody):
+                yield from piece.chunks()
+            else:
+                yield piece
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.chunks())
 
 
 CRLF = "\r\n"
@@ -204,35 +252,46 @@ def _text_part(subtype: str, text: str) -> bytes:
     return head.encode("ascii") + body.replace(b"\n", b"\r\n")
 
 
-def _attachment_part(file: AttachmentFile) -> bytes:
+def _attachment_part(file: AttachmentFile) -> list[Piece]:
     maintype, subtype = _mime_type(file.content_type)
     head = (
         f"Content-Type: {maintype}/{subtype}\r\n"
         "Content-Transfer-Encoding: base64\r\n"
         f"{_disposition(file.filename)}\r\n\r\n"
-    )
-    return head.encode("ascii") + base64.encodebytes(file.data).replace(b"\n", b"\r\n")
+    ).encode("ascii")
+    if file.path is not None:
+        return [head, FileBody(file.path)]
+    return [head + base64.encodebytes(file.data).replace(b"\n", b"\r\n")]
 
 
-def _multipart(subtype: str, boundary: str, parts: Sequence[bytes]) -> tuple[str, bytes]:
+def _multipart(
+    subtype: str, boundary: str, parts: Sequence[Sequence[Piece]]
+) -> tuple[str, list[Piece]]:
     """The Content-Type header and the body of a multipart entity made of `parts`.
 
     Boundaries start with "=_", which neither quoted-printable nor base64 text
     can contain, so no part needs to be searched for them.
     """
     delimiter = f"\r\n--{boundary}\r\n".encode("ascii")
-    body = delimiter[2:] + delimiter.join(parts) + f"\r\n--{boundary}--\r\n".encode("ascii")
-    return f'Content-Type: multipart/{subtype};\r\n boundary="{boundary}"\r\n', body
+    pieces: list[Piece] = [delimiter[2:]]
+    for index, part in enumerate(parts):
+        if index:
+            pieces.append(delimiter)
+        pieces += part
+    pieces.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
+    return f'Content-Type: multipart/{subtype};\r\n boundary="{boundary}"\r\n', pieces
 
 
-def body(text: str, html: str, attachments: Sequence[AttachmentFile]) -> tuple[str, bytes]:
+def body(
+    text: str, html: str, attachments: Sequence[AttachmentFile]
+) -> tuple[str, list[Piece]]:
     """The Content-Type header and the body: text and HTML as alternatives, inside a
-    multipart/mixed with the files if any."""
+    multipart/mixed with the files if any. Stored files stay `FileBody` pieces."""
     unique = uuid.uuid4().hex
-    texts = [_text_part("plain", text), _text_part("html", html)]
-    content_type, body = _multipart("alternative", f"=_a.{unique}", texts)
+    texts = [[_text_part("plain", text)], [_text_part("html", html)]]
+    content_type, pieces = _multipart("alternative", f"=_a.{unique}", texts)
     if not attachments:
-        return content_type, body
-    parts = [content_type.encode("ascii") + b"\r\n" + body]
+        return content_type, [b"".join(p for p in pieces if isinstance(p, bytes))]
+    parts: list[list[Piece]] = [[content_type.encode("ascii") + b"\r\n", *pieces]]
     parts += [_attachment_part(file) for file in attachments]
     return _multipart("mixed", f"=_m.{unique}", parts)

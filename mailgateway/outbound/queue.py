@@ -18,8 +18,9 @@ caller's transaction, so on PostgreSQL two transactions racing for the same
 address may each pass the last free slot; the limit is a brake, not a quota.
 Rows past the window are only ignored here; the dispatcher deletes them once
 a pass (`purge_auto_answers`), so queueing a mail costs one query, not two.
-An automatic mail is never addressed to the helpdesk itself (that would be
-a loop); `recipients` of the row is To then Cc, without duplicates.
+No mail is addressed to the helpdesk itself (it would come back as a loop),
+no automatic one to a group, and none to an address flagged for bouncing
+(`outbound.delivery`); `recipients` of the row is To then Cc, without duplicates.
 """
 
 from __future__ import annotations
@@ -69,14 +70,19 @@ def ticket_context(settings: Settings, ticket: Ticket) -> dict[str, Any]:
     }
 
 
+def _is_helpdesk_address(settings: Settings, address: str) -> bool:
+    """The helpdesk address or a signed variant of it."""
+    local, _, domain = address.lower().partition("@")
+    our_local, _, our_domain = settings.helpdesk.address.lower().partition("@")
+    return domain == our_domain and local.partition("+")[0] == our_local
+
+
 def _is_own_address(settings: Settings, address: str) -> bool:
     """The helpdesk address or a signed variant of it, or a group's address: an
     automatic answer to it would loop."""
-    local, _, domain = address.lower().partition("@")
     if address.lower() in {g.address.lower() for g in settings.groups.values()}:
         return True
-    our_local, _, our_domain = settings.helpdesk.address.lower().partition("@")
-    return domain == our_domain and local.partition("+")[0] == our_local
+    return _is_helpdesk_address(settings, address)
 
 
 def _unique(addresses: Iterable[str], seen: set[str]) -> list[str]:
@@ -156,18 +162,22 @@ def enqueue(
               "kind": intent.kind.value}
     seen: set[str] = set()
     to, cc = _unique(intent.to, seen), _unique(intent.cc, seen)
-    if intent.automatic:
-        # An automatic answer to ourselves or a group would be a loop; a notice to the
-        # desk's own address (a group without one) is deliberate, and comes back marked
-        # as ours.
-        to = [a for a in to if not _is_own_address(settings, a)]
-        cc = [a for a in cc if not _is_own_address(settings, a)]
+    # An automatic answer to ourselves or a group would be a loop; nothing at all goes
+    # to the desk's own address, which would only bring it back, dropped as ours.
+    own = _is_own_address if intent.automatic else _is_helpdesk_address
+    to = [a for a in to if not own(settings, a)]
+    cc = [a for a in cc if not own(settings, a)]
     if intent.answers_mail:
         blocked = _over_limit(store, settings, now, to + cc)
         if blocked:
             _report_limited(store.session, settings, now, fields, blocked)
         to = [a for a in to if a.lower() not in blocked]
         cc = [a for a in cc if a.lower() not in blocked]
+    bouncing = store.flagged_addresses({a.lower() for a in to + cc})
+    if bouncing:  # their mail comes back refused: an admin clears them (`addresses clear`)
+        log.info("outbound_mail_not_to_bouncing", recipients=sorted(bouncing), **fields)
+        to = [a for a in to if a.lower() not in bouncing]
+        cc = [a for a in cc if a.lower() not in bouncing]
     if not to:
         log.info("outbound_mail_skipped", reason="no recipient left", **fields)
         return None

@@ -15,7 +15,11 @@ Template context (all optional except `kind`, `language`, `helpdesk`):
 `first_response_hours`, `reminder_days`, `autoclose_days`, `days_left`,
 `timezone`, and from the caller `body`, `refused_attachments` (names),
 `attachments` (dicts with `filename`, `content_type`, `sha256`), `author`,
-`reason`, `unverified`, `similar` (dicts with `number`, `subject`).
+`reason`, `unverified`, `similar` (dicts with `number`, `subject`, `answer`; number
+and subject None for another account's ticket), `solved_words` (upper case),
+`duplicate_of` (a number), `joined` (a number), and for `status_report` `counts`
+(TUTTI and each state), `open_tickets` (dicts with `number`, `subject`, `status`,
+`last_activity`, `reply_address`, `mailto`), `whole_account`.
 Filters: `quote`, `excerpt`, `datetime` (local time, spelled out),
 `label` (a field's value in words), `html_text`.
 """

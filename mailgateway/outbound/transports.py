@@ -18,17 +18,23 @@ problem, and parking every queued mail because of it would lose the queue.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
 import mailbox
+import re
 import smtplib
 import ssl
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from mailgateway.config import OutboundSettings, Settings
 from mailgateway.errors import PermanentError, TemporaryError
+from mailgateway.outbound.mime import Message
 
 
 def _log(**values: object) -> structlog.typing.FilteringBoundLogger:
@@ -42,8 +48,9 @@ class RelayUnavailableError(TemporaryError):
 
 
 class MailTransport(Protocol):
-    def send(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
-        """Deliver `raw` to `recipients`; raises TemporaryError or PermanentError."""
+    def send(self, mail_from: str, recipients: list[str], raw: bytes | Message) -> None:
+        """Deliver `raw` to `recipients`; raises TemporaryError or PermanentError.
+        A `Message` with stored files is written out as it is read, a slice at a time."""
         ...
 
     def close(self) -> None:
@@ -126,10 +133,13 @@ class SmtpTransport:
             self._sessions.pop(threading.get_ident(), None)
         _quit(connection, polite=polite)
 
-    def send(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
+    def send(self, mail_from: str, recipients: list[str], raw: bytes | Message) -> None:
         connection = self._session()
         try:
-            refused = connection.sendmail(mail_from, recipients, raw)
+            if isinstance(raw, Message):
+                refused = _sendmail_streamed(connection, mail_from, recipients, raw)
+            else:
+                refused = connection.sendmail(mail_from, recipients, raw)
         except smtplib.SMTPRecipientsRefused as exc:
             # smtplib has reset the transaction; the session stays usable if still connected.
             if connection.sock is None:
@@ -164,6 +174,76 @@ class SmtpTransport:
             _quit(connection, polite=True)
 
 
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _sendmail_streamed(
+    connection: smtplib.SMTP, mail_from: str, recipients: list[str], message: Message
+) -> dict[str, tuple[int, bytes]]:
+    """`smtplib.SMTP.sendmail`, with the data written a chunk at a time (dot-stuffed:
+    every chunk ends at a line end) instead of from one bytes object. Raises the same
+    exceptions, so `send` maps the answers alike."""
+    connection.ehlo_or_helo_if_needed()
+    code, answer = connection.mail(mail_from)
+    if code != 250:
+        _reset(connection, code)
+        raise smtplib.SMTPSenderRefused(code, answer, mail_from)
+    refused: dict[str, tuple[int, bytes]] = {}
+    for recipient in recipients:
+        code, answer = connection.rcpt(recipient)
+        if code not in (250, 251):
+            refused[recipient] = (code, answer)
+        if code == 421:
+            connection.close()
+            raise smtplib.SMTPRecipientsRefused(refused)
+    if len(refused) == len(recipients):
+        _reset(connection, 0)
+        raise smtplib.SMTPRecipientsRefused(refused)
+    code, answer = connection.docmd("data")
+    if code != 354:
+        _reset(connection, code)
+        raise smtplib.SMTPDataError(code, answer)
+    for chunk in message.chunks():
+        connection.send(_LEADING_DOT.sub(b"..", chunk))
+    connection.send(b".\r\n")
+    code, answer = connection.getreply()
+    if code != 250:
+        _reset(connection, code)
+        raise smtplib.SMTPDataError(code, answer)
+    return refused
+
+
+def _reset(connection: smtplib.SMTP, code: int) -> None:
+    """After a refusal: RSET, or close on 421 (the server is going away)."""
+    if code == 421:
+        connection.close()
+        return
+    with contextlib.suppress(smtplib.SMTPServerDisconnected):
+        connection.rset()
+
+
+class _ChunkReader(io.RawIOBase):
+    """A message's chunks as a binary file, for `mailbox` to copy a line at a time."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
 def _quit(connection: smtplib.SMTP, *, polite: bool) -> None:
     try:
         if polite:
@@ -186,14 +266,18 @@ class MaildirTransport:
         self._maildir: mailbox.Maildir | None = None
         self._lock = threading.Lock()  # Maildir's unique names are not unique across threads
 
-    def send(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
+    def send(self, mail_from: str, recipients: list[str], raw: bytes | Message) -> None:
         envelope = f"Return-Path: <{mail_from}>\nX-Envelope-To: {', '.join(recipients)}\n"
         with self._lock:
             try:
                 if self._maildir is None:
                     self._path.parent.mkdir(parents=True, exist_ok=True)
                     self._maildir = mailbox.Maildir(self._path, create=True)
-                self._maildir.add(envelope.encode() + raw.replace(b"\r\n", b"\n"))
+                if isinstance(raw, Message):  # mailbox writes it a line at a time, as LF
+                    chunks = itertools.chain([envelope.encode()], raw.chunks())
+                    self._maildir.add(io.BufferedReader(_ChunkReader(chunks)))
+                else:
+                    self._maildir.add(envelope.encode() + raw.replace(b"\r\n", b"\n"))
             except OSError as exc:
                 # A full disk or a wrong path fails every mail alike: like a relay that is down.
                 raise RelayUnavailableError(

@@ -22,12 +22,15 @@ from mailgateway.db.models import (
     Attachment,
     InboxMail,
     Message,
+    OutboxMail,
     Person,
     Staff,
     Ticket,
     TicketStatus,
 )
+from mailgateway.outbound.delivery import record_bounce, record_delay, record_delivered
 from mailgateway.pipeline import decide as d
+from mailgateway.pipeline.bounces import Action
 from mailgateway.pipeline.context import Analysis, Pipeline
 from mailgateway.pipeline.facts import REFUSAL_EVENT
 from mailgateway.pipeline.parse import ParsedMail
@@ -140,12 +143,15 @@ def open_ticket(
         else None
     subject = clean_subject(mail.subject, settings.helpdesk.ticket_tag) or "(senza oggetto)"
     closed = analysis.ticket if decision.linked_ticket is not None else None
+    repeated = (store.ticket_numbered(decision.duplicate_of.number)
+                if decision.duplicate_of is not None else None)
+    linked = closed or repeated
     ticket = Ticket(
         number=store.ticket_number(now.year), status=TicketStatus.APERTO.value,
         subject=subject[:1000], product=fields.product, request_type=fields.request_type,
         impact=fields.impact, group=fields.group, account=account, person=person,
         assignee=_staff(session, fields.assignee),
-        linked_ticket_id=closed.id if closed is not None else None,
+        linked_ticket_id=linked.id if linked is not None else None,
         language=fields.language, rules=list(decision.rules), created_at=now, updated_at=now,
         root_message_id=mail.message_id[:998] if mail.message_id else None,
         due_at=first_response_due(now, settings.sla), watchers=list(fields.watchers),
@@ -159,6 +165,9 @@ def open_ticket(
     if decision.rules:
         record_event(session, ticket, "routed", actor=actor, at=now,
                      reason="rules: " + ", ".join(decision.rules))
+    if repeated is not None:
+        record_event(session, ticket, "duplicate_flagged", actor=actor, at=now,
+                     reason=f"seems to repeat open ticket {repeated.number}")
     if closed is not None:  # the closed ticket says where the conversation went on
         record_event(session, closed, "followed_up", actor=actor, at=now,
                      reason=f"continued in new ticket {ticket.number}")
@@ -176,11 +185,15 @@ def _following(closed: Ticket | None, language: str) -> str:
     return f"(Segue il ticket chiuso {closed.number}.)\n\n"
 
 
-def _found(analysis: Analysis) -> Ticket:
-    """The ticket the mail threads to: a reply's decision always has one."""
-    assert analysis.ticket is not None
-    structlog.contextvars.bind_contextvars(ticket=analysis.ticket.number)
-    return analysis.ticket
+def _found(store: Store, analysis: Analysis, ref: d.TicketRef) -> Ticket:
+    """The ticket the decision names: the one the mail threads to, or the open ticket
+    a repeated request joins."""
+    ticket = analysis.ticket
+    if ticket is None or ticket.number != ref.number:
+        ticket = store.ticket_numbered(ref.number)
+    assert ticket is not None
+    structlog.contextvars.bind_contextvars(ticket=ticket.number)
+    return ticket
 
 
 def add_customer_reply(
@@ -188,12 +201,16 @@ def add_customer_reply(
     row: InboxMail,
 ) -> Ticket:
     now, author = pipeline.clock.now(), analysis.sender.email
-    ticket = _found(analysis)
+    ticket = _found(store, analysis, decision.ticket)
     files, refused = _keep_attachments(store, pipeline, analysis.mail)
     _add_message(store, ticket, row, direction="in", author=author, body=decision.body,
                  at=now, refused=refused, files=files)
-    if change_status(store.session, ticket, TicketAction.CUSTOMER_REPLIED, actor=author,
-                     at=now, reason=decision.reason) is None:
+    if decision.joined:
+        record_event(store.session, ticket, "duplicate_joined", actor=author, at=now,
+                     reason=decision.reason)
+    action = TicketAction.CLOSED if decision.solved else TicketAction.CUSTOMER_REPLIED
+    if change_status(store.session, ticket, action, actor=author, at=now,
+                     reason=decision.reason) is None:
         record_event(store.session, ticket, TicketAction.CUSTOMER_REPLIED.value, actor=author,
                      at=now, reason=decision.reason)
     _remember_message_id(store, analysis.mail, ticket)
@@ -226,7 +243,7 @@ def add_staff_reply(
     row: InboxMail,
 ) -> Ticket:
     now, actor, session = pipeline.clock.now(), analysis.sender.email, store.session
-    ticket = _found(analysis)
+    ticket = _found(store, analysis, decision.ticket)
     if decision.refused:
         record_event(session, ticket, REFUSAL_EVENT, actor=actor, at=now,
                      reason=decision.refused)
@@ -250,8 +267,36 @@ def add_staff_reply(
 def refuse_staff_mail(
     store: Store, pipeline: Pipeline, analysis: Analysis, decision: d.RefuseStaffMail
 ) -> Ticket:
-    ticket = _found(analysis)
+    ticket = _found(store, analysis, decision.ticket)
     record_event(store.session, ticket, REFUSAL_EVENT, actor=analysis.sender.email,
                  at=pipeline.clock.now(), reason=decision.reason)
     _queue(store, pipeline, decision.mails, ticket)
     return ticket
+
+
+def record_delivery(store: Store, pipeline: Pipeline, decision: d.RecordDelivery) -> Ticket | None:
+    """Record each outcome of a delivery report on its outbox row; the ticket of the
+    first row that has one (the report's inbox row is filed under it)."""
+    ticket: Ticket | None = None
+    for match in decision.outcomes:
+        row = store.session.get(OutboxMail, match.outbox_id)
+        if row is None:
+            continue
+        outcome = match.outcome
+        if outcome.action == Action.FAILED:
+            record_bounce(store, pipeline.settings, pipeline.clock, row, outcome.address,
+                          outcome.words)
+        elif outcome.action == Action.DELAYED:
+            record_delay(store, pipeline.clock, row, outcome.address, outcome.words)
+        elif outcome.action == Action.DELIVERED:
+            record_delivered(store, pipeline.clock, row, outcome.address, pipeline.clock.now(),
+                             f"delivery report: {outcome.words}")
+        ticket = ticket or row.ticket
+    return ticket
+
+
+def send_status_report(store: Store, pipeline: Pipeline, decision: d.StatusReport) -> None:
+    """The STATO page mailed back: nothing else is written."""
+    if not decision.mails:
+        log.info("status report not sent", reason=decision.reason)
+    _queue(store, pipeline, decision.mails, None)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.pec import receipt_reason
 
 
 class AutoKind(StrEnum):
@@ -30,6 +31,7 @@ class AutoKind(StrEnum):
     BOUNCE = "bounce"
     BULK = "bulk"
     LOOP = "loop"
+    PEC_RECEIPT = "pec-receipt"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ class Classification:
     kind: AutoKind | None
     reason: str
     may_auto_answer: bool
+    # The mail bears a sign no person's mail has (null or daemon sender, a report part,
+    # Auto-Submitted, our return path): without one, a bounce read from its text alone
+    # may be a customer who pasted a server's report (`process.analyse`).
+    machine_sign: bool = True
 
 
 LOOP_HEADER = "X-Mailgateway-Loop"
@@ -58,10 +64,11 @@ _BODY_WINDOW = 6000  # bounce texts open the body: a long mail is not read to it
 
 _BOUNCE_LOCAL = re.compile(r"^(?:mailer[-_]?daemon|mail[-_]?daemon|mdaemon)$", re.I)
 _BOUNCE_FROM = re.compile(
-    r"mailer[-_]?daemon|mail delivery (?:sub)?system|mail administrator|post[-_]?master", re.I
+    r"mailer[-_]?daemon|mail delivery (?:sub)?system|mail administrator|post[-_]?master|"
+    r"no[-_.]?reply@", re.I
 )
 _NO_REPLY_LOCAL = re.compile(
-    r"^(?:mailer[-_]?daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|"
+    r"^(?:.+[-_.])?(?:mailer[-_]?daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|"
     r"bounces?|notifications?-noreply)(?:[-+_.].*)?$",
     re.I,
 )
@@ -86,7 +93,9 @@ _MTA_TEXT = re.compile(
     r"the original message was received at|"
     r"your message did not reach some or all of the intended recipients|"
     r"(?:be delivered|deliver (?:the |your )?message) to the following (?:recipient|address)|"
-    r"failed recipients? ?-{2,}|failed recipient: |non-delivery report",
+    r"failed recipients? ?-{2,}|failed recipient: |non-delivery report|"
+    r"did not reach the following recipient|"
+    r"you are not a member of this mailing list",
 )
 # Words of a delivery failure that a person may also write: they need a second sign.
 _FAILURE_TEXT = re.compile(
@@ -98,6 +107,8 @@ _FAILURE_TEXT = re.compile(
     r"failed permanently|delivery failure|host unknown|address not found|could not deliver|"
     r"delivery of (?:e-?mail|your message) .{0,80}(?:postponed|delayed)",
 )
+# Delivery-failure words a server puts anywhere in a subject (after the original one).
+_BOUNCE_SUBJECT_ANYWHERE = re.compile(r"\bnon remis\b|\(delivery failed\)", re.I)
 _FORWARD_OR_REPLY = re.compile(r"^\s*(?:re|r|rif|aw|sv|fw|fwd|i|wg|tr)\s*:", re.I)
 _AUTO_SUBJECT = re.compile(
     r"^\s*(?:\[?auto[- ]?generated\]?|auto(?:matic|matische?)?[- ]?(?:reply|response|"
@@ -108,6 +119,17 @@ _AUTO_SUBJECT = re.compile(
     r"vacation (?:reply|notice|message)|on vacation|away from (?:the )?office)",
     re.I,
 )
+# Italian out-of-office subjects where mail programs put them: the marker in brackets or
+# before a colon anywhere ("Errore [Risposta automatica]", "R: Risposta automatica: …"),
+# or the absence itself at the start ("Assente: …", "In ferie fino al 20 agosto").
+_AUTO_SUBJECT_ANYWHERE = re.compile(
+    r"[\[(]\s*(?:risposta automatica|risposta automatica di assenza|assente|fuori sede|"
+    r"fuori ufficio|auto[- ]?reply|out of office)\s*[\])]|"
+    r"\brisposta automatica\s*:|"
+    r"^\s*(?:assente\s*(?::|\(|dal\b|fino\b|per\b)|(?:sono )?in ferie\b|"
+    r"fuori ufficio fino\b)",
+    re.I,
+)
 _AUTO_HEADERS = (
     "X-Autoreply",
     "X-Autorespond",
@@ -116,6 +138,7 @@ _AUTO_HEADERS = (
     "X-Mail-Autoreply",
     "X-FC-MachineGenerated",
 )
+_SES_REPORT = re.compile(r'"notificationType"\s*:\s*"(?:Bounce|Complaint)"')
 _REPORT = re.compile(r"^\s*multipart/report\b", re.I)
 _REPORT_TYPE = re.compile(r"report-type\s*=\s*\"?([\w-]+)", re.I)
 
@@ -170,8 +193,12 @@ def _bounce(mail: ParsedMail, own: OwnMarks) -> str | None:
         return f"multipart/report; report-type={report}"
     if any(a.content_type == "message/delivery-status" for a in mail.attachments):
         return "carries a message/delivery-status part"
+    if any(a.content_type == "message/feedback-report" for a in mail.attachments):
+        return "carries a message/feedback-report part (an abuse report)"
     if mail.header("X-Failed-Recipients") is not None:
         return "X-Failed-Recipients header"
+    if _SES_REPORT.search(mail.text[:_BODY_WINDOW]):
+        return "Amazon SES bounce or complaint notification"
     if _BOUNCE_LOCAL.match(_local_part(mail.from_addr)):
         return "sent by a mailer daemon"
     return _bounce_by_content(mail)
@@ -189,11 +216,18 @@ def _bounce_by_content(mail: ParsedMail) -> str | None:
         return "bounce sender with a delivery-failure text"
     if _null_sender(mail):
         return "empty Return-Path with a delivery-failure text"
+    if _BOUNCE_SUBJECT_ANYWHERE.search(mail.subject) and _FAILURE_TEXT.search(opening):
+        return "delivery-failure subject and text"
     return None
 
 
+_COMMENT = re.compile(r"\([^()]*\)")
+
+
 def _auto_submitted(mail: ParsedMail) -> str:
-    return (mail.header("Auto-Submitted") or "").strip().lower()
+    """The Auto-Submitted keyword and parameters, without RFC 5322 comments:
+    `auto-generated (daily report)` is `auto-generated`."""
+    return " ".join(_COMMENT.sub(" ", mail.header("Auto-Submitted") or "").split()).lower()
 
 
 def _auto_reply(mail: ParsedMail, own: OwnMarks) -> str | None:
@@ -207,12 +241,15 @@ def _auto_reply(mail: ParsedMail, own: OwnMarks) -> str | None:
         return "Precedence: auto_reply header"
     if _report_type(mail) == "disposition-notification":
         return "read receipt (multipart/report; report-type=disposition-notification)"
-    if _AUTO_SUBJECT.match(mail.subject):
+    if _AUTO_SUBJECT.match(mail.subject) or _AUTO_SUBJECT_ANYWHERE.search(mail.subject):
         return "subject of an automatic reply"
     return None
 
 
 def _bulk(mail: ParsedMail, own: OwnMarks) -> str | None:
+    if mail.header("X-Amz-Sns-Message-Type") is not None or mail.from_addr.endswith(
+            "@sns.amazonaws.com"):
+        return "Amazon SNS notification"
     precedence = (mail.header("Precedence") or "").strip().lower()
     if precedence in ("bulk", "junk", "list"):
         return f"Precedence: {precedence} header"
@@ -223,11 +260,20 @@ def _bulk(mail: ParsedMail, own: OwnMarks) -> str | None:
 
 
 _CHECKS: tuple[tuple[AutoKind, Check], ...] = (
+    (AutoKind.PEC_RECEIPT, lambda mail, own: receipt_reason(mail)),
     (AutoKind.LOOP, _loop),
     (AutoKind.BOUNCE, _bounce),
     (AutoKind.AUTO_REPLY, _auto_reply),
     (AutoKind.BULK, _bulk),
 )
+
+
+def as_person(mail: ParsedMail, own: OwnMarks, why: str) -> Classification:
+    """The verdict for a mail read as a person's after all (`why`): may it be answered?"""
+    caution = _caution(mail, own)
+    if caution is not None:
+        return Classification(None, f"{why}; {caution}", may_auto_answer=False)
+    return Classification(None, why, may_auto_answer=True)
 
 
 def _caution(mail: ParsedMail, own: OwnMarks) -> str | None:
@@ -246,12 +292,50 @@ def _caution(mail: ParsedMail, own: OwnMarks) -> str | None:
     return None
 
 
+_REPORT_PARTS = frozenset({"message/delivery-status", "message/global-delivery-status",
+                           "message/feedback-report", "text/rfc822-headers"})
+
+
+def _to_return_path(mail: ParsedMail, own: OwnMarks) -> bool:
+    """Sent to the return path of our mail (`<local>+b<row>.…`): only servers write there."""
+    local, _, domain = own.helpdesk_address.lower().partition("@")
+    prefix = f"{local}+b"
+    addresses = (*mail.to, *mail.cc, *mail.header_all("Delivered-To"),
+                 *mail.header_all("X-Original-To"))
+    return any(a.strip().strip("<>").lower().startswith(prefix) and
+               a.strip().strip("<>").lower().endswith("@" + domain) for a in addresses)
+
+
+def machine_sign(mail: ParsedMail, own: OwnMarks) -> str | None:
+    """A sign that no person wrote the mail, whatever its text says; None for none.
+    (The envelope's null sender is the caller's to add: a parsed mail does not know it.)"""
+    if _report_type(mail) is not None:
+        return "a multipart/report"
+    if any(a.content_type in _REPORT_PARTS for a in mail.attachments):
+        return "a delivery report part"
+    if mail.header("X-Failed-Recipients") is not None:
+        return "X-Failed-Recipients header"
+    if _auto_submitted(mail) not in ("", "no"):
+        return "Auto-Submitted header"
+    if _null_sender(mail):
+        return "empty Return-Path (<>)"
+    senders = " ".join((mail.header("From") or "", *mail.header_all("Return-Path")))
+    local = _local_part(mail.from_addr)
+    if _BOUNCE_LOCAL.match(local) or _BOUNCE_FROM.search(senders) or (
+            _NO_REPLY_LOCAL.match(local)):
+        return f"sender {mail.from_addr or senders.strip()} is a machine"
+    if _to_return_path(mail, own):
+        return "sent to the return path of our mail"
+    return None
+
+
 def classify(mail: ParsedMail, own: OwnMarks) -> Classification:
     """Say whether a mail is automatic, which kind, and whether we may answer it."""
     for kind, check in _CHECKS:
         reason = check(mail, own)
         if reason is not None:
-            return Classification(kind, reason, may_auto_answer=False)
+            signed = kind is not AutoKind.BOUNCE or machine_sign(mail, own) is not None
+            return Classification(kind, reason, may_auto_answer=False, machine_sign=signed)
     caution = _caution(mail, own)
     if caution is not None:
         return Classification(None, caution, may_auto_answer=False)

@@ -7,17 +7,36 @@ no batch needs to cache), and is asked only for mail a person wrote.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
 
-from sqlalchemy import func, select
+from sqlalchemy import String, cast, func, select
+from sqlalchemy.orm import Session
 
 from mailgateway.config import Settings
-from mailgateway.db.models import Account, Event, OutboxMail, Person, Staff, Ticket
-from mailgateway.outbound.addressing import customer_recipients, group_recipients
+from mailgateway.db.models import (
+    Account,
+    Event,
+    Message,
+    OutboxMail,
+    OutboxStatus,
+    Person,
+    Staff,
+    Ticket,
+    TicketStatus,
+)
+from mailgateway.outbound.addressing import (
+    conversations,
+    customer_recipients,
+    group_recipients,
+    latest_customer_mail,
+)
 from mailgateway.outbound.intent import MailKind
 from mailgateway.pipeline import decide as d
+from mailgateway.pipeline.bounces import Action, BounceReport, SentMail
 from mailgateway.pipeline.commands import assignees
 from mailgateway.pipeline.identify import (
     Authority,
@@ -30,7 +49,11 @@ from mailgateway.pipeline.parse import ParsedMail
 from mailgateway.pipeline.prepare import Findings
 from mailgateway.pipeline.route import route_new_ticket
 from mailgateway.pipeline.rules import MailFacts, RuleOutcome, RuleSet, headers_of, match
+from mailgateway.pipeline.similar import asks_status
+from mailgateway.reply_token import ReplyToken, TokenPurpose, reply_address
+from mailgateway.solved import similar_solved
 from mailgateway.store import Store
+from mailgateway.tickets import format_tag
 
 _REFUSALS_TOLD_EVERY = timedelta(hours=24)
 REFUSAL_EVENT = "staff_mail_refused"
@@ -48,7 +71,9 @@ def ticket_ref(ticket: Ticket, found_by: str) -> d.TicketRef:
 def policy(settings: Settings) -> d.Policy:
     helpdesk = settings.helpdesk
     return d.Policy(helpdesk.unknown_sender, helpdesk.closed_reply, helpdesk.language,
-                    settings.outbound.stranger_answers_per_hour)
+                    settings.outbound.stranger_answers_per_hour, helpdesk.spam_subject_tags,
+                    helpdesk.solved_words, settings.duplicates.action,
+                    settings.duplicates.threshold)
 
 
 def read_facts(
@@ -63,6 +88,8 @@ def read_facts(
     if sender.kind is SenderKind.STAFF:
         authority = (_authority(settings, now, sender, ticket, found, vouched)
                      if ticket is not None else None)
+        if ticket is not None:
+            facts = replace(facts, ticket=_with_conversation(store, ticket))
         return replace(
             facts, staff_authority=authority,
             technicians=_technicians(store, assignees(body)),
@@ -71,6 +98,8 @@ def read_facts(
     customer = _customer(store, sender)
     if not d.continues_open_ticket(sender, ticket):
         facts = replace(facts, rules=_rules(rules, mail, sender, customer))
+        facts = replace(facts, **_new_request(store, settings, now, mail, sender, ticket,
+                                              customer, facts.form[1]))
     facts = replace(facts, customer=customer,
                     collaborators=_collaborators(store, mail, sender, customer))
     groups = (d.ticket_fields(facts).group, ticket.group if ticket else None)
@@ -78,6 +107,89 @@ def read_facts(
                  else 0)
     return replace(facts, group_recipients=_groups(store, settings, groups),
                    strangers_answered=strangers)
+
+
+def _new_request(
+    store: Store, settings: Settings, now: datetime, mail: ParsedMail, sender: Sender,
+    ticket: d.TicketRef | None, customer: d.Customer | None, description: str,
+) -> dict[str, Any]:
+    """What a mail that opens no existing ticket's thread may be: a request for the
+    STATO page, a repeat of a recent open ticket, or a new request with solved
+    tickets like it."""
+    account = customer.account_id if customer is not None else None
+    if account is None or sender.kind is SenderKind.UNKNOWN or store.archive:
+        return {}
+    if ticket is None and asks_status(mail.subject):
+        return {"status_page": status_page(store, settings, sender, customer)}
+    request = f"{mail.subject}\n{description or mail.text}"
+    similar = similar_solved(store.session, account, request, scope=settings.similar.scope,
+                             limit=settings.similar.limit)
+    recent: tuple[d.RecentTicket, ...] = ()
+    if settings.duplicates.action != "off" and ticket is None:
+        recent = _recent_open(store, account, now - timedelta(
+            hours=settings.duplicates.window_hours))
+    return {"similar": similar, "recent": recent}
+
+
+_RECENT_AT_MOST = 20
+
+
+def _recent_open(store: Store, account_id: int, since: datetime) -> tuple[d.RecentTicket, ...]:
+    tickets = store.session.scalars(
+        select(Ticket).where(Ticket.account_id == account_id,
+                             Ticket.status != TicketStatus.CHIUSO.value,
+                             Ticket.updated_at >= since)
+        .order_by(Ticket.updated_at.desc()).limit(_RECENT_AT_MOST)).all()
+    recent = []
+    for ticket in tickets:
+        first = store.session.scalars(
+            select(Message.body).where(Message.ticket_id == ticket.id, Message.direction == "in")
+            .order_by(Message.id).limit(1)).first()
+        recent.append(d.RecentTicket(ticket_ref(ticket, "duplicate"), ticket.subject,
+                                     first or ""))
+    return tuple(recent)
+
+
+def status_page(store: Store, settings: Settings, sender: Sender,
+                customer: d.Customer | None) -> d.StatusPage:
+    """The portal's page for the sender: the whole account's tickets for its main
+    address, a collaborator's own and watched tickets otherwise; never another
+    account's."""
+    assert customer is not None and customer.account_id is not None
+    whole = sender.email == customer.main_email.lower() or sender.person_id is None
+    rows = store.session.execute(
+        select(Ticket.number, Ticket.subject, Ticket.status, Ticket.updated_at,
+               Ticket.person_id, Ticket.watchers)
+        .where(Ticket.account_id == customer.account_id)
+        .order_by(Ticket.updated_at.desc())).all()
+    if not whole:
+        rows = [r for r in rows if r.person_id == sender.person_id
+                or sender.email in (w.lower() for w in r.watchers or ())]
+    counts = {state.value: 0 for state in TicketStatus}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    helpdesk = settings.helpdesk
+    lines = []
+    for row in rows:
+        if row.status == TicketStatus.CHIUSO.value:
+            continue
+        address = reply_address(helpdesk.address, helpdesk.secret,
+                                ReplyToken(TokenPurpose.CUSTOMER, row.number))
+        subject = f"Re: {format_tag(helpdesk.ticket_tag, row.number)} {row.subject}"
+        lines.append(d.StatusLine(row.number, row.subject, row.status, row.updated_at,
+                                  address, f"mailto:{address}?subject={quote(subject)}"))
+    return d.StatusPage({"TUTTI": len(rows), **counts}, tuple(lines), whole,
+                        sender.name or customer.main_email)
+
+
+def _with_conversation(store: Store, ticket: d.TicketRef) -> d.TicketRef:
+    """The ticket with the mails exchanged on it: a technician's answer threads there."""
+    row = store.ticket_numbered(ticket.number)
+    if row is None:
+        return ticket
+    thread = conversations(store.session, [row])[row.id]
+    return replace(ticket, conversation=tuple(thread),
+                   latest_customer_mail=latest_customer_mail(store.session, row.id))
 
 
 def _authority(
@@ -98,7 +210,7 @@ def _customer(store: Store, sender: Sender) -> d.Customer | None:
     if account is None:
         return None
     return d.Customer(account.id, sender.person_id, account.language, account.verified,
-                      account.main_email)
+                      account.main_email, account.answer_email)
 
 
 def _rules(rules: RuleSet, mail: ParsedMail, sender: Sender,
@@ -155,3 +267,44 @@ def _refusal_told(store: Store, ticket: d.TicketRef, now: datetime) -> bool:
         select(func.count()).select_from(Event).join(Ticket, Ticket.id == Event.ticket_id)
         .where(Ticket.number == ticket.number, Event.kind == REFUSAL_EVENT,
                Event.at > now - _REFUSALS_TOLD_EVERY)) != 0
+
+
+# A hard bounce that names neither the row nor the mail is tied to the latest mail to
+# its recipient, among those sent this long ago at most.
+BOUNCE_LOOKBACK = timedelta(days=14)
+_SENT_STATES = (OutboxStatus.SENT.value, OutboxStatus.BOUNCED.value,
+                OutboxStatus.DELIVERED.value)
+_MOST_IDS = 50
+
+
+def read_sent_mails(
+    session: Session, report: BounceReport, now: datetime
+) -> tuple[SentMail, ...]:
+    """The outbox rows a delivery report may be about, newest first: the row its
+    return path names, the rows of the Message-IDs it returns, and else the latest
+    mail sent to each recipient it says failed. One query each, by primary key,
+    by the unique Message-ID, and by the (status, next_attempt_at) index."""
+    columns = (OutboxMail.id, OutboxMail.message_id, OutboxMail.recipients)
+    rows: dict[int, SentMail] = {}
+
+    def keep(found: Iterable[Any]) -> None:
+        for id_, message_id, recipients in found:
+            rows[id_] = SentMail(id_, message_id, tuple(recipients or ()))
+
+    if report.outbox_id is not None:
+        keep(session.execute(select(*columns).where(OutboxMail.id == report.outbox_id)))
+    if not rows and report.message_ids:
+        keep(session.execute(select(*columns).where(
+            OutboxMail.message_id.in_(list(report.message_ids[:_MOST_IDS])))))
+    if not rows:
+        recipients_text = cast(OutboxMail.recipients, String)
+        for outcome in report.recipients:
+            if outcome.action != Action.FAILED:
+                continue
+            keep(session.execute(
+                select(*columns).where(
+                    OutboxMail.status.in_(_SENT_STATES),
+                    OutboxMail.next_attempt_at >= now - BOUNCE_LOOKBACK,
+                    recipients_text.contains(f'"{outcome.address}"', autoescape=True))
+                .order_by(OutboxMail.id.desc()).limit(1)))
+    return tuple(sorted(rows.values(), key=lambda s: -s.id))

@@ -20,31 +20,38 @@ How bytes, header words and HTML become text (the charset policy, html2text) is
 
 from __future__ import annotations
 
+import binascii
 import email
+import mimetypes
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import Message
+from typing import TYPE_CHECKING
 
 import structlog
 from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 
 from mailgateway.pipeline.decode import (
+    MailCharsets,
     aware_datetime,
     decode_8bit_header,
     decode_addresses,
     decode_bytes,
     decode_date,
     decode_header_value,
+    decode_unlabelled,
     has_8bit,
     html_to_text,
     message_ids,
 )
 from mailgateway.pipeline.large_parts import cut_large_parts, restore_parts
 from mailgateway.pipeline.limits import exceeded_limit
+
+if TYPE_CHECKING:
+    from mailgateway.pipeline.pec import PecFacts
 
 __all__ = ["Attachment", "ParsedMail", "parse_mail"]
 
@@ -91,6 +98,13 @@ class ParsedMail:
     # Why the mail is not read (`limits`): only the start of its header is, and the
     # pipeline quarantines it with this reason.
     over_limit: str | None = None
+    # How the mail is signed or sealed ("S/MIME", "PGP"), None when it is not: a
+    # signature is no file of the customer's, and an encrypted mail has no text the
+    # desk can read.
+    signed: str | None = None
+    encrypted: str | None = None
+    # The PEC envelope or receipt the mail came in (`pec.read_certified`), if any.
+    pec: PecFacts | None = None
 
     _index: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
@@ -181,15 +195,77 @@ def _source(message: Message) -> str:
     return f"{head}\n{message.preamble or ''}{body}\n--{boundary}--\n{message.epilogue or ''}"
 
 
-def _filename(part: Message, defects: list[str]) -> str:
+def _filename(part: Message, defects: list[str], charsets: MailCharsets | None = None) -> str:
+    """The file name a part carries, read from the parameter's raw bytes.
+
+    The stdlib replaces raw 8-bit bytes by U+FFFD before it hands a parameter out,
+    and decodes RFC 2231 values with a codec that refuses ISO-2022-JP's vendor rows;
+    so the header's bytes are re-read as Latin-1 (one character a byte, nothing lost),
+    the parameter taken from them, and its bytes decoded with the charset policy.
+    """
+    raws = {k.lower(): str(v) for k, v in part.raw_items()
+            if k.lower() in ("content-disposition", "content-type")}
+    if not any("name" in value.lower() for value in raws.values()):
+        return ""
+    if not any(has_8bit(value) or "*=" in value or "*0" in value for value in raws.values()):
+        name = part.get_filename()  # plain ASCII parameters: the stdlib reads them as they are
+        return decode_header_value(str(name), defects).strip() if name else ""
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        raw = raws.get(header)
+        if raw is None:
+            continue
+        value = _raw_param(raw, param)
+        if value is None:
+            continue
+        if isinstance(value, tuple):  # RFC 2231: charset, language, bytes as Latin-1
+            charset, _, text = value
+            data = text.encode("latin-1", "replace")
+            name, problem = decode_bytes(data, charset or None) if charset else (
+                decode_unlabelled(data, charsets)[0], None)
+            if problem:
+                defects.append(f"attachment name: {problem}")
+        else:
+            data = value.encode("latin-1", "replace")
+            name = data.decode("ascii") if data.isascii() else decode_unlabelled(data, charsets)[0]
+        name = decode_header_value(name, defects) if "=?" in name else name
+        name = name.strip()
+        if name:
+            return name
+    return ""
+
+
+def _raw_param(raw: str, param: str) -> str | tuple[str, str, str] | None:
+    """A header parameter as the stdlib reads it, over the header's bytes as Latin-1."""
+    holder = Message()
+    holder.set_raw("X", raw.encode("ascii", "surrogateescape").decode("latin-1"))
     try:
-        name = part.get_filename()
-    except Exception:  # an RFC 2231 name in a charset the codec rejects
-        defects.append("undecodable attachment name")
-        return ""
-    if not name:
-        return ""
-    return decode_header_value(str(name), defects)
+        value = holder.get_param(param, header="X")
+    except Exception:  # a parameter list the stdlib cannot split has no name
+        return None
+    if isinstance(value, tuple):
+        return (str(value[0] or ""), str(value[1] or ""), str(value[2]))
+    return value if isinstance(value, str) else None
+
+
+def _mail_charsets(message: Message) -> MailCharsets:
+    """Every charset the mail names, and some 8-bit body text, for unlabelled bytes."""
+    declared: list[str] = []
+    sample = b""
+    for part in message.walk():
+        for _, value in part.raw_items():
+            declared += _WORD_CHARSET.findall(str(value))
+        charset = part.get_param("charset")
+        if isinstance(charset, str) and charset.isascii():
+            declared.append(charset)
+        if not sample and part.get_content_maintype() == "text":
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes) and not data.isascii():
+                sample = data[:4096]
+    return MailCharsets(tuple(dict.fromkeys(d.lower() for d in declared)), sample)
+
+
+def _has_8bit_headers(message: Message) -> bool:
+    return any(has_8bit(str(v)) for part in message.walk() for _, v in part.raw_items())
 
 
 def _nested_name(part: Message) -> str:
@@ -199,18 +275,8 @@ def _nested_name(part: Message) -> str:
     if not isinstance(inner, Message):
         return "message"
     subject = next((str(v) for k, v in inner.raw_items() if k.lower() == "subject"), "")
-    hint = _body_charset(inner) if has_8bit(subject) else None
+    hint = _mail_charsets(inner) if has_8bit(subject) else None
     return _WS.sub(" ", decode_header_value(subject, None, hint)) or "message"
-
-
-def _leaves(message: Message) -> Iterator[Message]:
-    """Parts in order, stopping at message/* parts: a forwarded mail is one attachment."""
-    yield message
-    payload = message.get_payload()
-    if message.get_content_maintype() == "multipart" and isinstance(payload, list):
-        for sub in payload:
-            if isinstance(sub, Message):
-                yield from _leaves(sub)
 
 
 @dataclass
@@ -218,43 +284,150 @@ class _Body:
     plain: list[str]
     html: list[str]
     attachments: list[Attachment]
+    sealed: list[str] = field(default_factory=list)  # "signed (PGP)", "encrypted (S/MIME)"
 
 
-def _read_parts(message: Message, defects: list[str]) -> _Body:
+# Parts that sign or seal the mail: protocol data, not files the customer sent.
+_SIGNATURES = {
+    "application/pkcs7-signature": "S/MIME", "application/x-pkcs7-signature": "S/MIME",
+    "application/pgp-signature": "PGP",
+}
+_SEALED = {
+    "application/pkcs7-mime": "S/MIME", "application/x-pkcs7-mime": "S/MIME",
+    "application/pgp-encrypted": "PGP",
+}
+_PGP_ARMOR = re.compile(r"-----BEGIN PGP MESSAGE-----")
+# Inline uuencode, as Lotus Notes and old Unix mailers put files in the text.
+_UUENCODED = re.compile(
+    r"(?ms)^begin [0-7]{3,4} ([^\r\n]+?)[ \t]*\r?\n"
+    r"((?:[!-`][^\r\n]*\r?\n)+?)`?[ \t]*\r?\nend[ \t]*\r?$"
+)
+
+
+def _read_parts(message: Message, defects: list[str], charsets: MailCharsets | None = None
+                ) -> _Body:
     body = _Body([], [], [])
-    for part in _leaves(message):
-        kind = part.get_content_type()
-        if not (part.is_multipart() and part.get_content_maintype() == "multipart"):
-            try:
-                _read_leaf(part, kind, body, defects)
-            except Exception as exc:  # one bad part must not cost the rest of the mail
-                defects.append(f"unreadable {kind} part ({type(exc).__name__})")
-        # After reading: decoding the payload adds its own defects (bad base64).
-        defects.extend(type(d).__name__ for d in part.defects)
+    _read_into(message, body, defects, charsets)
     return body
 
 
-def _read_leaf(part: Message, kind: str, body: _Body, defects: list[str]) -> None:
+def _read_into(part: Message, body: _Body, defects: list[str], charsets: MailCharsets | None
+               ) -> None:
+    """One part into `body`; a forwarded mail (message/*) stays one attachment."""
+    kind = part.get_content_type()
+    payload = part.get_payload()
+    if part.get_content_maintype() == "multipart" and isinstance(payload, list):
+        subs = [sub for sub in payload if isinstance(sub, Message)]
+        if kind == "multipart/alternative" and len(subs) > 1:
+            _read_alternatives(subs, body, defects, charsets)
+        else:
+            for sub in subs:
+                _read_into(sub, body, defects, charsets)
+    else:
+        try:
+            _read_leaf(part, kind, body, defects, charsets)
+        except Exception as exc:  # one bad part must not cost the rest of the mail
+            defects.append(f"unreadable {kind} part ({type(exc).__name__})")
+    # After reading: decoding the payload adds its own defects (bad base64).
+    defects.extend(type(d).__name__ for d in part.defects)
+
+
+def _read_alternatives(subs: list[Message], body: _Body, defects: list[str],
+                       charsets: MailCharsets | None) -> None:
+    """One text of several alternatives, never their concatenation.
+
+    The plain text is the first alternative that has one (senders put the simplest
+    first); the HTML the last that has one. A "text/plain" alternative that is HTML
+    (some mailers label both the same) counts as HTML. Files in any alternative (the
+    images of the HTML one) are kept.
+    """
+    readings = []
+    for sub in subs:
+        reading = _Body([], [], [])
+        _read_into(sub, reading, defects, charsets)
+        reading.html += [t for t in reading.plain if _looks_like_html(t)]
+        reading.plain = [t for t in reading.plain if not _looks_like_html(t)]
+        readings.append(reading)
+    plain = next((r.plain for r in readings if any(t.strip() for t in r.plain)), [])
+    html = next((r.html for r in reversed(readings) if any(t.strip() for t in r.html)), [])
+    body.plain += plain
+    body.html += html
+    for reading in readings:
+        body.attachments += reading.attachments
+        body.sealed += reading.sealed
+
+
+_HTML_START = re.compile(r"\A\s*(?:<!DOCTYPE\s+html|<html[\s>]|<head[\s>]|<body[\s>])", re.I)
+
+
+def _looks_like_html(text: str) -> bool:
+    return _HTML_START.match(text) is not None
+
+
+def _read_leaf(part: Message, kind: str, body: _Body, defects: list[str],
+               charsets: MailCharsets | None = None) -> None:
     disposition = (part.get_content_disposition() or "").lower()
-    filename = _filename(part, defects)
     if kind.startswith("multipart/"):  # its boundary was not found in the body
         recovered = _rebound(part, kind)
         if recovered is not None:
             defects.append("MIME boundary not as declared: parts split at the one used")
-            _merge(body, _read_parts(recovered, defects))
+            _merge(body, _read_parts(recovered, defects, charsets))
             return
         kind = "text/plain"
-    is_body_text = kind in ("text/plain", "text/html") and not filename
-    if is_body_text and disposition != "attachment":
+    if kind in _SIGNATURES:
+        body.sealed.append(f"signed ({_SIGNATURES[kind]})")
+        return
+    if kind in _SEALED and (kind != "application/pkcs7-mime"
+                            or "signed" not in str(part.get_param("smime-type") or "")):
+        body.sealed.append(f"encrypted ({_SEALED[kind]})")
+    filename = _filename(part, defects, charsets)
+    # A text part is body text unless it is an attachment: a file name alone
+    # (`text/plain; name="msg.txt"`) is how some mailers label the body.
+    if kind in ("text/plain", "text/html") and disposition != "attachment":
         text, problem = decode_bytes(_payload_bytes(part), part.get_content_charset())
         if problem:
             defects.append(problem)
+        if kind == "text/plain":
+            text = _take_uuencoded(text, body, defects)
+            if _PGP_ARMOR.search(text):
+                body.sealed.append("encrypted (PGP)")
         (body.html if kind == "text/html" else body.plain).append(text)
         return
     if kind == "message/rfc822" and not filename:
         filename = _nested_name(part) + ".eml"
     inline = disposition == "inline" or part.get("Content-ID") is not None
     body.attachments.append(Attachment(filename, kind, _payload_bytes(part), inline))
+
+
+def _take_uuencoded(text: str, body: _Body, defects: list[str]) -> str:
+    """The text without its inline uuencoded files, which become attachments."""
+    if "begin " not in text:
+        return text
+
+    def extract(found: re.Match[str]) -> str:
+        try:
+            data = b"".join(_uu_line(line) for line in found[2].splitlines() if line.strip())
+        except (binascii.Error, ValueError):
+            defects.append("inline uuencoded file unreadable: kept as text")
+            return found[0]
+        name = found[1].strip()
+        body.attachments.append(Attachment(name, _guess_type(name), data, False))
+        return ""
+
+    rest = _UUENCODED.sub(extract, text)
+    return re.sub(r"\n{3,}", "\n\n", rest) if rest != text else text
+
+
+def _uu_line(line: str) -> bytes:
+    """One uuencoded line; some encoders drop trailing spaces, which a2b_uu needs."""
+    raw = line.rstrip("\r\n").encode("ascii")
+    length = (raw[0] - 32) & 0x3F
+    wanted = 1 + (length + 2) // 3 * 4
+    return binascii.a2b_uu(raw.ljust(wanted, b" ")[:max(wanted, 1)])
+
+
+def _guess_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def _rebound(part: Message, kind: str) -> Message | None:
@@ -272,6 +445,7 @@ def _merge(body: _Body, more: _Body) -> None:
     body.plain.extend(more.plain)
     body.html.extend(more.html)
     body.attachments.extend(more.attachments)
+    body.sealed.extend(more.sealed)
 
 
 def _first(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
@@ -284,6 +458,7 @@ def _all(headers: tuple[tuple[str, str], ...], name: str) -> tuple[str, ...]:
     return tuple(value for key, value in headers if key.lower() == wanted)
 
 
+_WORD_CHARSET = re.compile(r"=\?([\w.:-]+)(?:\*[\w-]+)?\?[bBqQ]\?")
 # An RFC 2047 encoded word, and a run of them separated by white space only.
 _ENCODED_WORDS = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=(?:\s+=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=)*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -343,7 +518,7 @@ def _name(display: str) -> str:
 
 
 def _address_map(
-    message: Message | None, raw: list[tuple[str, str]], hint: str | None = None
+    message: Message | None, raw: list[tuple[str, str]], hint: MailCharsets | None = None
 ) -> dict[str, list[tuple[str, str]]]:
     """Address headers read from their raw values: decoding first would split names at commas."""
     found: dict[str, list[tuple[str, str]]] = {}
@@ -392,15 +567,23 @@ def _assemble(
         html=html,
         attachments=tuple(body.attachments),
         defects=tuple(dict.fromkeys(defects)),
+        signed=_sealing(body.sealed, "signed"),
+        encrypted=_sealing(body.sealed, "encrypted"),
     )
+
+
+def _sealing(sealed: list[str], how: str) -> str | None:
+    """"PGP" for "encrypted (PGP)" when asked for "encrypted"; None when there is none."""
+    found = next((s for s in sealed if s.startswith(how)), None)
+    return found[len(how):].strip(" ()") if found else None
 
 
 def _from_message(message: Message, defects: list[str]) -> ParsedMail:
     raw = [(str(name), str(value)) for name, value in message.raw_items()]
-    hint = _body_charset(message) if any(has_8bit(v) for _, v in raw) else None
-    headers = tuple((name, decode_header_value(value, defects, hint)) for name, value in raw)
-    body = _read_parts(message, defects)
-    return _assemble(headers, _address_map(message, raw, hint), _date(raw), body, defects)
+    charsets = _mail_charsets(message) if _has_8bit_headers(message) else None
+    headers = tuple((name, decode_header_value(value, defects, charsets)) for name, value in raw)
+    body = _read_parts(message, defects, charsets)
+    return _assemble(headers, _address_map(message, raw, charsets), _date(raw), body, defects)
 
 
 def _date(raw: list[tuple[str, str]]) -> datetime | None:
@@ -411,15 +594,6 @@ def _date(raw: list[tuple[str, str]]) -> datetime | None:
         return aware_datetime(parse_mail_date(value).value) if value is not None else None
     except Exception:  # the stdlib reading follows
         return None
-
-
-def _body_charset(message: Message) -> str | None:
-    """The first charset declared on a text part: raw 8-bit headers are usually in it."""
-    for part in message.walk():
-        charset = part.get_content_charset() if part.get_content_maintype() == "text" else None
-        if charset:
-            return str(charset)
-    return None
 
 
 def _salvage(raw: bytes, defects: list[str]) -> ParsedMail:

@@ -16,7 +16,8 @@ from typing import Any
 from mailgateway.config import Settings
 from mailgateway.pipeline.classify import Classification, OwnMarks, classify
 from mailgateway.pipeline.identify import vouched_by_mta
-from mailgateway.pipeline.parse import ParsedMail, parse_mail
+from mailgateway.pipeline.parse import ParsedMail
+from mailgateway.pipeline.pec import read_mail
 from mailgateway.pipeline.quote import strip_quotes
 from mailgateway.pipeline.route import Routing, route_new_ticket
 from mailgateway.pipeline.thread import ThreadKeys, thread_keys
@@ -192,7 +193,7 @@ class PreparedMail:
 
 
 def prepare_mail(raw: bytes, settings: FindingSettings) -> PreparedMail:
-    parsed = parse_mail(raw)
+    parsed = read_mail(raw)
     return PreparedMail(raw, raw_identity(raw), parsed, find(settings, parsed))
 
 

@@ -32,7 +32,9 @@ ADDRESS_FRAGMENT = re.compile(r"^[ \t]*(?:<|>|mailto:|\S+@\S+[ \t]*$)")
 _BARE_QUOTE = re.compile(r"^[ \t]*(?:>[ \t]*)+$")
 SEPARATOR_ONLY = re.compile(r"^[-_=*~#+.·•ᐧ–—\s\u200b]*$")
 _UNDERSCORE_RULE = re.compile(r"^[ \t]*_{7,}[ \t]*$")
-_DASH_RULE = re.compile(r"^[ \t]*[*_]*-{4,}[ \t]*[*_]*[ \t]*$")
+_DASH_RULE = re.compile(r"^[ \t]*[*_]*-{3,}[ \t]*[*_]*[ \t]*$")
+_STAR_RULE = re.compile(r"^[ \t]*(?:\*[ \t]*){3,}$")
+"""An HTML `<hr>` as the text of an HTML-only mail shows it ("* * *")."""
 _DASHED_TITLE = re.compile(
     r"^[ \t]*[*_]*-{3,}[ \t]*[^\W\d_][\w' ]{0,40}?[ \t]*-{3,}[ \t]*[*_]*[ \t]*$"
 )
@@ -123,7 +125,16 @@ VERB_INSIDE = re.compile(
 OPENER = re.compile(
     r"^[ \t]*(?:-{2,}[ \t]*)?(?:(?:On|Il|Am|Le|El|Em|Op|Den|Dnia|W dniu|Dne|At|Kl\.)\b|\d)",
 )
-DATE_LED = re.compile(r"^[ \t]*\d{4}[-/.年]|^[ \t]*\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b")
+_WEEKDAYS = (
+    r"mon|tue|wed|thu|fri|sat|sun|lun|mar|mer|gio|ven|sab|dom|mo|di|mi|do|fr|sa|so|mié|jue|vie"
+    r"|sáb|lu|ma|me|je|ve|sa|di|пн|вт|ср|чт|пт|сб|вс|pon|wt|śr|czw|pt|sob|niedz"
+)
+DATE_LED = re.compile(
+    r"^[ \t]*\d{4}[-/.年]|^[ \t]*\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"
+    rf"|^[ \t]*(?:{_WEEKDAYS})\.?,[ \t]*\d{{1,2}}\.?[ \t]+[^\W\d_]+\.?[ \t]+\d{{4}}\b",
+    re.IGNORECASE,
+)
+"""A line led by a date: "2016-10-24", "24/10/2016", "Thu, 26 Jun 2014" (any language)."""
 GMT_STAMP = re.compile(r"\bGMT[+-]\d")
 STAMP = re.compile(r"@|\d{1,2}[:.]\d{2}")
 """An address or a time: what tells "Il 3 feb alle 10:12 Mario ha scritto:" from a sentence."""
@@ -208,6 +219,7 @@ def is_rule(line: str) -> bool:
     return len(line) <= MAX_HEADER_LINE and bool(
         _UNDERSCORE_RULE.match(line)
         or _DASH_RULE.match(line)
+        or _STAR_RULE.match(line)
         or ORIGINAL_SEPARATOR.match(line)
         or _DASHED_TITLE.match(line)
     )

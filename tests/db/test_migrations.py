@@ -9,17 +9,19 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, func, insert, select, text, update
+from sqlalchemy.orm import Session
 
 from mailgateway.config import DatabaseSettings
 from mailgateway.db.migrate import alembic_config, upgrade
-from mailgateway.db.models import Base, OutboxMail
+from mailgateway.db.models import Base, OutboxMail, described_by_models
 from mailgateway.db.session import create_db_engine
 
 
 def test_migrations_match_models(database_url: str) -> None:
     engine = create_engine(database_url)
     with engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(
+            connection, opts={"include_object": described_by_models}), Base.metadata)
     engine.dispose()
     assert diff == []
 
@@ -60,6 +62,45 @@ def test_going_back_before_queued_intents_never_drops_a_mail(database_url: str) 
         with engine.connect() as connection:
             assert connection.execute(text("SELECT message_id FROM outbox")).scalars().all() == [
                 "mg.waiting@example.com"]
+    finally:
+        upgrade(engine)
+        engine.dispose()
+
+
+def test_the_search_index_takes_in_tickets_closed_before_it(database_url: str) -> None:
+    """Migration 0008 indexes the desk's solved tickets (those with an answer)."""
+    from mailgateway.db.models import Account, Message, Ticket
+    from mailgateway.solved import similar_solved
+
+    engine = create_db_engine(DatabaseSettings(url=database_url))
+    now = datetime.now(UTC)
+    try:
+        _downgrade(engine, "0005")
+        with engine.begin() as connection:
+            account = connection.execute(insert(Account).returning(Account.id), {
+                "name": "Studio Rossi", "main_email": "rossi@studiorossi.it",
+                "vat_number": "", "verified": True, "created_at": now}).scalar_one()
+            for n, (subject, answer) in enumerate([
+                    ("Stampa F24 bloccata", "Reimposti la stampante delle deleghe."),
+                    ("Licenza scaduta", None)], start=1):
+                connection.execute(insert(Ticket), {
+                    "id": n, "number": f"2025-{n:06d}", "status": "CHIUSO",
+                    "subject": subject, "request_type": "tecnica", "impact": "difficolta",
+                    "account_id": account, "language": "it", "rules": [], "watchers": [],
+                    "created_at": now, "updated_at": now, "closed_at": now})
+                rows = [{"ticket_id": n, "direction": "in", "author": "rossi@studiorossi.it",
+                         "body": f"{subject}: aiuto.", "internal": False,
+                         "refused_attachments": [], "created_at": now}]
+                if answer:
+                    rows.append({**rows[0], "direction": "out", "body": answer,
+                                 "author": "luca@example.com"})
+                connection.execute(insert(Message), rows)
+        upgrade(engine)
+        with Session(engine) as session:
+            [found] = similar_solved(session, account, "La stampa dell'F24 si blocca")
+            assert (found.number, found.answer) == ("2025-000001",
+                                                    "Reimposti la stampante delle deleghe.")
+            assert similar_solved(session, account, "licenza scaduta") == ()
     finally:
         upgrade(engine)
         engine.dispose()

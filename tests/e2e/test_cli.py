@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mailgateway.cli import main
-from tests.mails import CUSTOMER, PERSON, build_mail
+from tests.mails import CUSTOMER, PERSON, build_mail, staff_reply_address
 
 
 def run(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str, str]:
@@ -175,12 +175,21 @@ def test_accounts_import_csv(
 ) -> None:
     csv_file = tmp_path / "accounts.csv"
     csv_file.write_text(
-        "name,email,vat,language\nStudio Bianchi,info@bianchi.it,123,en\n"
+        "name,email,vat,language\nStudio Bianchi,info@bianchi.it,IT 12345678901,en\n"
         "Doppio,rossi@studiorossi.it,1,\nRotto,non-un-indirizzo,,\n"
+        "IVA corta,corta@verdi.it,123,\nVirgole,a@b.it,,it,troppo,\n"
     )
     code, out, err = run(capsys, desk, "accounts", "import", str(csv_file))
-    assert code == 0 and out.strip() == "1 accounts added, 2 skipped."
+    assert code == 0 and out.strip() == "1 accounts added, 4 skipped."
     assert "line 3" in err and "line 4" in err
+    assert "line 5: '123' is not an Italian VAT number" in err
+    assert "line 6: 6 fields where the header has 4; not read" in err
+    [bianchi] = [a for a in run_json(capsys, desk, "accounts", "list")
+                 if a["email"] == "info@bianchi.it"]
+    assert bianchi["vat"] == "12345678901"
+    csv_file.write_bytes("name,email\nCittà,c@x.it\n".encode("latin-1"))
+    code, _, err = run(capsys, desk, "accounts", "import", str(csv_file))
+    assert code == 1 and "is not UTF-8 text" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
@@ -197,6 +206,12 @@ def test_accounts_import_csv(
             "There is no account with main address nobody@x.it.",
         ),
         (("inbox", "retry", "42"), "There is no received mail with ID 42."),
+        (("inbox", "show", "42"), "There is no received mail with ID 42."),
+        (
+            ("accounts", "add", "--name", "X", "--email", "x@verdi.it", "--vat", "IT123"),
+            "'IT123' is not an Italian VAT number (partita IVA): 11 digits, optionally after IT.",
+        ),
+        (("tickets", "show", "7"), "There is no ticket 7."),
     ],
 )
 def test_user_mistakes_are_one_sentence(
@@ -238,3 +253,84 @@ def test_ingest_exits_75_when_it_cannot_store(
     code, _, err = run(capsys, config, "ingest", str(mail))
     assert code == 75, err
     assert "try again later" in err
+
+
+NOW = "2026-03-02T09:30:00+00:00"  # 10:30 in Rome
+
+
+def _ticket_with_files(desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A ticket, the customer's reply with two files of one name and one other, and a
+    technician's answer, all at NOW."""
+    request = tmp_path / "request.eml"
+    request.write_bytes(build_mail(subject="Stampa F24"))
+    assert run(capsys, desk, "--now", NOW, "ingest", str(request))[0] == 0
+    reply = tmp_path / "reply.eml"
+    reply.write_bytes(build_mail(
+        subject="Re: [Ticket#2026-000001] Stampa F24", body="Ecco i file.",
+        attachments=[("errore.png", b"first", "image/png"), ("log.txt", b"righe", "text/plain"),
+                     ("errore.png", b"second", "image/png")]))
+    assert run(capsys, desk, "--now", NOW, "ingest", str(reply))[0] == 0
+    answer = tmp_path / "answer.eml"
+    answer.write_bytes(build_mail(
+        sender="luca@example.com", subject="Re: [Ticket#2026-000001] Stampa F24",
+        to=[staff_reply_address("2026-000001")], body="#prendi\nProvi ora."))
+    assert run(capsys, desk, "--now", NOW, "ingest", str(answer))[0] == 0
+
+
+def test_tickets_show_reads_as_the_desk_does(
+    desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _ticket_with_files(desk, capsys, tmp_path)
+    code, out, err = run(capsys, desk, "--now", NOW, "tickets", "show", "1")
+    assert code == 0, err
+    assert out.startswith("[Ticket#2026-000001] Stampa F24\n")
+    assert "assignee: luca@example.com  group: tecnica" in out
+    # Dates in the desk's time zone: 09:30 UTC is 10:30 in Rome.
+    assert "created: 2026-03-02 10:30" in out and "(Europe/Rome)" in out
+    assert "events:" in out and "IN_GESTIONE → RISPOSTO" in out
+    assert "[file] log.txt 5 bytes" in out
+    assert run(capsys, desk, "--now", NOW, "tickets", "show", "000001")[0] == 0
+    code, _, err = run(capsys, desk, "tickets", "list", "--account", "nessuno@altrove.it")
+    assert code == 1
+    assert err.strip() == "mailgateway: There is no account with main address nessuno@altrove.it."
+
+
+def test_tickets_attachment_exports_under_the_original_names(
+    desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _ticket_with_files(desk, capsys, tmp_path)
+    code, out, _ = run(capsys, desk, "--now", NOW, "tickets", "attachment", "1")
+    assert code == 0 and out.splitlines() == ["errore.png\t5", "log.txt\t5", "errore.png\t6"]
+    out_dir = tmp_path / "export"
+    code, out, _ = run(capsys, desk, "--now", NOW, "tickets", "attachment", "1", "log.txt",
+                       "--out", str(out_dir))
+    assert code == 0 and out.strip() == str(out_dir / "log.txt")
+    assert (out_dir / "log.txt").read_bytes() == b"righe"
+    code, out, _ = run(capsys, desk, "--now", NOW, "tickets", "attachment", "1", "--all",
+                       "--out", str(out_dir))
+    assert code == 0
+    # Nothing is overwritten: a second file of a taken name gets a number.
+    assert (out_dir / "errore.png").read_bytes() == b"first"
+    assert (out_dir / "errore (2).png").read_bytes() == b"second"
+    assert (out_dir / "log (2).txt").read_bytes() == b"righe"
+    code, _, err = run(capsys, desk, "--now", NOW, "tickets", "attachment", "1", "nulla.pdf")
+    assert code == 1
+    assert err.strip() == ("mailgateway: Ticket 2026-000001 has no file 'nulla.pdf' "
+                           "(its files: errore.png, log.txt).")
+
+
+def test_inbox_show_gives_one_mail_and_its_fate(
+    desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    raw = build_mail(sender="x@unknown.test", subject="Chi sono?")
+    (tmp_path / "m.eml").write_bytes(raw)
+    assert run(capsys, desk, "ingest", str(tmp_path / "m.eml"))[0] == 0
+    shown = run_json(capsys, desk, "inbox", "show", "1")
+    assert shown["status"] == "ignored" and "unknown sender" in shown["reason"]
+    assert shown["sender"] == "x@unknown.test" and shown["subject"] == "Chi sono?"
+    code, out, _ = run(capsys, desk, "inbox", "show", "1")
+    assert code == 0 and "status: ignored" in out
+    shown_raw = subprocess.run(
+        [sys.executable, "-m", "mailgateway", "--config", str(desk), "inbox", "show", "1",
+         "--raw"], capture_output=True, timeout=60, check=True)
+    assert shown_raw.stdout == raw

@@ -72,7 +72,7 @@ def test_acknowledgment_threads_and_its_reply_address_works(desk: Gateway,
 
     # The customer answers to the Reply-To address; the client dropped the tag.
     deliver(desk, build_mail(to=[reply_to_address(ack)], subject="Altre informazioni",
-                             body="Succede anche con Lynfa."))
+                             body="Succede anche con Lynfa.", message_id="req-2@client.test"))
     # The technician answers from the notice: the answer reaches the customer, threaded.
     deliver(desk, build_mail(sender=TECHNICIAN, to=[reply_to_address(notice)],
                              subject="Re: " + str(notice["Subject"]),
@@ -81,7 +81,9 @@ def test_acknowledgment_threads_and_its_reply_address_works(desk: Gateway,
     send_outbox(desk)
     [answer] = mails_to(smtp_sink, PERSON)
     assert "Aggiorni alla versione 12" in answer.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    assert answer["In-Reply-To"] == "<req-1@client.test>"
+    # Under the customer's latest mail, in the thread that began with the first.
+    assert answer["In-Reply-To"] == "<req-2@client.test>"
+    assert str(answer["References"]).split()[0] == "<req-1@client.test>"
     assert "Auto-Submitted" not in answer
     with desk.sessions() as session:
         ticket = session.execute(select(Ticket)).scalar_one()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +194,13 @@ def test_a_calendar_the_configuration_breaks_stops_the_import_before_any_mail(
     """Opening a ticket needs the office calendar: a bad one is said once, up front,
     rather than quarantining every mail of the archive."""
     config_data["sla"] = {"business_hours": "always"}
-    gateway = Gateway(settings_from_mapping(config_data), clock)
+    with pytest.raises(ConfigError, match="business_hours"):  # refused when loaded…
+        settings_from_mapping(config_data)
+    del config_data["sla"]
+    settings = settings_from_mapping(config_data)
+    # …and by the import, for settings made some other way.
+    broken = replace(settings, sla=replace(settings.sla, business_hours="always"))
+    gateway = Gateway(broken, clock)
     try:
         register_desk(gateway)
         archive = tmp_path / "archive"

@@ -281,3 +281,84 @@ def test_automatic_mail_is_never_answered() -> None:
         assert result.reason
         if result.kind is not None:
             assert result.may_auto_answer is False, path
+
+
+# --- what machines still got past, and what a person may write -----------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "Subject: [Risposta automatica] Errore in stampa",
+        "Subject: Errore in stampa (Risposta automatica)",
+        "Subject: R: Risposta automatica: Errore in stampa",
+        "Subject: Assente: Errore in stampa",
+        "Subject: Assente dal 3 al 10 agosto",
+        "Subject: In ferie fino al 20 agosto",
+        "Subject: Sono in ferie",
+        "Auto-Submitted: auto-generated (rapporto giornaliero)",
+        "Auto-Submitted: auto-replied (vacation)",
+    ],
+)
+def test_more_auto_replies(headers: str) -> None:
+    assert of(headers).kind is AutoKind.AUTO_REPLY
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["La risposta automatica di Outlook non parte", "Assenza del tecnico",
+     "Richiesta ferie dipendenti", "Assenteismo: report mensile"],
+)
+def test_words_about_auto_replies_stay_human(subject: str) -> None:
+    assert of(f"Subject: {subject}").kind is None
+
+
+def test_a_no_reply_sender_with_a_prefix_is_not_answered() -> None:
+    result = of("From: Gmail <gmail-noreply@google.com>")
+    assert (result.kind, result.may_auto_answer) == (None, False)
+
+
+def test_an_exchange_2003_report_is_a_bounce() -> None:
+    result = of("From: System Administrator <admin@studiorossi.it>\nSubject: Undeliverable: x",
+                "Your message\n\ndid not reach the following recipient(s):\n\n"
+                "mario@studiorossi.it on 29/04/2010\n")
+    assert result.kind is AutoKind.BOUNCE
+
+
+def test_a_non_remis_failure_from_a_person_like_sender_is_a_bounce() -> None:
+    result = of("From: Dsi.internet@societe.fr\n"
+                "Subject: RE: La vostra richiesta : non remis (delivery failed)",
+                "Votre message n'a pas pu etre delivre.\n"
+                "Your message could not be delivered to\nduke@societe.fr\n")
+    assert result.kind is AutoKind.BOUNCE
+    assert result.machine_sign is False  # its text alone says so
+
+
+def test_an_abuse_report_sent_as_multipart_mixed_is_not_a_request() -> None:
+    raw = (b"From: abuse@provider.example\nTo: assistenza@example.com\nSubject: Abuse report\n"
+           b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\n"
+           b"This is an abuse report.\n--b\nContent-Type: message/feedback-report\n\n"
+           b"Feedback-Type: abuse\nUser-Agent: x\nVersion: 1\n--b--\n")
+    assert classify(parse_mail(raw), OWN).kind is AutoKind.BOUNCE
+
+
+def test_amazon_notifications_are_machines() -> None:
+    bounce = of("From: no-reply@sns.amazonaws.com\nSubject: AWS Notification Message",
+                '{"notificationType":"Bounce","bounce":{"bounceType":"Permanent"}}')
+    delivery = of("From: no-reply@sns.amazonaws.com\nSubject: AWS Notification Message",
+                  '{"notificationType":"Delivery"}')
+    assert (bounce.kind, delivery.kind) == (AutoKind.BOUNCE, AutoKind.BULK)
+
+
+def test_a_list_manager_notice_is_a_bounce() -> None:
+    result = of("From: lista-admin@studiorossi.it\nSubject: You are not member",
+                "You are not a member of this mailing list <lista@studiorossi.it>.")
+    assert result.kind is AutoKind.BOUNCE
+
+
+def test_a_pasted_server_report_is_a_bounce_only_with_a_machine_sign() -> None:
+    pasted = "Vi incollo:\nThis is the mail system at host mx.studiorossi.it.\n"
+    assert of("Subject: Le mail tornano indietro", pasted).machine_sign is False
+    assert of("Subject: Le mail tornano indietro\nAuto-Submitted: auto-replied",
+              pasted).machine_sign is True
+    assert of("To: assistenza+b12.abcdefghijklmnop@example.com", pasted).machine_sign is True

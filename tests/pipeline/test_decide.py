@@ -211,7 +211,14 @@ def test_a_reply_to_a_closed_ticket_is_refused_or_opens_a_linked_one() -> None:
     closed = _ticket(TicketStatus.CHIUSO)
     refused = decide(_facts(ticket=closed))
     assert isinstance(refused, Reject) and refused.answer is MailKind.CLOSED_TICKET
-    assert _mails(refused) == [("closed_ticket", (PERSON,), (), "it")]
+    # The customer told, and the group (no assignee) given the customer's words.
+    assert _mails(refused) == [("closed_ticket", (PERSON,), (), "it"),
+                               ("customer_reply_notice", (TECHNICIAN,), (), "it"),
+                               ("customer_reply_notice", (OTHER_TECHNICIAN,), (), "it")]
+    assert refused.mails[1].context["body"] == "Il programma si chiude."
+    assert refused.mails[1].context["closed"] is True
+    assigned = decide(_facts(ticket=replace(closed, assignee=OTHER_TECHNICIAN)))
+    assert _mails(assigned)[1:] == [("customer_reply_notice", (OTHER_TECHNICIAN,), (), "it")]
     opened = decide(_facts(ticket=closed, policy=Policy(closed_reply="new_ticket")))
     assert isinstance(opened, OpenTicket) and opened.linked_ticket == closed
 
@@ -279,3 +286,39 @@ def test_a_technician_s_text_on_a_closed_ticket_is_a_note() -> None:
 
 def test_a_technician_s_mail_on_no_ticket_is_quarantined() -> None:
     assert isinstance(decide(_facts(LUCA, customer=None)), Quarantine)
+
+
+def test_an_answer_threads_under_the_customer_s_latest_mail() -> None:
+    ticket = _ticket(conversation=("first@studiorossi.it", "mg.ack@example.com",
+                                   "second@studiorossi.it", "mg.answer@example.com",
+                                   "third@studiorossi.it"),
+                     latest_customer_mail="third@studiorossi.it")
+    decision = decide(_facts(LUCA, body="Provi ora, grazie.", ticket=ticket,
+                             staff_authority=(Authority.FULL, "reply token")))
+    [answer] = decision.mails  # type: ignore[union-attr]
+    assert answer.in_reply_to == "third@studiorossi.it"
+    assert answer.references[0] == "first@studiorossi.it"
+    assert answer.references[-1] == "third@studiorossi.it"
+
+
+@pytest.mark.parametrize(("body", "signed"), [
+    ("Provi ora.\n\nCordiali saluti,\nLuca", True),
+    ("Provi ora.\n\nLuca Verdi", True),
+    ("Provi ora.\nSaluti, luca verdi - assistenza", True),
+    ("Provi ora, poi mi dica.", False),
+])
+def test_an_answer_is_not_signed_twice(body: str, signed: bool) -> None:
+    decision = decide(_facts(LUCA, body=body, ticket=_ticket(),
+                             staff_authority=(Authority.FULL, "reply token")))
+    [answer] = decision.mails  # type: ignore[union-attr]
+    assert answer.context["signed_off"] is signed
+
+
+def test_the_acknowledgment_echoes_the_impact_only_as_the_customer_chose_it() -> None:
+    chosen = decide(_facts(body="Impatto: Sono bloccato\nIl programma si chiude."))
+    unstated = decide(_facts())
+    assert isinstance(chosen, OpenTicket) and isinstance(unstated, OpenTicket)
+    assert chosen.fields.impact == "bloccato"
+    assert chosen.mails[0].kind is MailKind.ACKNOWLEDGMENT
+    assert chosen.mails[0].context["impact_stated"] is True
+    assert unstated.mails[0].context["impact_stated"] is False

@@ -411,7 +411,7 @@ def test_an_address_too_long_to_answer_is_no_sender(desk: Gateway) -> None:
     assert deliver(desk, build_mail(sender=overlong, subject="Di nuovo")) == "quarantined"
     with desk.sessions() as session:
         [row] = [r for r in list_inbox(session) if r["status"] == "quarantined"]
-    assert row["reason"].startswith("no sender address")
+    assert row["reason"].startswith("no valid sender address")
     assert "254" in row["reason"]
 
 

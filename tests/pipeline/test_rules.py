@@ -379,6 +379,8 @@ def test_serve_picks_up_rule_files_and_runs_on_the_last_good_set(
         def lines(event: str) -> int:
             return log.read_text(errors="replace").count(event)
 
+        # The watcher reads the files once at start, maybe after the listener is up.
+        wait_until(lambda: lines("rules_loaded") >= 1, timeout=10, what="the rules at start")
         loaded = lines("rules_loaded")
         (rules / "05-stampanti.toml").write_text(
             "[[rule]]\nname = 'stampanti'\nwhen.subject = '(?i)stampante'\n"
