@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +24,7 @@ from dataclasses import replace
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import make_msgid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -36,6 +38,7 @@ from mailgateway.errors import UserError
 from mailgateway.ingest.smtp import SmtpListener
 from mailgateway.server import Processor
 from mailgateway.service import Gateway
+from mailgateway.workers import WorkerPool
 
 PROCESSING_PATIENCE_S = 600.0
 SENDER = "bench@studiobench.it"
@@ -57,8 +60,12 @@ def request_mail(index: int) -> bytes:
     return message.as_bytes(policy=SMTP_POLICY)
 
 
-def _client(port: int, indexes: list[int]) -> tuple[float, float, list[float]]:
-    """One connection sending its share; returns (start, end, seconds to each 250)."""
+def _client(
+    port: int, indexes: list[int], interval: float = 0.0, at: float = 0.0,
+) -> tuple[float, float, list[float]]:
+    """One connection sending its share; returns (start, end, seconds to each 250).
+    With `interval`, mail k is due `at + k * interval` (monotonic): a steady rate, sent
+    at once when behind, as an MTA's queue would."""
     import smtplib
 
     mails = [request_mail(i) for i in indexes]
@@ -66,7 +73,9 @@ def _client(port: int, indexes: list[int]) -> tuple[float, float, list[float]]:
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
         smtp.ehlo()
         start = time.monotonic()
-        for raw in mails:
+        for k, raw in enumerate(mails):
+            if interval:
+                time.sleep(max(0.0, at + k * interval - time.monotonic()))
             before = time.perf_counter()
             smtp.sendmail(SENDER, [SUPPORT], raw)
             latencies.append(time.perf_counter() - before)
@@ -74,18 +83,35 @@ def _client(port: int, indexes: list[int]) -> tuple[float, float, list[float]]:
     return start, end, latencies
 
 
-def _clients(port: int, n: int, clients: int) -> list[tuple[float, float, list[float]]]:
-    """Run in the client process: `clients` parallel connections, n mails in all."""
+def _clients(
+    port: int, n: int, clients: int, rate: float | None = None,
+) -> list[tuple[float, float, list[float]]]:
+    """Run in the client process: `clients` parallel connections, n mails in all; with
+    `rate`, n mails at `rate` mails/s in all, each connection its even share."""
     shares = [list(range(n))[i::clients] for i in range(clients)]
+    interval = clients / rate if rate else 0.0
+    at = time.monotonic() + 0.5
     with ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(_client, [port] * clients, shares))
+        return list(pool.map(_client, [port] * clients, shares, [interval] * clients,
+                             [at + i * interval / clients for i in range(clients)]))
 
 
 class _Server:
-    """The listener and the processor on their own event loop, as `serve` runs them."""
+    """The listener and the processor (or `serve --workers`' worker processes) on their
+    own event loop, as `serve` runs them."""
 
-    def __init__(self, settings: Settings, gateway: Gateway, process: bool) -> None:
-        self.processor = Processor(gateway, idle_seconds=1.0) if process else None
+    def __init__(
+        self, settings: Settings, gateway: Gateway, process: bool,
+        workers: int = 0, config: Path | None = None,
+    ) -> None:
+        self.processor: Processor | WorkerPool | None = None
+        if process and workers:
+            assert config is not None, "worker processes read the site's configuration"
+            command = (sys.executable, "-m", "mailgateway", "--config", str(config),
+                       "serve", "--only", "processor", "--workers", "0")
+            self.processor = WorkerPool(command, workers)
+        elif process:
+            self.processor = Processor(gateway, idle_seconds=1.0)
         wake = self.processor.wake if self.processor else None
         self.listener = SmtpListener(settings.smtp, gateway, on_stored=wake)
         self._loop = asyncio.new_event_loop()
@@ -111,12 +137,13 @@ class _Server:
 
     def __enter__(self) -> _Server:
         done = self._done = self._pool.submit(self._main)
-        deadline = time.monotonic() + 30
-        while not self.listener.serving:
+        deadline = time.monotonic() + 60
+        pool = self.processor if isinstance(self.processor, WorkerPool) else None
+        while not self.listener.serving or (pool is not None and not pool.ready()):
             if done.done():
                 done.result()
             if time.monotonic() > deadline:
-                raise RuntimeError("the listener did not start")
+                raise RuntimeError("the listener or the workers did not start")
             time.sleep(0.01)
         return self
 
@@ -133,14 +160,40 @@ def _waiting(gateway: Gateway) -> int:
         return int(session.execute(query).scalar_one())
 
 
+class _Backlog:
+    """Samples the mails waiting for processing every `every` seconds; keeps the largest."""
+
+    def __init__(self, gateway: Gateway, every: float = 1.0) -> None:
+        self.largest = 0
+        self._gateway, self._every = gateway, every
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.wait(self._every):
+            self.largest = max(self.largest, _waiting(self._gateway))
+
+    def __enter__(self) -> _Backlog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def bench_smtp(
-    settings: Settings, n: int, clients: int = 8, process: bool = True
+    settings: Settings, n: int, clients: int = 8, process: bool = True, *,
+    workers: int = 0, config: Path | None = None, rate: float | None = None,
 ) -> dict[str, Any]:
     """Send n mails on `clients` parallel connections to a real listener and gateway.
 
     The database in `settings` must be migrated (and is best empty). Returns accepted
     mails/s and time-to-250 percentiles (ms); with `process`, also how long
-    the processor took to turn every mail into a ticket.
+    the processor took to turn every mail into a ticket. `workers` > 0 processes in
+    that many worker processes (`serve --workers`), which read `config`; `rate` sends
+    at that steady pace (mails/s) instead of as fast as the listener answers, and
+    reports the largest backlog seen.
     """
     settings = replace(settings, smtp=replace(settings.smtp, host="127.0.0.1", port=0))
     gateway = Gateway(settings)
@@ -148,12 +201,14 @@ def bench_smtp(
         with contextlib.suppress(UserError), gateway.sessions.begin() as session:
             add_account(session, gateway.clock, name="Studio Bench", email=SENDER, vat="1")
         spawn = multiprocessing.get_context("spawn")
-        with spawn.Pool(1) as client_process, _Server(settings, gateway, process) as server:
+        server = _Server(settings, gateway, process, workers, config)
+        with spawn.Pool(1) as client_process, server, _Backlog(gateway) as backlog:
             cpu_before = time.process_time()
-            sending = client_process.apply_async(_clients, (server.listener.port, n, clients))
+            sending = client_process.apply_async(
+                _clients, (server.listener.port, n, clients, rate))
             # A client process that dies (say, on an import error) loses the task
             # without a word: wait a bounded time rather than forever.
-            results = sending.get(timeout=60 + n / 5)
+            results = sending.get(timeout=60 + n / (rate or 5) * 2)
             cpu_used = time.process_time() - cpu_before
             sent_at = time.monotonic()
             waiting = _waiting(gateway) if process else 0
@@ -183,4 +238,6 @@ def bench_smtp(
         report["processed_per_s"] = round(len(latencies) / (processed_at - start), 1)
         report["processing_lag_s"] = round(processed_at - sent_at, 2)
         report["left_unprocessed"] = waiting
+        report["largest_backlog"] = max(backlog.largest, waiting)
+    report["workers"] = workers
     return report

@@ -37,6 +37,7 @@ from benchmarks.transport_measures import (
     scheduler,
     similar_suggestions,
     smtp_listener,
+    smtp_sustained,
 )
 
 LARGE_ATTACHMENT_BYTES = 25_000_000
@@ -345,6 +346,11 @@ BENCHMARKS: list[Benchmark] = [
         "smtp-listener",
         "SMTP accepted mails/s and time-to-250, 8 clients, processor running",
         smtp_listener,
+    ),
+    Benchmark(
+        "smtp-sustained",
+        "100 mails/s over SMTP on PostgreSQL with serve --workers 2: backlog and lag",
+        smtp_sustained,
     ),
     Benchmark(
         "imap-poller", "IMAP backlog drain and APPEND-to-ticket latency with IDLE", imap_poller

@@ -336,12 +336,37 @@ def _wait_for_database(app: App, longest: float = 60.0) -> None:
 
 def _serve(args: argparse.Namespace, app: App) -> int:
     from mailgateway.directory import check_notices_reach
-    from mailgateway.server import serve
+    from mailgateway.server import ServeOptions, default_workers, parse_only, serve
 
     _wait_for_database(app)
     with app.reads() as session:
         check_notices_reach(session, app.settings)
-    return serve(app.settings, app.clock)
+    only = parse_only(args.only)
+    share = None
+    if args.share:
+        k, _, n = args.share.partition("/")
+        share = (int(k), int(n))
+    workers = args.workers if args.workers is not None else default_workers()
+    if share is not None or "processor" not in only:
+        workers = 0
+    command = [sys.executable, "-m", "mailgateway"]
+    if args.config:
+        command += ["--config", args.config]
+    if args.now:
+        command += ["--now", args.now]
+    command += ["serve", "--only", "processor", "--workers", "0"]
+    options = ServeOptions(
+        only=only, workers=workers, worker_command=tuple(command), share=share,
+        config_path=args.config, metrics_listen=args.metrics_listen,
+        # Alone, a processor has no listener to wake it: it looks every second.
+        processor_idle_seconds=1.0 if "smtp" not in only and "imap" not in only else 5.0)
+    return serve(app.settings, app.clock, options)
+
+
+def _doctor(args: argparse.Namespace, app: App) -> int:
+    from mailgateway.doctor import run_checks
+
+    return run_checks(app.settings, args.config, print)
 
 
 def _add(
@@ -373,7 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = _group(sub, "db", "database schema")
     _add(db, "upgrade", _db_upgrade, "create or migrate the schema")
-    _add(sub, "serve", _serve, "run every configured component until SIGTERM/SIGINT")
+    serve = _add(sub, "serve", _serve, "run every configured component until SIGTERM/SIGINT")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="processing processes beside the listener's (default: one per "
+                       "core beyond the first; 0: process mail in this process)")
+    serve.add_argument("--only", default=",".join(
+        ("smtp", "imap", "processor", "dispatcher", "scheduler")), metavar="LIST",
+        help="the components to run here, comma-separated: smtp,imap,processor,dispatcher,"
+        "scheduler (default: all that are configured)")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve /metrics and /healthz here (default: [metrics] listen)")
+    serve.add_argument("--share", help=argparse.SUPPRESS)  # a worker's k/n, from its parent
+    _add(sub, "doctor", _doctor, "check the configuration, the database, the relay, the "
+         "IMAP mailboxes, the rules and the templates; exit 1 when any check fails")
     ingest = _add(sub, "ingest", _ingest, "one raw message through the pipeline")
     ingest.add_argument("file", nargs="?", default="-", help="a file, or - for stdin")
     imp = _add(sub, "import", _import, "a Maildir, mbox or directory of mails in bulk")
@@ -479,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = with_secret(loaded)
         clock: Clock = FixedClock(parse_instant(args.now)) if args.now else SystemClock()
     except ConfigError as exc:
+        if args.command == "doctor":  # one line per check, this one failed
+            print(f"FAIL  configuration: {exc}")
+            return 1
         print(f"mailgateway: {exc}", file=sys.stderr)
         return 2
     except ValueError:

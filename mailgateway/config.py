@@ -197,6 +197,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    # HOST:PORT of /metrics and /healthz; empty: not served.
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     helpdesk: HelpdeskSettings = HelpdeskSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -210,6 +216,7 @@ class Settings:
     similar: SimilarSettings = SimilarSettings()
     duplicates: DuplicatesSettings = DuplicatesSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def data_dir(self) -> Path:
@@ -348,6 +355,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         "similar": SimilarSettings,
         "duplicates": DuplicatesSettings,
         "log": LogSettings,
+        "metrics": MetricsSettings,
     }
     values: dict[str, Any] = {}
     for key, table in data.items():

@@ -15,7 +15,10 @@ once:
   flag reaches (a socket), and `run` returns when the pass in flight has ended;
 - a pass that raises an `Exception` is logged and tried again next round, so
   a database or a server away for a while stops nothing else; anything else
-  it raises (a `KeyboardInterrupt`, say) ends `run` with it.
+  it raises (a `KeyboardInterrupt`, say) ends `run` with it;
+- its heartbeat (`mailgateway.telemetry`) is busy during a pass and beats at
+  each pass's start and end and whenever the pass asks `stopping()`, so a pass
+  silent for longer than `stuck_after` seconds shows as stuck in `/healthz`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
+
+from mailgateway.telemetry import heartbeat
 
 __all__ = ["Passes"]
 
@@ -46,8 +51,12 @@ class Passes:
         *,
         interval: float | None,
         interrupt: Callable[[], None] | None = None,
+        heart: str | None = None,
+        stuck_after: float = 300.0,
     ) -> None:
+        """`heart` names the heartbeat (default: `name`)."""
         self.name = name
+        self.heart = heartbeat(heart or name, stuck_after)
         self.interval = interval
         self._work = work
         self._interrupt = interrupt
@@ -56,7 +65,9 @@ class Passes:
         self._woken: asyncio.Event | None = None
 
     def stopping(self) -> bool:
-        """True once the server is stopping; safe to call from any thread."""
+        """True once the server is stopping; safe to call from any thread. Asking is a
+        sign of life: the pass is between two items."""
+        self.heart.beat()
         return self._stop.is_set()
 
     def wake(self) -> None:
@@ -96,10 +107,13 @@ class Passes:
         # Like asyncio.to_thread, each pass sees a copy of the loop's context variables,
         # so what one pass binds for its log lines does not stick to the next.
         context = contextvars.copy_context()
+        self.heart.working(True)
         try:
             await loop.run_in_executor(thread, context.run, self._work)
         except Exception:
             structlog.get_logger(__name__).exception(f"{self.name}_pass_failed")
+        finally:
+            self.heart.working(False)
 
     async def _stop_when_set(self, stopping: asyncio.Event, woken: asyncio.Event) -> None:
         await stopping.wait()

@@ -19,6 +19,7 @@ start another seven days.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from mailgateway.config import SchedulerSettings, Settings
 from mailgateway.db.dialect import claimed, reading, write_lock
 from mailgateway.db.models import Ticket, TicketStatus
 from mailgateway.db.session import session_factory
+from mailgateway.leadership import Leadership
 from mailgateway.outbound.addressing import (
     conversations,
     customer_recipients,
@@ -43,6 +45,7 @@ from mailgateway.outbound.intent import MailIntent, MailKind
 from mailgateway.outbound.queue import enqueue
 from mailgateway.passes import Passes
 from mailgateway.store import SessionStore
+from mailgateway.telemetry import TALLY
 from mailgateway.tickets import OPEN_STATES, TicketAction, change_status, record_event
 
 log = structlog.get_logger(__name__)
@@ -205,15 +208,26 @@ _ACTIONS = {Due.REMINDER: _remind, Due.AUTOCLOSE: _autoclose, Due.OVERDUE: _sign
 
 
 class Scheduler:
-    """`serve`'s scheduler: a pass every `scheduler.interval_seconds`."""
+    """`serve`'s scheduler: a pass every `scheduler.interval_seconds`, by one gateway at
+    a time among those sharing the database (`Leadership`): a gateway whose turn is
+    taken skips that pass."""
 
     def __init__(self, engine: Engine, settings: Settings, clock: Clock) -> None:
         self._engine, self._settings, self._clock = engine, settings, clock
+        self._leadership = Leadership(engine, "scheduler")
         self._passes = Passes("scheduler", self._pass,
                               interval=settings.scheduler.interval_seconds)
 
     def _pass(self) -> None:
-        run_pass(self._engine, self._settings, self._clock, self._passes.stopping)
+        if not self._leadership.acquire():
+            log.debug("scheduler_pass_skipped", reason="another gateway's pass is running")
+            return
+        started = time.perf_counter()
+        try:
+            run_pass(self._engine, self._settings, self._clock, self._passes.stopping)
+        finally:
+            self._leadership.release()
+            TALLY.scheduler_pass(time.perf_counter() - started)
 
     async def run(self, stopping: asyncio.Event) -> None:
         await self._passes.run(stopping)

@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 import structlog
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Engine, Select, Table, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock, SystemClock
 from mailgateway.config import Settings
-from mailgateway.db.dialect import claimed, insert_blobs, is_transient, reading, write_lock
+from mailgateway.db.dialect import (
+    UrgentWrite,
+    claimed,
+    insert_blobs,
+    is_postgresql,
+    is_transient,
+    reading,
+    write_lock,
+)
 from mailgateway.db.models import InboxMail, InboxRaw, InboxStatus, Staff, Ticket
 from mailgateway.db.session import create_db_engine, session_factory
 from mailgateway.errors import TemporaryError, UserError
@@ -35,10 +43,12 @@ from mailgateway.reply_token import read_bounce_address
 from mailgateway.signing_secret import with_secret
 from mailgateway.sla import first_response_due
 from mailgateway.store import SessionStore, Store, read_directory
+from mailgateway.telemetry import TALLY
 
 log = structlog.get_logger()
 
 _INBOX_RAW = cast(Table, InboxRaw.__table__)
+_MAX_CONFLICTS = 5
 _SENDER_FIELDS = re.compile(rb"(?im)^(?:from|reply-to|sender)[ \t]*:(.*(?:\r?\n[ \t].*)*)")
 _ADDRESS_LIKE = re.compile(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+")
 # A PEC provider's receipt: it comes from the provider, whom the directory never knows.
@@ -98,6 +108,7 @@ class Gateway:
         # Sessions that only read: on SQLite they leave the write lock to the writers.
         self.reads: sessionmaker[Session] = session_factory(reading(self.engine))
         self.writing = write_lock(self.engine)
+        self.writing_urgently = UrgentWrite(self.engine)  # a client waits for this commit
         if mailer is None:
             from mailgateway.outbound.queue import enqueue
 
@@ -109,6 +120,7 @@ class Gateway:
         self.rules = RuleBook(Path(settings.rules.path), self.desk_names)
         self.pipeline = Pipeline(settings, self.clock, mailer, self.rules)
         self._domains = tuple(d.lower() for d in settings.helpdesk.domains)
+        self._conflicts: dict[int, int] = {}  # inbox id → concurrent-write conflicts met
 
     def close(self) -> None:
         self.engine.dispose()
@@ -147,7 +159,7 @@ class Gateway:
         structlog.contextvars.bind_contextvars(
             message_id=identity.message_id, transport=transport)
         try:
-            with self.writing, self.sessions.begin() as session:
+            with self.writing_urgently, self.sessions.begin() as session:
                 row = self.inbox_row(raw, identity, transport, envelope_from, envelope_to)
                 row.trusts_authentication_results = trust_authentication_results
                 session.add(row)
@@ -164,6 +176,7 @@ class Gateway:
             log.warning("could not store mail", error=str(exc).splitlines()[0])
             raise TemporaryError(f"could not store the mail: {exc.__class__.__name__}") from exc
         log.info("mail stored", inbox_id=inbox_id, size=len(raw))
+        TALLY.mail_received(transport)
         return Received(inbox_id, duplicate=False)
 
     def refusal(self, raw: bytes, envelope_from: str) -> str | None:
@@ -215,7 +228,10 @@ class Gateway:
         `raw`, when the caller still has the stored bytes, saves reading them back."""
         for attempt in range(5):
             try:
-                return self._process(inbox_id, raw)
+                outcome = self._process(inbox_id, raw)
+                if outcome.status == InboxStatus.RECEIVED.value and inbox_id in self._conflicts:
+                    continue  # a concurrent write won: at once again
+                return outcome
             except OperationalError as exc:  # database busy or gone: retry, then leave it
                 if not is_transient(exc):
                     raise
@@ -230,6 +246,14 @@ class Gateway:
         return session.execute(query).scalar_one_or_none()
 
     def _process(self, inbox_id: int, raw: bytes | None = None) -> Outcome:
+        started = time.perf_counter()
+        outcome = self._process_untimed(inbox_id, raw)
+        if outcome.status != InboxStatus.RECEIVED.value:
+            self._conflicts.pop(inbox_id, None)
+            TALLY.mail_processed(outcome.status, time.perf_counter() - started)
+        return outcome
+
+    def _process_untimed(self, inbox_id: int, raw: bytes | None = None) -> Outcome:
         structlog.contextvars.bind_contextvars(inbox_id=inbox_id)
         try:
             # Parsing, the slow pure part, happens outside the write transaction.
@@ -258,11 +282,24 @@ class Gateway:
             if is_transient(exc):
                 raise
             return self._quarantine(inbox_id, exc)
+        except IntegrityError as exc:
+            return self._after_conflict(inbox_id, exc)
         except Exception as exc:
             return self._quarantine(inbox_id, exc)
         finally:
             structlog.contextvars.unbind_contextvars(
                 "inbox_id", "ticket", "message_id", "transport")
+
+    def _after_conflict(self, inbox_id: int, exc: IntegrityError) -> Outcome:
+        """Another processor wrote a row this mail's transaction wanted to write too (the
+        account of a new sender, say) and committed first: the mail is processed again,
+        and then finds that row. A conflict that keeps coming back is quarantined."""
+        conflicts = self._conflicts[inbox_id] = self._conflicts.get(inbox_id, 0) + 1
+        if conflicts >= _MAX_CONFLICTS:
+            del self._conflicts[inbox_id]
+            return self._quarantine(inbox_id, exc)
+        log.info("processing conflict, trying again", inbox_id=inbox_id, attempt=conflicts)
+        return Outcome(InboxStatus.RECEIVED.value)
 
     def _status(self, inbox_id: int) -> str:
         with self.reads() as session:
@@ -280,25 +317,99 @@ class Gateway:
             quarantine(row, exc, self.clock.now())
         return Outcome(InboxStatus.QUARANTINED.value)
 
-    def pending(self, limit: int = 100) -> list[int]:
-        """Stored mail not yet processed, oldest first: what a restart must finish."""
+    def pending(self, limit: int = 100, share: tuple[int, int] = (0, 1)) -> list[int]:
+        """Stored mail not yet processed, oldest first: what a restart must finish.
+        `share` (k, n): only the ids equal to k modulo n, worker k's share of n."""
+        query = select(InboxMail.id).where(InboxMail.status == InboxStatus.RECEIVED.value)
+        k, n = share
+        if n > 1:
+            query = query.where(InboxMail.id % n == k)
         with self.reads() as session:
-            return list(session.execute(
-                select(InboxMail.id).where(InboxMail.status == InboxStatus.RECEIVED.value)
-                .order_by(InboxMail.id).limit(limit)).scalars())
+            return list(session.execute(query.order_by(InboxMail.id).limit(limit)).scalars())
 
-    def process_pending(self) -> int:
-        """Process every stored-but-unprocessed mail; returns how many were handled."""
+    def process_pending(
+        self, share: tuple[int, int] = (0, 1), should_stop: Callable[[], bool] = lambda: False,
+    ) -> int:
+        """Process every stored-but-unprocessed mail; returns how many were handled.
+
+        On PostgreSQL each mail is claimed first (`FOR UPDATE SKIP LOCKED`), so any
+        number of processors, in this gateway or others, take different mails and
+        none parses a mail another is processing. On SQLite, whose one writer
+        makes claiming cost a turn of the write lock, mail is parsed before it is
+        locked, and `share` splits the ids between the worker processes of one
+        `serve --workers` (a mail of another share is taken by its own worker).
+        """
+        if is_postgresql(self.engine):
+            return self._process_claimed(should_stop)
         handled = 0
-        while batch := self.pending():
+        while batch := self.pending(share=share):
             progressed = False
             for inbox_id in batch:
+                if should_stop():
+                    return handled
                 if self.process(inbox_id) != InboxStatus.RECEIVED.value:
                     handled += 1
                     progressed = True
             if not progressed:
                 break
         return handled
+
+    def _process_claimed(self, should_stop: Callable[[], bool]) -> int:
+        """PostgreSQL: claim the oldest mail no one holds, process it in that transaction."""
+        handled = 0
+        oldest_free = (
+            select(InboxMail.id).where(InboxMail.status == InboxStatus.RECEIVED.value)
+            .order_by(InboxMail.id).limit(1).with_for_update(skip_locked=True))
+        while not should_stop():
+            started = time.perf_counter()
+            try:
+                outcome = self._claim_and_process(oldest_free)
+            except OperationalError as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("database busy while processing", error=str(exc).splitlines()[0])
+                time.sleep(0.1)
+                continue
+            if outcome is None:
+                return handled
+            if outcome.status != InboxStatus.RECEIVED.value:  # else: tried again at once
+                handled += 1
+                self._conflicts.clear()
+                TALLY.mail_processed(outcome.status, time.perf_counter() - started)
+        return handled
+
+    def _claim_and_process(self, oldest_free: Select[int]) -> Outcome | None:
+        inbox_id = None
+        try:
+            with self.sessions.begin() as session:
+                inbox_id = session.execute(oldest_free).scalar_one_or_none()
+                if inbox_id is None:
+                    return None
+                structlog.contextvars.bind_contextvars(inbox_id=inbox_id)
+                row = session.get_one(InboxMail, inbox_id)
+                structlog.contextvars.bind_contextvars(
+                    message_id=row.message_id, transport=row.transport)
+                raw = session.execute(
+                    select(InboxRaw.raw).where(InboxRaw.inbox_id == inbox_id)).scalar_one()
+                parsed = read_mail(raw)
+                del raw
+                analysis = process_inbox_mail(SessionStore(session), self.pipeline, row, parsed)
+                return Outcome(row.status, type(analysis.decision).__name__)
+        except OperationalError as exc:
+            if is_transient(exc) or inbox_id is None:
+                raise
+            return self._quarantine(inbox_id, exc)
+        except IntegrityError as exc:
+            if inbox_id is None:
+                raise
+            return self._after_conflict(inbox_id, exc)
+        except Exception as exc:
+            if inbox_id is None:
+                raise
+            return self._quarantine(inbox_id, exc)
+        finally:
+            structlog.contextvars.unbind_contextvars(
+                "inbox_id", "ticket", "message_id", "transport")
 
     def retry(self, inbox_id: int) -> str:
         """Re-run a quarantined mail through the pipeline (after a fix or a new rule)."""

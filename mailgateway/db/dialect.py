@@ -10,9 +10,12 @@ share a queue without waiting on each other (`claimed`).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -85,16 +88,123 @@ class FairLock:
             self._condition.notify_all()
 
 
+class SharedWriteLock(FairLock):
+    """The fair lock, then an exclusive `flock` on a file beside the database: the
+    writers of the other processes on this host (`serve --workers`) queue on it too.
+
+    The kernel hands a released `flock` to a waiter at once, where SQLite's own
+    lock makes a blocked writer sleep-poll for up to 100 ms at a time: without
+    it a listener's commit could sleep through several processors' transactions.
+
+    `flock` is not first-come, first-served, though: a worker that commits one
+    mail and begins the next could take the lock again and again before a
+    waiting listener's thread is even scheduled. So a writer that answers a
+    client (`urgent`) first announces itself with a shared lock on a second
+    file, and the others, before queueing, give way while any such announcement
+    stands (for `_YIELD_AT_MOST` seconds at most, so that they still move on).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._urgent_path = f"{path}.urgent"
+        self._probe = os.open(self._urgent_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> None:
+        self._give_way()  # before queueing here, where the urgent writer queues too
+        super().__enter__()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            super().__exit__()
+            raise
+
+    def _give_way(self) -> None:
+        deadline = time.monotonic() + _YIELD_AT_MOST
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(self._probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # an urgent writer is waiting: let it pass
+                time.sleep(0.0005)
+                continue
+            fcntl.flock(self._probe, fcntl.LOCK_UN)
+            return
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            super().__exit__()
+
+    @contextmanager
+    def urgent(self) -> Iterator[None]:
+        """The lock, ahead of the writers that are not urgent."""
+        announce = os.open(self._urgent_path, os.O_RDWR)
+        try:
+            fcntl.flock(announce, fcntl.LOCK_SH)
+            FairLock.__enter__(self)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                fcntl.flock(announce, fcntl.LOCK_UN)  # holding it: no more need to announce
+                try:
+                    yield
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                FairLock.__exit__(self)
+        finally:
+            os.close(announce)
+
+    def __del__(self) -> None:
+        os.close(self._fd)
+        os.close(self._probe)
+
+
+_YIELD_AT_MOST = 0.05
 _WRITE_LOCKS: WeakKeyDictionary[Engine, FairLock] = WeakKeyDictionary()
+
+
+def _engine_lock(engine: Engine) -> FairLock:
+    lock = _WRITE_LOCKS.get(engine)
+    if lock is None:
+        database = engine.url.database
+        on_disk = database and database != ":memory:" and not database.startswith("file:")
+        lock = SharedWriteLock(f"{database}-writer.lock") if on_disk else FairLock()
+        lock = _WRITE_LOCKS.setdefault(engine, lock)
+    return lock
 
 
 def write_lock(engine: Engine) -> AbstractContextManager[None]:
     """What every writer of `engine` holds around a transaction: on SQLite the one fair
     lock of that engine (listener, processor and dispatcher queue in arrival order),
+    shared through a lock file with the other processes that write the same file;
     nothing elsewhere."""
     if engine.dialect.name != "sqlite":
         return nullcontext()
-    return _WRITE_LOCKS.setdefault(engine, FairLock())
+    return _engine_lock(engine)
+
+
+class UrgentWrite:
+    """`write_lock` for a writer that a client waits for (the listener's commit): on
+    SQLite it goes ahead of the other processes' writers (`SharedWriteLock.urgent`).
+    One object serves every thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._lock = _engine_lock(engine) if engine.dialect.name == "sqlite" else None
+        self._held = threading.local()
+
+    def __enter__(self) -> None:
+        if isinstance(self._lock, SharedWriteLock):
+            held = self._held.cm = self._lock.urgent()
+            held.__enter__()
+        elif self._lock is not None:
+            self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if isinstance(self._lock, SharedWriteLock):
+            self._held.cm.__exit__(None, None, None)
+        elif self._lock is not None:
+            self._lock.__exit__()
 
 
 def claimed(query: Select[_Row], session: Session) -> Select[_Row]:

@@ -13,6 +13,12 @@ check a stop flag, so SIGTERM ends an IDLE within about a second. Every
 network or protocol failure becomes a reconnect with exponential backoff and
 jitter, logged once per outage; a refused login is retried at the slowest
 rate of the same policy (both in `mailgateway.retry`).
+
+When several gateways share the database, one poller at a time works a
+mailbox: the one holding its `Leadership`. The others try again every
+`leader_retry_seconds`, so one of them takes over within seconds of the
+leader's death; a leader that loses its hold (its database connection gone)
+leaves the mailbox at once.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ from imapclient.exceptions import (
 from mailgateway.config import ImapSettings, check_imap_settings
 from mailgateway.errors import ConfigError, PermanentError, TemporaryError
 from mailgateway.ingest import Received, Receiver
+from mailgateway.leadership import Leadership
 from mailgateway.passes import Passes
 from mailgateway.pipeline.prepare import raw_message_id
 from mailgateway.retry import Backoff, Outage
+from mailgateway.telemetry import TALLY
 
 __all__ = ["ImapConnectionError", "ImapFolderError", "ImapLoginError", "ImapPoller", "StoreError"]
 
@@ -90,6 +98,11 @@ def _after_failure(outage: Outage, error: Exception) -> float:
     return outage.failed("unexpected", error, unexpected=True)
 
 
+def mailbox_name(settings: ImapSettings) -> str:
+    """How logs, metrics and leadership name a mailbox: user@host:port/folder."""
+    return f"{settings.username}@{settings.host}:{settings.port}/{settings.folder}"
+
+
 def _batches(uids: Sequence[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(uids), size):
         yield list(uids[start : start + size])
@@ -106,9 +119,12 @@ class ImapPoller:
         reconnect_initial_seconds: float | None = None,
         reconnect_max_seconds: float | None = None,
         idle_check_seconds: float = 1.0,
+        leadership: Leadership | None = None,
+        leader_retry_seconds: float = 2.0,
     ) -> None:
         """`reconnect_*` override the settings' backoff bounds (first wait, cap); the cap
-        is also the interval between attempts after a refused login."""
+        is also the interval between attempts after a refused login. Without
+        `leadership` the poller assumes it is the mailbox's only one."""
         check_imap_settings(settings, "imap")
         self._password = settings.resolved_password()
         if settings.password_env and not self._password:
@@ -118,6 +134,9 @@ class ImapPoller:
         self.settings = settings
         self._receiver = receiver
         self._idle_check_seconds = idle_check_seconds
+        self._leadership = leadership
+        self._leader_retry_seconds = leader_retry_seconds
+        self.mailbox = mailbox_name(settings)
         self._backoff = Backoff(
             initial=(
                 reconnect_initial_seconds
@@ -134,14 +153,13 @@ class ImapPoller:
         # serve_forever never raises an Exception; should one escape all the same, it is
         # logged and the poller started again at the backoff's slowest rate.
         self._passes = Passes("imap", self.serve_forever, interval=self._backoff.maximum,
-                              interrupt=self.stop)
+                              interrupt=self.stop, heart=f"imap {self.mailbox}",
+                              stuck_after=3 * settings.timeout_seconds + 10)
+        self._heart = self._passes.heart
         self._lock = threading.Lock()
         self._logging_in: IMAPClient | None = None
         self._folder = _FolderState()
-        self._log = _log.bind(
-            transport="imap",
-            mailbox=f"{settings.username}@{settings.host}:{settings.port}/{settings.folder}",
-        )
+        self._log = _log.bind(transport="imap", mailbox=self.mailbox)
 
     # ---- entry points -----------------------------------------------------------------
 
@@ -182,15 +200,50 @@ class ImapPoller:
     def serve_forever(self) -> None:
         """Drain, wait for mail, repeat; reconnect after any failure, until `stop()`."""
         outage = Outage(self._backoff, self._log, name="imap")
+        waiting_for_leader = False
         while not self._stop.is_set():
+            if not self._lead():
+                if not waiting_for_leader:
+                    self._log.info("imap mailbox polled by another gateway; standing by")
+                    waiting_for_leader = True
+                self._wait(self._leader_retry_seconds)
+                continue
+            waiting_for_leader = False
             try:
                 with self._imap_errors(), self._connected() as client:
+                    TALLY.imap_state(self.mailbox, True)
                     self._watch(client, outage.recovered)
             except Exception as exc:  # every failure waits; a bug must not end the transport
+                TALLY.imap_state(self.mailbox, False)
                 if self._stop.is_set() and isinstance(exc, ImapConnectionError):
                     break  # cut short by stop(): not an outage
-                self._stop.wait(_after_failure(outage, exc))
+                self._wait(_after_failure(outage, exc))
+        TALLY.imap_state(self.mailbox, False)
+        if self._leadership is not None:
+            self._leadership.release()
         self._log.info("imap poller stopped")
+
+    def _lead(self) -> bool:
+        """True when this poller may work the mailbox now."""
+        if self._leadership is None:
+            return True
+        try:
+            return self._leadership.acquire()
+        except Exception as exc:  # the database away: nobody can store mail anyway
+            self._log.warning("imap leadership unknown", error=str(exc).splitlines()[0])
+            return False
+
+    def _still_leading(self) -> None:
+        if self._leadership is not None and not self._leadership.held:
+            raise ImapConnectionError("this gateway lost the mailbox's leadership")
+
+    def _wait(self, seconds: float) -> None:
+        """Wait as designed (not stuck) until `seconds` have passed or stop."""
+        self._heart.working(False)
+        try:
+            self._stop.wait(seconds)
+        finally:
+            self._heart.working(True)
 
     # ---- connection -------------------------------------------------------------------
 
@@ -285,9 +338,14 @@ class ImapPoller:
         """IDLE until new mail, the re-issue interval, or stop; checks the flag every second."""
         client.idle()
         deadline = time.monotonic() + self.settings.idle_seconds
+        checked = time.monotonic()
         leave = True
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
+                self._heart.beat()
+                if time.monotonic() - checked >= self._leader_retry_seconds:
+                    self._still_leading()
+                    checked = time.monotonic()
                 if self._read_ahead(client):
                     return  # leaving IDLE collects it; the drain that follows acts on it
                 started = time.monotonic()
@@ -329,10 +387,16 @@ class ImapPoller:
     def _poll_wait(self, client: IMAPClient) -> None:
         """Sleep `poll_seconds` in slices, with a NOOP now and then so the server keeps us."""
         deadline = time.monotonic() + self.settings.poll_seconds
-        while not self._stop.wait(min(max(deadline - time.monotonic(), 0), 240)):
+        noop_at = time.monotonic() + 240
+        while not self._stop.wait(min(max(deadline - time.monotonic(), 0),
+                                      self._leader_retry_seconds)):
+            self._heart.beat()
+            self._still_leading()
             if time.monotonic() >= deadline:
                 return
-            client.noop()
+            if time.monotonic() >= noop_at:
+                client.noop()
+                noop_at = time.monotonic() + 240
 
     # ---- draining ---------------------------------------------------------------------
 
@@ -393,6 +457,7 @@ class ImapPoller:
             for uid in uids:
                 if stop.is_set():
                     break
+                self._heart.beat()
                 item = fetched.pop(uid, None)
                 if uid not in known and item is None:
                     continue  # expunged by someone else meanwhile

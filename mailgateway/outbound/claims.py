@@ -5,38 +5,43 @@ claimant: on PostgreSQL the candidates are picked with
 `SELECT … FOR UPDATE SKIP LOCKED`, so several dispatchers share the queue
 without waiting on each other; on SQLite the same conditional UPDATE runs
 under the write lock every transaction takes. Only rows whose lease is
-absent or expired are claimable, so a dispatcher that died mid-batch delays
-its rows by one lease, never loses them; and one that restarts takes its own
-rows back at once (`take_back_own_claims`), since no pass of it is running.
+absent or expired are claimable.
+
+The lease is short (`LEASE`) and renewed while the batch is being sent
+(`renew_claims`), so a dispatcher that died mid-batch, on this host or
+another, delays its rows by less than a minute and never loses them; a live
+one keeps its rows however slow its relay. The claimant names one process,
+not one installation: several gateways may share a data directory, and one
+restarting must not take rows another is still sending.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
+import secrets
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from mailgateway.config import OutboundSettings, Settings
+from mailgateway.config import Settings
 from mailgateway.db.dialect import claimed
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
 
+# How long a claim holds without renewal, and how often a sending dispatcher renews it:
+# a dead dispatcher's rows are free 45 s after its last renewal at the latest.
+LEASE = timedelta(seconds=45)
+RENEW_SECONDS = 15.0
+_TOKEN = secrets.token_hex(4)
+
 
 def claimant(settings: Settings) -> str:
-    """Who claims: this installation (host and data directory), the same after a restart."""
-    return f"{socket.gethostname()}:{Path(settings.data_dir).resolve()}"[:255]
-
-
-def lease_length(settings: OutboundSettings) -> timedelta:
-    """How long a claim holds; a batch stops early rather than outlive it."""
-    return timedelta(seconds=max(600, 20 * settings.timeout_seconds))
+    """Who claims: this process (host, pid and a token drawn at start, so a pid reused
+    after a restart is another claimant)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_TOKEN}"[:255]
 
 
 def claim_due(
@@ -82,34 +87,18 @@ def claim_due(
     ).all()
 
 
-@contextlib.contextmanager
-def sole_dispatcher(settings: Settings) -> Iterator[bool]:
-    """Hold, while the dispatcher runs, the lock that says it is its installation's only
-    one; True when it got it. The system drops the lock with the process, however it
-    ends."""
-    path = Path(settings.data_dir) / "dispatcher.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(handle)
-
-
-def take_back_own_claims(sessions: sessionmaker[Session], settings: Settings) -> int:
-    """Release the leases this installation held when it last stopped; only for the
-    installation's sole dispatcher (`sole_dispatcher`), which no pass is using yet."""
-    with sessions.begin() as session:
-        result = session.execute(
+def renew_claims(
+    session: Session, settings: Settings, now: datetime, ids: Sequence[int]
+) -> datetime:
+    """Extend this process's leases on `ids` (those still pending) to `now + LEASE`;
+    returns the new end. The caller commits."""
+    until = now + LEASE
+    if ids:
+        session.execute(
             update(OutboxMail)
-            .where(OutboxMail.claimed_by == claimant(settings),
+            .where(OutboxMail.id.in_(ids), OutboxMail.claimed_by == claimant(settings),
                    OutboxMail.status == OutboxStatus.PENDING,
-                   OutboxMail.claimed_until.is_not(None))
-            .values(claimed_until=None)
+                   OutboxMail.claimed_until.is_not(None))  # released: stays released
+            .values(claimed_until=until)
             .execution_options(synchronize_session=False))
-        return int(getattr(result, "rowcount", 0) or 0)
+    return until

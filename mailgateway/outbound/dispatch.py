@@ -1,8 +1,9 @@
 """The outbox worker: claim due mails, hand them to the transport, record the outcome.
 
-Each pass claims due `pending` rows in batches, with a lease
-(`outbound.claims`): several dispatchers share the queue, and a row of a
-dispatcher that died waits one lease, or less if it restarts.
+Each pass claims due `pending` rows in batches, with a short lease
+(`outbound.claims`) renewed while the batch is sent: several dispatchers
+share the queue, and a row of a dispatcher that died waits less than a
+minute for another.
 
 **At most one mail sent twice per crash and sending thread.** A row is
 marked `sent` in its own commit right after the transport accepted it. The
@@ -14,8 +15,9 @@ threads, each with its own session), and on SQLite from queueing the
 threads' commits in-process (the engine's one writer lock, which the
 listener and the processor take too) rather than letting them collide on
 SQLite's own lock.
-A batch stops before its lease can run out, so no other dispatcher can
-claim a row this one is still sending.
+A batch stops taking mails when its lease is near its end without having
+been renewed (the database away), so no other dispatcher can claim a row
+this one is still sending.
 
 A row is rendered from its intent just before it is first sent (see
 `outbound.intent`) and the bytes are kept with the `sent` mark, so a
@@ -34,9 +36,10 @@ row back in the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -52,12 +55,7 @@ from mailgateway.config import OutboundSettings, Settings
 from mailgateway.db.dialect import write_lock
 from mailgateway.db.models import OutboxMail, OutboxStatus
 from mailgateway.errors import PermanentError, TemporaryError, UserError
-from mailgateway.outbound.claims import (
-    claim_due,
-    lease_length,
-    sole_dispatcher,
-    take_back_own_claims,
-)
+from mailgateway.outbound.claims import LEASE, RENEW_SECONDS, claim_due, renew_claims
 from mailgateway.outbound.compose import queued_message
 from mailgateway.outbound.mime import Message
 from mailgateway.outbound.queue import purge_auto_answers
@@ -79,11 +77,6 @@ def resend_backoff(settings: OutboundSettings) -> Backoff:
     attempt that reaches `max_attempts`, or `max_age_hours` after queueing, is the last."""
     return Backoff(initial=30, maximum=3600, max_attempts=settings.max_attempts,
                    max_elapsed=settings.max_age_hours * 3600)
-
-
-def _send_margin(settings: OutboundSettings) -> timedelta:
-    """The longest one send may take: each SMTP step may use the whole timeout."""
-    return timedelta(seconds=10 * settings.timeout_seconds)
 
 
 # --- one pass ------------------------------------------------------------------
@@ -262,6 +255,35 @@ def _work(
             batch.record(*_send_one(session, settings, clock, transport, mail, batch.writing))
 
 
+@contextlib.contextmanager
+def _renewing(
+    sessions: sessionmaker[Session], settings: Settings, clock: Clock, batch: _Batch,
+    ids: list[int], every: float,
+) -> Iterator[None]:
+    """Renew the batch's leases every `every` seconds while it is sent, so that only a
+    dispatcher that died leaves its rows to others. A renewal that fails (the database
+    away) is tried again next time; the batch stops taking mails near the old end."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(every):
+            try:
+                with batch.writing, sessions.begin() as session:
+                    until = renew_claims(session, settings, clock.now(), ids)
+                with batch.lock:
+                    batch.lease_until = until
+            except Exception as exc:
+                _log().warning("outbox_lease_not_renewed", error=str(exc).splitlines()[0])
+
+    renewer = threading.Thread(target=renew, name="outbox-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
+
+
 def sending_connections(settings: OutboundSettings) -> int:
     """SMTP sessions used in parallel within a batch: the relay's answer latency,
     not our CPU, bounds one session."""
@@ -276,6 +298,7 @@ def dispatch_once(
     *,
     should_stop: Callable[[], bool] | None = None,
     connections: int | None = None,
+    renew_seconds: float = RENEW_SECONDS,
 ) -> DispatchReport:
     """Send everything due now, batch after batch, then return what happened.
 
@@ -285,8 +308,7 @@ def dispatch_once(
     relay is unreachable; claimed rows not tried are released or postponed.
     """
     report = DispatchReport()
-    lease = lease_length(settings.outbound)
-    margin = _send_margin(settings.outbound)
+    margin = timedelta(seconds=RENEW_SECONDS)  # no new mail once the lease is this near
     workers = connections or sending_connections(settings.outbound)
     try:
         with sessions() as session, ThreadPoolExecutor(workers, "outbox") as pool:
@@ -301,20 +323,22 @@ def dispatch_once(
                     if first:  # the rate limiter's expired rows go in the first claim's commit
                         purge_auto_answers(session, settings, now)
                         first = False
-                    rows = claim_due(session, settings, now, now + lease)
+                    rows = claim_due(session, settings, now, now + LEASE)
                     claimed = [_Claimed(*row) for row in rows]
                     session.commit()
                 if not claimed:
                     return report
-                batch = _Batch(deque(claimed), now + lease, margin, should_stop, report, writing)
+                batch = _Batch(deque(claimed), now + LEASE, margin, should_stop, report, writing)
                 threads = min(workers, len(claimed))
-                if threads == 1:
-                    _work(sessions, settings, clock, transport, batch)
-                else:
-                    running = [pool.submit(_work, sessions, settings, clock, transport, batch)
-                               for _ in range(threads)]
-                    for future in running:
-                        future.result()
+                with _renewing(sessions, settings, clock, batch, [m.id for m in claimed],
+                               renew_seconds):
+                    if threads == 1:
+                        _work(sessions, settings, clock, transport, batch)
+                    else:
+                        running = [pool.submit(_work, sessions, settings, clock, transport,
+                                               batch) for _ in range(threads)]
+                        for future in running:
+                            future.result()
                 rest = [mail.id for mail in batch.mails]
                 if batch.relay_back_at is not None:
                     if rest:
@@ -380,17 +404,12 @@ class Dispatcher:
         self._passes.wake()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Dispatch until `stopping` is set, having taken back what this installation
-        claimed before it last stopped."""
-        with sole_dispatcher(self._settings) as sole:
-            taken = (await asyncio.to_thread(take_back_own_claims, self._sessions,
-                                             self._settings)) if sole else 0
-            _log().info("dispatcher_started", poll_seconds=self._settings.outbound.poll_seconds,
-                        claims_taken_back=taken)
-            try:
-                await self._passes.run(stopping)
-            finally:
-                _log().info("dispatcher_stopped")
+        """Dispatch until `stopping` is set."""
+        _log().info("dispatcher_started", poll_seconds=self._settings.outbound.poll_seconds)
+        try:
+            await self._passes.run(stopping)
+        finally:
+            _log().info("dispatcher_stopped")
 
     def _dispatch(self) -> None:
         dispatch_once(self._sessions, self._settings, self._clock, self._transport,

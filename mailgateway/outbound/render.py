@@ -282,3 +282,10 @@ def render(settings: Settings, intent: MailIntent, context: Mapping[str, Any]) -
         )
         fallback = language if language in LANGUAGES else settings.helpdesk.language
         return _render_with(_packaged_environment(), fallback, intent.kind, context)
+
+
+def forget_templates() -> None:
+    """Read every template afresh at its next use (SIGHUP): an admin's override changed
+    within the same second, or a packaged one after an upgrade in place."""
+    for cached in (_packaged_environment, _admin_environment, _load):
+        cached.cache_clear()

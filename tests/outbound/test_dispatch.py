@@ -23,12 +23,7 @@ from mailgateway.clock import FixedClock
 from mailgateway.config import Settings
 from mailgateway.db.models import OutboxMail, OutboxStatus, Ticket
 from mailgateway.errors import PermanentError, TemporaryError, UserError
-from mailgateway.outbound.claims import (
-    claim_due,
-    lease_length,
-    sole_dispatcher,
-    take_back_own_claims,
-)
+from mailgateway.outbound.claims import LEASE
 from mailgateway.outbound.dispatch import (
     Dispatcher,
     dispatch_once,
@@ -364,7 +359,7 @@ def test_rows_leased_by_another_dispatcher_wait_for_the_lease(
     smtp_sink: SmtpSink,
 ) -> None:
     [outbox_id] = _queue(sessions, relay_settings, clock)
-    lease = lease_length(relay_settings.outbound)
+    lease = LEASE
     with sessions.begin() as session:
         session.execute(
             update(OutboxMail)
@@ -593,28 +588,49 @@ def test_a_row_written_already_rendered_is_sent_as_it_is(
     assert delivery.raw.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")
 
 
-def test_a_restarted_dispatcher_takes_back_its_own_claims_at_once(
+class _GatedMaildir(MaildirTransport):
+    """A Maildir transport whose first delivery waits for `release`: a slow relay."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.outbound.maildir)
+        self.sending = threading.Event()
+        self.release = threading.Event()
+
+    def send(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
+        self.sending.set()
+        assert self.release.wait(10)
+        super().send(mail_from, recipients, raw)
+
+
+def test_a_slow_send_keeps_its_lease_and_a_dead_ones_rows_are_freed(
     settings: Settings, clock: FixedClock, sessions: sessionmaker[Session]
 ) -> None:
-    """A dispatcher killed mid-batch leaves its rows leased; the same installation,
-    started again, sends them at once instead of after the lease. Another
-    installation's lease is left alone."""
-    [mine, theirs] = _queue(sessions, settings, clock, 2)
-    with sessions.begin() as session:
-        claim_due(session, settings, clock.now(), clock.now() + timedelta(hours=1))
-        session.execute(update(OutboxMail).where(OutboxMail.id == theirs)
-                        .values(claimed_by="other-host:/var/lib/mailgateway"))
-    assert dispatch_once(sessions, settings, clock, build_transport(settings)).sent == 0
-
-    with sole_dispatcher(settings) as sole:
-        assert sole
-        with sole_dispatcher(settings) as second:
-            assert not second  # a second dispatcher of the installation takes nothing back
-        assert take_back_own_claims(sessions, settings) == 1
-    report = dispatch_once(sessions, settings, clock, build_transport(settings))
-    assert report.sent == 1
-    assert _row(sessions, mine).status == OutboxStatus.SENT
-    assert _row(sessions, theirs).status == OutboxStatus.PENDING
+    """The lease is renewed while a batch is sent: another dispatcher, however late the
+    first one's relay, never takes its rows; rows left by a dispatcher that died are
+    free once the short lease has run out."""
+    [slow, abandoned] = _queue(sessions, settings, clock, 2)
+    with sessions.begin() as session:  # a dispatcher that died with the second row claimed
+        session.execute(update(OutboxMail).where(OutboxMail.id == abandoned)
+                        .values(claimed_until=clock.now() + LEASE, claimed_by="gone:1:x"))
+    gated = _GatedMaildir(settings)
+    first = threading.Thread(target=dispatch_once, args=(sessions, settings, clock, gated),
+                             kwargs={"renew_seconds": 0.02})
+    first.start()
+    try:
+        assert gated.sending.wait(10)
+        clock.advance(seconds=LEASE.total_seconds() + 1)  # the first lease has run out…
+        deadline = time.monotonic() + 5
+        while (_row(sessions, slow).claimed_until or clock.now()) <= clock.now():
+            assert time.monotonic() < deadline, "the lease was not renewed"
+            time.sleep(0.01)
+        other = dispatch_once(sessions, settings, clock, build_transport(settings))
+    finally:
+        gated.release.set()
+        first.join(10)
+    assert other.sent == 1  # …the abandoned row only: the slow one was renewed
+    assert _row(sessions, slow).status == OutboxStatus.SENT
+    assert _row(sessions, abandoned).status == OutboxStatus.SENT
+    assert len(list(mailbox.Maildir(settings.outbound.maildir))) == 2
 
 
 def test_a_stored_file_is_streamed_from_disk_at_send_time(

@@ -1,0 +1,223 @@
+"""`mailgateway doctor`: is this installation ready to serve? One line per check.
+
+Each check tries the real thing the way `serve` will (connect, EHLO,
+STARTTLS, log in, select folders, load rules and templates) and, when it
+fails, says what to fix. Nothing is written anywhere: the relay is left
+before MAIL FROM, the mailboxes are only examined.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from mailgateway.config import ImapSettings, Settings
+
+__all__ = ["Check", "checks", "run_checks"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str  # what was found, or what to fix
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _configuration(settings: Settings, config_path: str | None) -> Check:
+    where = config_path or "built-in defaults"
+    if settings.helpdesk.secret == "change-me":
+        return Check("configuration", False, f"{where}: helpdesk.secret is the example's; set "
+                     "it (or $MAILGATEWAY_SECRET) to a long random string")
+    return Check("configuration", True, f"{where} is valid")
+
+
+def _database(engine: Engine) -> Iterator[Check]:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from mailgateway.db.migrate import alembic_config
+
+    url = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            current = MigrationContext.configure(connection).get_current_revision()
+    except Exception as exc:
+        yield Check("database", False, f"{url}: {_first_line(exc)}; check database.url and "
+                    "that the server runs and accepts this user")
+        return
+    yield Check("database", True, f"{url} answers")
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    if current == head:
+        yield Check("database schema", True, f"at migration {head}")
+    else:
+        yield Check("database schema", False, f"at migration {current or 'none'}, the code "
+                    f"needs {head}: run `mailgateway db upgrade` (serve does it at start)")
+
+
+def _relay(settings: Settings) -> Check:
+    out = settings.outbound
+    if out.transport == "maildir":
+        path = Path(out.maildir)
+        parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+        if not parent.is_dir() or not _writable(parent):
+            return Check("relay", False, f"outbound.maildir {path} cannot be written: fix "
+                         "its permissions or choose another directory")
+        return Check("relay", True, f"mail goes into the Maildir {path} (nothing is sent)")
+    where = f"{out.host}:{out.port}"
+    try:
+        context = ssl.create_default_context()
+        client: smtplib.SMTP
+        if out.tls:
+            client = smtplib.SMTP_SSL(out.host, out.port, timeout=out.timeout_seconds,
+                                      context=context)
+        else:
+            client = smtplib.SMTP(out.host, out.port, timeout=out.timeout_seconds)
+        with client:
+            code, _ = client.ehlo()
+            if code != 250:
+                return Check("relay", False, f"{where} answered EHLO with {code}")
+            steps = ["EHLO"]
+            if out.starttls:
+                client.starttls(context=context)
+                client.ehlo()
+                steps.append("STARTTLS")
+            if out.username:
+                client.login(out.username, out.resolved_password())
+                steps.append(f"login as {out.username}")
+    except smtplib.SMTPAuthenticationError as exc:
+        return Check("relay", False, f"{where} refused the login of {out.username} "
+                     f"({exc.smtp_code}): check outbound.username and the password")
+    except (OSError, smtplib.SMTPException) as exc:
+        return Check("relay", False, f"{where}: {_first_line(exc)}; check outbound.host, "
+                     "outbound.port, TLS settings and that the relay accepts this host")
+    return Check("relay", True, f"{where}: {', '.join(steps)} ok")
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK)
+
+
+def _mailbox(index: int, mailbox: ImapSettings) -> Check:
+    from imapclient import IMAPClient
+
+    from mailgateway.ingest.imap import mailbox_name
+
+    name = f"imap[{index}] {mailbox_name(mailbox)}"
+    password = mailbox.resolved_password()
+    if mailbox.password_env and not password:
+        return Check(name, False, f"imap.password_env names {mailbox.password_env}, which is "
+                     "not set: set it in the service's environment")
+    try:
+        context = ssl.create_default_context() if (mailbox.tls or mailbox.starttls) else None
+        client = IMAPClient(mailbox.host, port=mailbox.port, ssl=mailbox.tls,
+                            ssl_context=context, timeout=mailbox.timeout_seconds)
+    except Exception as exc:
+        return Check(name, False, f"cannot connect: {_first_line(exc)}; check imap.host, "
+                     "imap.port and imap.tls")
+    try:
+        if mailbox.starttls:
+            client.starttls(context)
+        try:
+            client.login(mailbox.username, password)
+        except Exception as exc:
+            return Check(name, False, f"login refused: {_first_line(exc)}; check "
+                         "imap.username and the password")
+        folders = (mailbox.folder, mailbox.processed_folder, mailbox.failed_folder)
+        missing = [f for f in dict.fromkeys(folders) if not client.folder_exists(f)]
+        if missing:
+            return Check(name, False, f"folder(s) {', '.join(missing)} missing: create them, "
+                         "or let serve create them if this account may")
+        return Check(name, True, f"login ok, folders {', '.join(dict.fromkeys(folders))} exist")
+    except Exception as exc:
+        return Check(name, False, f"{_first_line(exc)}")
+    finally:
+        try:
+            client.logout()
+        except Exception:  # already gone: nothing to tidy
+            client.shutdown()
+
+
+def _rules(settings: Settings) -> Check:
+    from mailgateway.dry_run import rules_check
+    from mailgateway.service import Gateway
+
+    gateway = Gateway(settings)
+    try:
+        errors, summary = rules_check(gateway)
+    except Exception as exc:
+        return Check("rules", False, f"{settings.rules.path}: {_first_line(exc)}")
+    finally:
+        gateway.close()
+    if errors:
+        return Check("rules", False, f"{len(errors)} error(s), none of the files in force "
+                     f"until mended; first: {errors[0]} (`mailgateway rules check` lists all)")
+    return Check("rules", True, summary)
+
+
+def _templates(settings: Settings) -> Check:
+    from jinja2 import TemplateNotFound
+
+    from mailgateway.outbound.intent import MailKind
+    from mailgateway.outbound.render import LANGUAGES, template_environment
+
+    env = template_environment(settings)
+    problems, count = [], 0
+    for language in LANGUAGES:
+        for kind in MailKind:
+            for part in ("txt", "html"):
+                name = f"{language}/{kind.value}.{part}.j2"
+                try:
+                    env.get_template(name)
+                    count += 1
+                except TemplateNotFound:
+                    problems.append(f"{name} missing")
+                except Exception as exc:
+                    problems.append(f"{name}: {_first_line(exc)}")
+    if problems:
+        return Check("templates", False, f"{'; '.join(problems[:3])}: mend the override in "
+                     f"{Path(settings.rules.path) / 'templates'} or remove it")
+    return Check("templates", True, f"{count} templates load")
+
+
+def checks(settings: Settings, config_path: str | None) -> Iterator[Check]:
+    """Every check, in the order a newcomer would fix them."""
+    from mailgateway.db.session import create_db_engine
+
+    yield _configuration(settings, config_path)
+    engine = create_db_engine(settings.database)
+    try:
+        yield from _database(engine)
+    finally:
+        engine.dispose()
+    yield _relay(settings)
+    for index, mailbox in enumerate(settings.imap):
+        yield _mailbox(index, mailbox)
+    yield _rules(settings)
+    yield _templates(settings)
+
+
+def run_checks(
+    settings: Settings, config_path: str | None, write: Callable[[str], object],
+) -> int:
+    """Print one line per check; 0 when every one passed, 1 otherwise."""
+    failed = 0
+    for check in checks(settings, config_path):
+        write(check.line())
+        failed += not check.ok
+    write("all checks passed" if not failed else f"{failed} check(s) failed")
+    return 1 if failed else 0

@@ -1,0 +1,404 @@
+"""Running in production: leadership, one host per SQLite file, /metrics and /healthz,
+`serve --workers`, `doctor`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from mailgateway.config import DatabaseSettings, Settings, settings_from_mapping
+from mailgateway.db.hosts import HostClaim
+from mailgateway.db.migrate import upgrade
+from mailgateway.db.models import InboxMail, InboxStatus, Ticket
+from mailgateway.db.session import create_db_engine
+from mailgateway.doctor import run_checks
+from mailgateway.errors import ConfigError
+from mailgateway.leadership import Leadership
+from mailgateway.monitoring import MonitoringServer
+from mailgateway.service import Gateway
+from mailgateway.telemetry import TALLY, heartbeat
+from tests.conftest import write_toml
+from tests.dovecot import Dovecot, dovecot_available
+from tests.smtp_sink import SmtpSink, free_port
+from tests.smtp_sink import smtp_sink as smtp_sink  # re-exported as a fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _mail(n: int, sender: str = "mario.rossi@studiorossi.it") -> bytes:
+    return (f"From: Mario Rossi <{sender}>\r\nTo: assistenza@example.com\r\n"
+            f"Subject: Richiesta {n}\r\nMessage-ID: <req{n}@studiorossi.it>\r\n"
+            f"Date: Mon, 02 Mar 2026 10:00:00 +0100\r\n\r\nBuongiorno, problema {n}.\r\n"
+            ).encode()
+
+
+# ---- leadership ---------------------------------------------------------------------------
+
+
+def test_one_leader_at_a_time_and_another_takes_over(settings: Settings) -> None:
+    """Two gateways (two engines) on one database: the job is held by one; once the
+    holder lets go, or its connection dies, the other takes it."""
+    first, second = (create_db_engine(settings.database) for _ in range(2))
+    try:
+        a, b = Leadership(first, "imap:x@h:143/INBOX"), Leadership(second, "imap:x@h:143/INBOX")
+        other_job = Leadership(second, "scheduler")
+        assert a.acquire() and a.held
+        assert not b.acquire()
+        assert other_job.acquire()  # jobs are independent
+        a.release()
+        assert not a.held
+        assert b.acquire()
+        assert not a.acquire()
+        first.dispose()  # a's engine gone does not free b's hold
+        assert b.held
+        b._drop()  # the holder's connection (or process) dies
+        assert a.acquire()
+        a.release()
+        other_job.release()
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+# ---- one host per SQLite file -------------------------------------------------------------
+
+
+def test_a_sqlite_database_in_use_on_another_host_is_refused(tmp_path: Path) -> None:
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'mg.db'}"))
+    try:
+        first = HostClaim.take(engine, host="mail1")
+        assert first is not None
+        assert HostClaim.take(engine, host="mail1") is not None  # the same host: fine
+        with pytest.raises(ConfigError, match=r"in use by a gateway on host mail1.*PostgreSQL"):
+            HostClaim.take(engine, host="mail2")
+        stale = time.time() - 120
+        os.utime(first.path, (stale, stale))  # mail1 has not renewed for two minutes
+        assert HostClaim.take(engine, host="mail2") is not None
+    finally:
+        engine.dispose()
+
+
+# ---- /metrics and /healthz -----------------------------------------------------------------
+
+
+class _Monitoring:
+    """The monitoring server on its own loop in a thread, as serve runs it."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.server = MonitoringServer("127.0.0.1:0", gateway)
+        self._loop = asyncio.new_event_loop()
+        self._stopping = asyncio.Event()
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(self.server.run(self._stopping),))
+
+    def __enter__(self) -> _Monitoring:
+        self._thread.start()
+        assert self.server.bound.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(10)
+        self._loop.close()
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.server.port}{path}") as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+
+@pytest.fixture
+def accepting(settings: Settings) -> Iterator[Gateway]:
+    """A gateway that opens tickets for senders it does not know."""
+    gateway = Gateway(replace(settings, helpdesk=replace(settings.helpdesk,
+                                                         unknown_sender="accept")))
+    try:
+        yield gateway
+    finally:
+        gateway.close()
+
+
+def test_metrics_and_health_over_http(accepting: Gateway) -> None:
+    gateway = accepting
+    before = TALLY.snapshot()
+    gateway.receive(_mail(1), transport="smtp")
+    gateway.receive(_mail(2).replace(b"From: Mario", b"X: y\r\nFrom: Mario"),
+                    transport="lmtp", envelope_from="")
+    gateway.process_pending()
+    with _Monitoring(gateway) as monitoring:
+        status, text = monitoring.get("/metrics")
+        assert status == 200
+        lines = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                     if line and not line.startswith("#"))
+        received = float(lines['mailgateway_mails_received_total{transport="smtp"}'])
+        assert received == before.received["smtp"] + 1
+        processed = sum(float(v) for k, v in lines.items()
+                        if k.startswith("mailgateway_mails_processed_total"))
+        assert processed >= sum(before.processed.values()) + 2
+        assert float(lines['mailgateway_pipeline_seconds_count']) >= before.pipeline.number + 2
+        assert float(lines['mailgateway_outbox_mails{status="pending"}']) >= 1  # acks queued
+        assert float(lines["mailgateway_outbox_oldest_unsent_seconds"]) >= 0
+        assert float(lines["mailgateway_bounces_received_total"]) == 1
+        assert "mailgateway_inbox_quarantined_mails" in lines
+        assert "mailgateway_scheduler_pass_seconds_count" in lines
+
+        status, text = monitoring.get("/healthz")
+        assert status == 200, text
+        assert json.loads(text)["database"] == "ok"
+
+        stuck = heartbeat("test component", stuck_after=0.05)
+        stuck.working(True)
+        try:
+            time.sleep(0.1)
+            status, text = monitoring.get("/healthz")
+            assert status == 503
+            report = json.loads(text)
+            assert report["components"]["test component"]["state"] == "stuck"
+            status, text = monitoring.get("/metrics")
+            assert 'mailgateway_component_stuck{component="test component"} 1.0' in text
+        finally:
+            stuck.working(False)
+        assert monitoring.get("/healthz")[0] == 200
+        assert monitoring.get("/nothing")[0] == 404
+
+
+# ---- serve --workers -------------------------------------------------------------------------
+
+
+def _serve(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mailgateway", "--config", str(config), "serve", *args],
+            cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen[bytes], log: Path) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log.read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture
+def serve_config(config_data: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    config_data["helpdesk"]["unknown_sender"] = "accept"
+    config_data["smtp"]["port"] = free_port()
+    config_data["metrics"] = {"listen": f"127.0.0.1:{free_port()}"}
+    config_data["log"] = {"level": "info", "format": "json"}
+    yield config_data
+
+
+def test_serve_with_workers_processes_the_mail_and_stops_cleanly(
+    serve_config: dict[str, Any], tmp_path: Path, settings: Settings
+) -> None:
+    """The listener's process answers, two worker processes process; /metrics counts
+    what the workers did; a SIGTERM stops every process with exit 0."""
+    config = write_toml(serve_config, tmp_path / "serve.toml")
+    log = tmp_path / "serve.log"
+    process = _serve(config, "--workers", "2", log=log)
+    port, metrics = serve_config["smtp"]["port"], serve_config["metrics"]["listen"]
+    try:
+        wait_until(lambda: b"smtp.listening" in log.read_bytes() or process.poll() is not None,
+                   what="the listener")
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            for n in range(20):
+                client.sendmail("mario.rossi@studiorossi.it", ["assistenza@example.com"],
+                                _mail(n))
+        gateway = Gateway(settings_from_mapping(serve_config))
+        try:
+            def processed() -> int:
+                with gateway.reads() as session:
+                    return session.execute(select(func.count()).where(
+                        InboxMail.status == InboxStatus.PROCESSED.value)).scalar_one()
+
+            try:
+                wait_until(lambda: processed() == 20, what="20 mails processed")
+            except AssertionError:
+                raise AssertionError(log.read_text()[-5000:]) from None
+            with gateway.reads() as session:
+                assert session.execute(select(func.count(Ticket.id))).scalar_one() == 20
+        finally:
+            gateway.close()
+        workers = [line for line in log.read_text().splitlines() if "worker_started" in line]
+        assert {json.loads(line)["worker"] for line in workers} == {0, 1}
+
+        def counted() -> float:
+            with urllib.request.urlopen(f"http://{metrics}/metrics") as answer:
+                text = answer.read().decode()
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("mailgateway_mails_processed_total"))
+
+        wait_until(lambda: counted() == 20, what="the workers' counts at the parent")
+        with urllib.request.urlopen(f"http://{metrics}/healthz") as answer:
+            health = json.loads(answer.read())
+        assert {"worker 0", "worker 1", "event loop"} <= set(health["components"])
+
+        # SIGHUP: the file is read again; [log] applies, another change waits for a restart.
+        serve_config["smtp"]["max_recipients"] = 5
+        write_toml(serve_config, config)
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: log.read_bytes().count(b"configuration_reloaded") == 3,
+                   what="the reload, in the parent and passed on to both workers")
+        for reloaded in [json.loads(line) for line in log.read_text().splitlines()
+                         if "configuration_reloaded" in line]:
+            assert reloaded["needs_restart"] == ["smtp"]
+            assert reloaded["applied"] == ["log", "rules", "templates"]
+    finally:
+        _stop(process, log)
+    assert log.read_text().count("stopped cleanly") == 3  # the parent and both workers
+
+
+def test_a_worker_killed_is_started_again(
+    serve_config: dict[str, Any], tmp_path: Path, settings: Settings
+) -> None:
+    config = write_toml(serve_config, tmp_path / "serve.toml")
+    log = tmp_path / "serve.log"
+    process = _serve(config, "--workers", "1", "--only", "smtp,processor", log=log)
+
+    def pids() -> list[int]:
+        return [json.loads(line)["pid"] for line in log.read_text().splitlines()
+                if "worker_started" in line]
+
+    try:
+        wait_until(lambda: len(pids()) == 1, what="the worker")
+        os.kill(pids()[0], signal.SIGKILL)
+        wait_until(lambda: len(pids()) == 2, what="the worker started again")
+        with smtplib.SMTP("127.0.0.1", serve_config["smtp"]["port"]) as client:
+            client.sendmail("mario.rossi@studiorossi.it", ["assistenza@example.com"], _mail(1))
+        gateway = Gateway(settings_from_mapping(serve_config))
+        try:
+            def tickets() -> int:
+                with gateway.reads() as session:
+                    return session.execute(select(func.count(Ticket.id))).scalar_one()
+
+            wait_until(lambda: tickets() == 1, what="the mail processed by the new worker")
+        finally:
+            gateway.close()
+    finally:
+        _stop(process, log)
+    assert "worker_died" in log.read_text()
+
+
+# ---- doctor --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    if not dovecot_available():
+        from tests.conftest import skip_or_fail
+
+        skip_or_fail("Dovecot (dovecot, doveadm) is not installed or cannot run here")
+    with Dovecot(username="assistenza@example.com") as server:
+        with server.client() as client:
+            for folder in ("Processed", "Failed"):
+                client.create_folder(folder)
+        yield server
+
+
+def _doctor(settings: Settings) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    return run_checks(settings, "test.toml", lines.append), lines
+
+
+def test_doctor_passes_on_a_working_setup_and_names_each_fault(
+    settings: Settings, smtp_sink: SmtpSink, dovecot: Dovecot, tmp_path: Path
+) -> None:
+    engine = create_db_engine(settings.database)
+    upgrade(engine)
+    engine.dispose()
+    mailbox = {"host": "127.0.0.1", "port": dovecot.port, "username": dovecot.username,
+               "password": dovecot.password}
+    working = replace(
+        settings_from_mapping({
+            "imap": [mailbox],
+            "outbound": {"transport": "smtp", "host": smtp_sink.host, "port": smtp_sink.port,
+                         "maildir": settings.outbound.maildir},
+        }),
+        helpdesk=replace(settings.helpdesk, secret="a-long-random-secret"),
+        database=settings.database, rules=settings.rules, groups=settings.groups)
+    code, lines = _doctor(working)
+    assert code == 0, lines
+    assert lines[-1] == "all checks passed"
+    assert any(line.startswith("ok    relay: ") and "EHLO" in line for line in lines)
+    assert any(line.startswith("ok    imap[0]") for line in lines)
+    assert smtp_sink.deliveries == []  # nothing was sent
+
+    rules = Path(settings.rules.path)
+    rules.mkdir(parents=True, exist_ok=True)
+    (rules / "broken.toml").write_text("[[rule]\nname = ", encoding="utf-8")
+    closed_port = free_port()
+    broken = settings_from_mapping({
+        "imap": [mailbox | {"password": "wrong"},
+                 mailbox | {"failed_folder": "Non esiste"}],
+        "outbound": {"transport": "smtp", "host": "127.0.0.1", "port": closed_port,
+                     "timeout_seconds": 2},
+    })
+    broken = replace(broken, database=settings.database, rules=settings.rules,
+                     helpdesk=working.helpdesk)
+    code, lines = _doctor(broken)
+    assert code == 1
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert lines[-1] == f"{len(failed)} check(s) failed"
+    assert any(f"relay: 127.0.0.1:{closed_port}" in line and "outbound.host" in line
+               for line in failed)
+    assert any(line.startswith("FAIL  imap[0]") and "login refused" in line for line in failed)
+    assert any(line.startswith("FAIL  imap[1]") and "Non esiste missing" in line
+               for line in failed)
+    assert any(line.startswith("FAIL  rules:") and "broken.toml" in line for line in failed)
+    assert any(line.startswith("ok    database schema") for line in lines)
+
+
+def test_doctor_names_an_unreachable_database_and_an_old_schema(
+    settings: Settings, tmp_path: Path
+) -> None:
+    fresh = replace(settings, database=DatabaseSettings(url=f"sqlite:///{tmp_path}/new.db"))
+    code, lines = _doctor(fresh)
+    assert code == 1
+    assert any(line.startswith("FAIL  database schema") and "db upgrade" in line
+               for line in lines)
+    gone = replace(settings, database=DatabaseSettings(
+        url="postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    code, lines = _doctor(gone)
+    assert code == 1
+    assert any(line.startswith("FAIL  database:") and "database.url" in line for line in lines)
+
+
+def test_doctor_from_the_command_line(tmp_path: Path) -> None:
+    """A configuration that does not load is one failed check, exit 1."""
+    config = tmp_path / "bad.toml"
+    config.write_text("[helpdesk]\naddress = 'nope'\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgateway", "--config", str(config), "doctor"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout.startswith("FAIL  configuration:")
