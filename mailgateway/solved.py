@@ -109,7 +109,7 @@ def _write_search(connection: Connection, rows: Sequence[tuple[int, int, str, st
 
 
 def index_all_closed(connection: Connection, batch: int = 500) -> int:
-    """Index every CHIUSO ticket closed before the index existed (migration 0008).
+    """Index every CHIUSO ticket closed before the index existed (migration 0007).
     Reads named columns only: a later migration may add columns the models know and
     this schema does not have yet."""
     session = Session(bind=connection)

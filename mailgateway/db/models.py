@@ -336,7 +336,7 @@ class SolvedTicket(Base):
     """A CHIUSO ticket as the search for similar requests reads it: its request and the
     last answer the customer received. Written in the transaction that closes the ticket
     (`solved.index_solved`). Its full-text index is the database's own and lives beside
-    it, made by migration 0008: on SQLite the FTS5 table `solved_search` (Snowball
+    it, made by migration 0007: on SQLite the FTS5 table `solved_search` (Snowball
     Italian stems, written with the row), on PostgreSQL the generated column `search`
     (`to_tsvector('italian', …)`, the subject weighted A, the request D) under a GIN
     index. The models do not describe
@@ -362,7 +362,7 @@ SEARCH_INDEX = "ix_solved_tickets_search"
 
 def described_by_models(obj: Any, name: str | None, type_: str, reflected: bool,
                         compare_to: Any) -> bool:
-    """Alembic's `include_object`: False for the full-text structures of migration 0008
+    """Alembic's `include_object`: False for the full-text structures of migration 0007
     (SQLite's FTS5 table and its shadow tables, PostgreSQL's column and index)."""
     if type_ == "table":
         return not (name or "").startswith(SEARCH_TABLE)

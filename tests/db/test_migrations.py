@@ -68,14 +68,14 @@ def test_going_back_before_queued_intents_never_drops_a_mail(database_url: str) 
 
 
 def test_the_search_index_takes_in_tickets_closed_before_it(database_url: str) -> None:
-    """Migration 0008 indexes the desk's solved tickets (those with an answer)."""
+    """Migration 0007 indexes the desk's solved tickets (those with an answer)."""
     from mailgateway.db.models import Account, Message, Ticket
     from mailgateway.solved import similar_solved
 
     engine = create_db_engine(DatabaseSettings(url=database_url))
     now = datetime.now(UTC)
     try:
-        _downgrade(engine, "0005")
+        _downgrade(engine, "0006")
         with engine.begin() as connection:
             account = connection.execute(insert(Account).returning(Account.id), {
                 "name": "Studio Rossi", "main_email": "rossi@studiorossi.it",

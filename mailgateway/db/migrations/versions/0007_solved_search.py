@@ -1,7 +1,7 @@
 """solved tickets and their full-text index: SQLite FTS5, PostgreSQL tsvector ('italian')
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-03
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import mailgateway.db.models
 
-revision = '0008'
-down_revision = '0007'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """outbox rows record what became of a mail after the relay took it (bounced,
 delivered); addresses that bounce are counted and flagged
 
-Revision ID: 0007
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-03
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 from mailgateway.db.models import UTCDateTime
 
-revision = '0007'
+revision = '0006'
 down_revision = '0005'
 branch_labels = None
 depends_on = None
