@@ -32,6 +32,9 @@ SMTP_CLIENTS = 8
 SMTP_WORKERS = 2
 SUSTAINED_RATE = 100.0  # mails/s
 SUSTAINED_SECONDS = 600.0
+# The target is 30 s; waiting longer for a backlog says nothing more and makes a full
+# run last as long as the backlog (60,000 mails at 35 a second: half an hour).
+SUSTAINED_PATIENCE_SECONDS = 120.0
 DISPATCH_MAILS_PER_CORPUS_MAIL = 4
 """The dispatcher sends in batches over a few sessions and is quick: 4 × n (2,000 for the
 default corpus) make enough batches for a steady rate."""
@@ -195,9 +198,9 @@ def smtp_sustained(ctx: Context) -> list[Row]:
     """A steady 100 mails/s over SMTP (8 clients) on PostgreSQL with `serve --workers 2`:
     does processing keep up? The largest backlog seen (sampled each second) and how
     long after the last 250 the last mail was processed (its acknowledgment is queued
-    in the same transaction). Ten minutes in a full run; `n` × 1.2 s with --quick."""
+    in the same transaction). Ten minutes in a full run; `n` × 0.5 s with --quick."""
     name = "smtp-sustained"
-    seconds = SUSTAINED_SECONDS if ctx.n >= 500 else max(10.0, ctx.n * 1.2)
+    seconds = SUSTAINED_SECONDS if ctx.n >= 500 else max(10.0, ctx.n * 0.5)
     mails = int(SUSTAINED_RATE * seconds)
     results: Results = {}
     if not _missing(ctx, name, "benchmarks.smtp_bench"):
@@ -208,7 +211,8 @@ def smtp_sustained(ctx: Context) -> list[Row]:
                 return {}
             with site_config(ctx, "smtp-sustained", backend) as (settings, config):
                 return bench_smtp(settings, mails, SMTP_CLIENTS, process=True,
-                                  workers=SMTP_WORKERS, config=config, rate=SUSTAINED_RATE)
+                                  workers=SMTP_WORKERS, config=config, rate=SUSTAINED_RATE,
+                                  patience=SUSTAINED_PATIENCE_SECONDS)
 
         results = _each_backend(ctx, name, run)
     label = f"{SUSTAINED_RATE:.0f} mails/s for {seconds:.0f} s, --workers {SMTP_WORKERS}"
@@ -218,7 +222,10 @@ def smtp_sustained(ctx: Context) -> list[Row]:
              note="target: never above 1,000"),
         _row(results, "SMTP sustained: last mail processed after the last 250", "s",
              lambda r: r.get("processing_lag_s"), better="lower", only="postgresql",
-             note="target: within 30 s"),
+             note="target: within 30 s; waited for at most "
+                  f"{SUSTAINED_PATIENCE_SECONDS:.0f} s"),
+        _row(results, "SMTP sustained: still unprocessed when the wait ended", "mails",
+             lambda r: r.get("left_unprocessed"), better="lower", only="postgresql"),
         _row(results, "SMTP sustained: time-to-250 p99", "ms",
              lambda r: r.get("p99_ms"), better="lower", only="postgresql"),
     ]
