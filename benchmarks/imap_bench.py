@@ -167,7 +167,8 @@ def bench_imap(
     gateway = Gateway(settings)
     try:
         with gateway.sessions.begin() as session:
-            add_account(session, gateway.clock, name="Studio Bench", email=SENDER, vat="1")
+            add_account(session, gateway.clock, name="Studio Bench", email=SENDER,
+                        vat="01234567890")
         with Dovecot(username=SUPPORT) as server:
             mailbox = ImapSettings(
                 host="127.0.0.1",

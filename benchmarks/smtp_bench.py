@@ -201,7 +201,8 @@ def bench_smtp(
     gateway = Gateway(settings)
     try:
         with contextlib.suppress(UserError), gateway.sessions.begin() as session:
-            add_account(session, gateway.clock, name="Studio Bench", email=SENDER, vat="1")
+            add_account(session, gateway.clock, name="Studio Bench", email=SENDER,
+                        vat="01234567890")
         spawn = multiprocessing.get_context("spawn")
         server = _Server(settings, gateway, process, workers, config)
         with spawn.Pool(1) as client_process, server, _Backlog(gateway) as backlog:
