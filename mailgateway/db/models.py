@@ -144,6 +144,9 @@ class Ticket(Base):
               sqlite_where=_RISPOSTO, postgresql_where=_RISPOSTO),
         Index("ix_tickets_unanswered_due", "due_at",
               sqlite_where=_UNANSWERED, postgresql_where=_UNANSWERED),
+        # An account's latest tickets (what a new request may repeat) without reading
+        # the account's whole history for each mail.
+        Index("ix_tickets_account_updated", "account_id", "updated_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[str] = mapped_column(String(32), unique=True)

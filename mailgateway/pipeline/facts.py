@@ -143,13 +143,16 @@ def _recent_open(store: Store, account_id: int, since: datetime) -> tuple[d.Rece
                              Ticket.status != TicketStatus.CHIUSO.value,
                              Ticket.updated_at >= since)
         .order_by(Ticket.updated_at.desc()).limit(_RECENT_AT_MOST)).all()
-    recent = []
-    for ticket in tickets:
-        first = store.session.scalars(
-            select(Message.body).where(Message.ticket_id == ticket.id, Message.direction == "in")
-            .order_by(Message.id).limit(1)).first()
-        recent.append(d.RecentTicket(ticket_ref(ticket, "duplicate"), ticket.subject,
-                                     first or ""))
+    if not tickets:
+        return ()
+    first: dict[int, str] = {}
+    for ticket_id, body in store.session.execute(
+            select(Message.ticket_id, Message.body)
+            .where(Message.ticket_id.in_([t.id for t in tickets]), Message.direction == "in")
+            .order_by(Message.id)):
+        first.setdefault(ticket_id, body)
+    recent = [d.RecentTicket(ticket_ref(t, "duplicate"), t.subject, first.get(t.id, ""))
+              for t in tickets]
     return tuple(recent)
 
 

@@ -34,6 +34,10 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('solved_tickets', schema=None) as batch_op:
         batch_op.create_index('ix_solved_tickets_account_id', ['account_id'], unique=False)
+    # A new request is compared with its account's latest open tickets (duplicates).
+    with op.batch_alter_table('tickets', schema=None) as batch_op:
+        batch_op.create_index('ix_tickets_account_updated', ['account_id', 'updated_at'],
+                              unique=False)
     if op.get_bind().dialect.name == 'postgresql':
         op.execute("ALTER TABLE solved_tickets ADD COLUMN search tsvector GENERATED ALWAYS AS ("
                    "setweight(to_tsvector('italian'::regconfig, subject), 'A') || "
@@ -58,6 +62,8 @@ def downgrade() -> None:
     if op.get_bind().dialect.name != 'postgresql':
         op.execute("DROP TABLE solved_search_terms")
         op.execute("DROP TABLE solved_search")
+    with op.batch_alter_table('tickets', schema=None) as batch_op:
+        batch_op.drop_index('ix_tickets_account_updated')
     with op.batch_alter_table('solved_tickets', schema=None) as batch_op:
         batch_op.drop_index('ix_solved_tickets_account_id')
     op.drop_table('solved_tickets')
