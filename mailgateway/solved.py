@@ -266,6 +266,8 @@ def _postgresql_search(session: Session, account_id: int | None, subject: str, b
         "to_tsvector('italian', :body)::text, "
         f"(SELECT count(*) FROM solved_tickets {own})"),
         {"subject": subject, "body": body}).one()
+    if not asked[2]:
+        return []  # nothing solved yet to resemble
     query = _lexemes(asked[0])
     for term, count in _lexemes(asked[1]).items():
         query[term] = query.get(term, 0) + count

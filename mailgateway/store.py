@@ -5,9 +5,10 @@ is this address, which ticket does this number or Message-ID name, how many
 automatic answers has this address had lately. `Store` is that seam.
 `SessionStore` answers each question with a query in the caller's session and
 writes each row at once, so everything a mail causes is in that session, and
-committing it is all there is to do. A bulk import passes its own store
-(`ingest.batch_store.BatchStore`) that reads a batch's answers in a few
-queries and writes a batch's rows together; the domain code is the same.
+committing it is all there is to do. A batch of mails (a bulk import, a
+processor's backlog) goes through `batch_store.BatchStore`, which reads the
+batch's answers in a few queries and writes its rows together; the domain
+code is the same.
 
 Every other row (tickets' messages, events, outbox rows) is written by the
 domain code with plain `session.add` in the caller's transaction.

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import make_msgid
 
+from sqlalchemy import select
+
+from mailgateway.clock import FixedClock
+from mailgateway.config import Settings
+from mailgateway.db.models import InboxMail, Ticket
 from mailgateway.directory import add_account, add_person, add_staff
+from mailgateway.outbound.intent import MailIntent, QueuedMail
+from mailgateway.outbound.queue import enqueue
 from mailgateway.reply_token import reply_address, staff_token
 from mailgateway.service import Gateway
+from mailgateway.store import Store
 
 CUSTOMER = "rossi@studiorossi.it"
 PERSON = "anna@studiorossi.it"
@@ -81,3 +89,25 @@ def deliver(gateway: Gateway, raw: bytes, transport: str = "pipe") -> str:
     """Store and process one mail as a transport would; returns the inbox status."""
     received = gateway.receive(raw, transport=transport)
     return gateway.process(received.inbox_id)
+
+
+def inbox_fates(gateway: Gateway) -> list[tuple[str, str | None]]:
+    with gateway.sessions() as session:
+        rows = session.execute(
+            select(InboxMail.status, Ticket.number)
+            .outerjoin(Ticket, Ticket.id == InboxMail.ticket_id).order_by(InboxMail.id)
+        ).all()
+    return [(status, number) for status, number in rows]
+
+
+def failing_mailer(
+    settings: Settings, clock: FixedClock
+) -> Callable[[Store, MailIntent, Ticket | None], QueuedMail | None]:
+    """The real outbox, except for a mail whose text says BOOM."""
+
+    def mailer(store: Store, intent: MailIntent, ticket: Ticket | None) -> QueuedMail | None:
+        if "BOOM" in str(intent.context.get("body", "")):
+            raise RuntimeError("the template engine exploded")
+        return enqueue(store, settings, clock, intent, ticket)
+
+    return mailer

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from mailgateway.config import DatabaseSettings, Settings, settings_from_mapping
 from mailgateway.db.hosts import HostClaim
@@ -35,6 +35,7 @@ from mailgateway.service import Gateway
 from mailgateway.telemetry import TALLY, heartbeat
 from tests.conftest import write_toml
 from tests.dovecot import Dovecot, dovecot_available
+from tests.mails import build_mail, register_desk
 from tests.smtp_sink import SmtpSink, free_port
 from tests.smtp_sink import smtp_sink as smtp_sink  # re-exported as a fixture
 
@@ -402,3 +403,22 @@ def test_doctor_from_the_command_line(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stdout.startswith("FAIL  configuration:")
+
+
+def test_a_restart_of_postgresql_costs_no_mail(gateway: Gateway) -> None:
+    """The engine does not ping before each transaction: the connections the server
+    dropped are found by the statements that meet them, and the work is done again."""
+    if gateway.engine.dialect.name != "postgresql":
+        pytest.skip("a SQLite file has no connection for a server to drop")
+    register_desk(gateway)
+    gateway.receive(build_mail(message_id="before@client.test"), transport="smtp")
+    assert gateway.process_pending() == 1
+    with gateway.engine.connect() as admin:  # what a restart does to every session
+        admin.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    gateway.receive(build_mail(message_id="after@client.test", subject="Altro errore"),
+                    transport="smtp")
+    assert gateway.process_pending() == 1
+    with gateway.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Ticket)) == 2
+

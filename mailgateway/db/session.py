@@ -38,7 +38,10 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
         )
         tune_sqlite(engine)
         return engine
-    return create_engine(url, echo=settings.echo, pool_pre_ping=True, pool_size=10)
+    # No ping before each transaction (a round trip each, two per mail received): a
+    # connection the server dropped fails the statement that meets it, the pool then
+    # drops every connection as old, and the caller tries again (`is_transient`).
+    return create_engine(url, echo=settings.echo, pool_size=10)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -31,12 +31,23 @@ CUSTOMER_KINDS = (MailKind.ACKNOWLEDGMENT, MailKind.ANSWER, MailKind.REMINDER,
 
 
 def customer_recipients(ticket: Ticket) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(To, Cc) of a mail to the ticket's customer; to the account's ordinary address
-    instead of the PEC one it wrote from when it asked so (`Account.answer_email`)."""
-    primary = ticket.person.email if ticket.person is not None else ticket.account.main_email
-    if ticket.pec_address == primary and ticket.account.answer_email:
-        primary = ticket.account.answer_email
+    """(To, Cc) of a mail to the ticket's customer."""
+    primary = customer_address(
+        ticket.person.email if ticket.person is not None else None,
+        ticket.account.main_email, ticket.account.answer_email, ticket.pec_address)
     return (primary,), tuple(w for w in ticket.watchers or () if w != primary)
+
+
+def customer_address(
+    person: str | None, main_email: str, answer_email: str | None, pec_address: str | None,
+) -> str:
+    """The PERSONA who opened the ticket, else the account's main address; the
+    account's ordinary address instead of the PEC one it wrote from when it asked so
+    (`Account.answer_email`)."""
+    primary = person if person is not None else main_email
+    if pec_address == primary and answer_email:
+        return answer_email
+    return primary
 
 
 def group_recipients(session: Session, settings: Settings, group: str | None) -> tuple[str, ...]:

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import String, cast, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import String, bindparam, cast, func, select
+from sqlalchemy.orm import Session, aliased
 
 from mailgateway.config import Settings
 from mailgateway.db.models import (
@@ -32,6 +32,7 @@ from mailgateway.db.models import (
 from mailgateway.outbound.addressing import (
     CUSTOMER_KINDS,
     conversations,
+    customer_address,
     customer_recipients,
     group_recipients,
     latest_customer_mail,
@@ -135,25 +136,34 @@ def _new_request(
 
 
 _RECENT_AT_MOST = 20
+_ASSIGNEE = aliased(Staff)
+_FIRST_REQUEST = (select(Message.body)
+                  .where(Message.ticket_id == Ticket.id, Message.direction == "in")
+                  .order_by(Message.id).limit(1).scalar_subquery())
+# Built once: it runs for every new request. Rows rather than objects: an account
+# that writes often has many open tickets.
+_RECENT_OPEN = (
+    select(Ticket.number, Ticket.status, Ticket.watchers, Ticket.language, Ticket.group,
+           Ticket.root_message_id, Ticket.pec_address, Ticket.subject,
+           _ASSIGNEE.email.label("assignee"), Person.email.label("person"),
+           Account.main_email, Account.answer_email, _FIRST_REQUEST.label("request"))
+    .join(Account, Account.id == Ticket.account_id)
+    .outerjoin(Person, Person.id == Ticket.person_id)
+    .outerjoin(_ASSIGNEE, _ASSIGNEE.id == Ticket.assignee_id)
+    .where(Ticket.account_id == bindparam("account"),
+           Ticket.status != TicketStatus.CHIUSO.value, Ticket.updated_at >= bindparam("since"))
+    .order_by(Ticket.updated_at.desc()).limit(_RECENT_AT_MOST))
 
 
 def _recent_open(store: Store, account_id: int, since: datetime) -> tuple[d.RecentTicket, ...]:
-    tickets = store.session.scalars(
-        select(Ticket).where(Ticket.account_id == account_id,
-                             Ticket.status != TicketStatus.CHIUSO.value,
-                             Ticket.updated_at >= since)
-        .order_by(Ticket.updated_at.desc()).limit(_RECENT_AT_MOST)).all()
-    if not tickets:
-        return ()
-    first: dict[int, str] = {}
-    for ticket_id, body in store.session.execute(
-            select(Message.ticket_id, Message.body)
-            .where(Message.ticket_id.in_([t.id for t in tickets]), Message.direction == "in")
-            .order_by(Message.id)):
-        first.setdefault(ticket_id, body)
-    recent = [d.RecentTicket(ticket_ref(t, "duplicate"), t.subject, first.get(t.id, ""))
-              for t in tickets]
-    return tuple(recent)
+    rows = store.session.execute(
+        _RECENT_OPEN, {"account": account_id, "since": since}).all()
+    return tuple(d.RecentTicket(
+        d.TicketRef(row.number, row.status, account_id, tuple(row.watchers or ()), "duplicate",
+                    row.language, row.group, row.assignee,
+                    customer_address(row.person, row.main_email, row.answer_email,
+                                     row.pec_address), row.root_message_id),
+        row.subject, row.request or "") for row in rows)
 
 
 def status_page(store: Store, settings: Settings, sender: Sender,

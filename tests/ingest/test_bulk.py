@@ -22,17 +22,16 @@ from mailgateway.db.models import Event, InboxMail, OutboxMail, Ticket
 from mailgateway.errors import ConfigError
 from mailgateway.ingest.batch import receive_batch
 from mailgateway.ingest.bulk import import_archive
-from mailgateway.outbound.intent import MailIntent, QueuedMail
-from mailgateway.outbound.queue import enqueue
 from mailgateway.pipeline.prepare import finding_settings, prepare_mail
 from mailgateway.service import Gateway, Outcome
-from mailgateway.store import Store
 from mailgateway.views import show_ticket
 from tests.mails import (
     CUSTOMER,
     PERSON,
     TECHNICIAN,
     build_mail,
+    failing_mailer,
+    inbox_fates,
     register_desk,
     staff_reply_address,
 )
@@ -48,15 +47,6 @@ def batch(gateway: Gateway, mails: Sequence[bytes]) -> list[Outcome]:
 def ticket(gateway: Gateway, number: str) -> dict[str, Any]:
     with gateway.sessions() as session:
         return show_ticket(session, TAG, number)
-
-
-def inbox_fates(gateway: Gateway) -> list[tuple[str, str | None]]:
-    with gateway.sessions() as session:
-        rows = session.execute(
-            select(InboxMail.status, Ticket.number)
-            .outerjoin(Ticket, Ticket.id == InboxMail.ticket_id).order_by(InboxMail.id)
-        ).all()
-    return [(status, number) for status, number in rows]
 
 
 def staff_reply_to(settings: Settings, number: str) -> str:
@@ -106,17 +96,6 @@ def test_the_same_mail_twice_in_a_batch_has_one_effect(desk: Gateway) -> None:
     assert [o.status for o in batch(desk, [raw, raw])] == ["processed", "duplicate"]
     assert [o.status for o in batch(desk, [raw])] == ["duplicate"]
     assert inbox_fates(desk) == [("processed", "2026-000001")]
-
-
-def failing_mailer(settings: Settings, clock: FixedClock) -> Any:
-    """The real outbox, except for a mail whose text says BOOM."""
-
-    def mailer(store: Store, intent: MailIntent, ticket: Ticket | None) -> QueuedMail | None:
-        if "BOOM" in str(intent.context.get("body", "")):
-            raise RuntimeError("the template engine exploded")
-        return enqueue(store, settings, clock, intent, ticket)
-
-    return mailer
 
 
 def test_a_failing_mail_is_quarantined_alone_and_the_batch_goes_on(
