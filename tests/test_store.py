@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
@@ -108,6 +109,7 @@ def _process_backlog(gateway: Gateway) -> tuple[int, int]:
     return handled, sum(e["event"].startswith("a mail of the batch failed") for e in logs)
 
 
+@pytest.mark.usefixtures("every_log_level")
 def test_a_backlog_makes_what_one_mail_at_a_time_makes(gateway: Gateway) -> None:
     """The reply finds the ticket its request opened a moment before, in the same
     transaction, and the tag finds it too."""
@@ -117,6 +119,7 @@ def test_a_backlog_makes_what_one_mail_at_a_time_makes(gateway: Gateway) -> None
     _check_conversation(gateway)
 
 
+@pytest.mark.usefixtures("every_log_level")
 def test_a_request_sent_twice_at_once_is_seen_as_repeated(
     settings: Settings, clock: FixedClock
 ) -> None:
@@ -134,6 +137,7 @@ def test_a_request_sent_twice_at_once_is_seen_as_repeated(
         gateway.close()
 
 
+@pytest.mark.usefixtures("every_log_level")
 def test_a_mail_failing_in_a_backlog_is_quarantined_alone(
     settings: Settings, clock: FixedClock
 ) -> None:
