@@ -13,6 +13,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,17 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         engine.dispose()
         yield url
         return
+    with scratch_postgres(server_url, asked=True) as url:
+        yield url
+
+
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@contextmanager
+def scratch_postgres(server_url: str, *, asked: bool = False) -> Iterator[str]:
+    """A fresh migrated database on the PostgreSQL server of `server_url`, dropped on exit.
+    An unreachable server fails the test when the run was `asked` for it by name."""
     base = make_url(server_url)
     name = f"mg_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
@@ -64,10 +76,11 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
         admin.dispose()
-        pytest.fail(
-            f"PostgreSQL at {base.render_as_string(hide_password=True)} is unreachable: "
-            f"{exc.__class__.__name__}"
-        )
+        reason = (f"PostgreSQL at {base.render_as_string(hide_password=True)} is unreachable: "
+                  f"{exc.__class__.__name__}")
+        if asked:
+            pytest.fail(reason)
+        skip_or_fail(reason)
     url = base.set(database=name).render_as_string(hide_password=False)
     engine = create_db_engine(DatabaseSettings(url=url))
     upgrade(engine)
@@ -78,6 +91,17 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(database_url: str) -> Iterator[str]:
+    """A clean PostgreSQL database whatever the run's backend: the run's own, else a
+    scratch one on the local server (`DEFAULT_POSTGRES`), for what only PostgreSQL has."""
+    if not database_url.startswith("sqlite"):
+        yield database_url
+        return
+    with scratch_postgres(DEFAULT_POSTGRES) as url:
+        yield url
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from mailgateway.clock import FixedClock
 from mailgateway.config import DatabaseSettings, Settings, settings_from_mapping
 from mailgateway.db.hosts import HostClaim
 from mailgateway.db.migrate import upgrade
@@ -405,11 +406,20 @@ def test_doctor_from_the_command_line(tmp_path: Path) -> None:
     assert result.stdout.startswith("FAIL  configuration:")
 
 
-def test_a_restart_of_postgresql_costs_no_mail(gateway: Gateway) -> None:
+def test_a_restart_of_postgresql_costs_no_mail(
+    settings: Settings, clock: FixedClock, postgres_url: str
+) -> None:
     """The engine does not ping before each transaction: the connections the server
-    dropped are found by the statements that meet them, and the work is done again."""
-    if gateway.engine.dialect.name != "postgresql":
-        pytest.skip("a SQLite file has no connection for a server to drop")
+    dropped are found by the statements that meet them, and the work is done again.
+    PostgreSQL in either run: a SQLite file has no connection for a server to drop."""
+    gateway = Gateway(replace(settings, database=DatabaseSettings(url=postgres_url)), clock)
+    try:
+        _restart_costs_no_mail(gateway)
+    finally:
+        gateway.close()
+
+
+def _restart_costs_no_mail(gateway: Gateway) -> None:
     register_desk(gateway)
     gateway.receive(build_mail(message_id="before@client.test"), transport="smtp")
     assert gateway.process_pending() == 1
