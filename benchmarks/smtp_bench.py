@@ -113,6 +113,7 @@ class _Server:
             self.processor = WorkerPool(command, workers)
         elif process:
             self.processor = Processor(gateway, idle_seconds=1.0)
+            gateway.warm_up()  # as `serve` does
         wake = self.processor.wake if self.processor else None
         self.listener = SmtpListener(settings.smtp, gateway, on_stored=wake)
         self._loop = asyncio.new_event_loop()

@@ -26,6 +26,16 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+def _drop_warm_up(
+    _logger: object, _method: str, event: structlog.typing.EventDict,
+) -> structlog.typing.EventDict:
+    """The sample mail of `Gateway.warm_up` leaves no line: it is no mail of the desk's."""
+    if event.get("warm_up"):
+        raise structlog.DropEvent
+    event.pop("warm_up", None)
+    return event
+
+
 def configure_logging(settings: LogSettings) -> None:
     level = getattr(logging, settings.level.upper())
     renderer: structlog.typing.Processor = (
@@ -35,6 +45,7 @@ def configure_logging(settings: LogSettings) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _drop_warm_up,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

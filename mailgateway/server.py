@@ -267,6 +267,8 @@ def serve(settings: Settings, clock: Clock, options: ServeOptions = ServeOptions
             upgrade(gateway.engine)
             claim = HostClaim.take(gateway.engine)
         components = build_components(settings, gateway, clock, options)
+        if any(isinstance(c, Processor) for c in components):
+            gateway.warm_up()  # before the first client's mail, not while it waits
         components.append(Pulse(claim))
         log.info("serving", components=[type(c).__name__ for c in components],
                  workers=options.workers, share=options.share)
