@@ -196,17 +196,20 @@ class Gateway:
         while it holds the write lock that SMTP clients' commits wait for: at every
         start and worker restart, the clients of that moment waited for it. Nothing
         of the sample is logged, counted or kept; a failure only leaves the costs
-        to the first real mail.
+        to the first real mail. The site's own rules are read first, checked
+        against its own directory and logged as always; the sample goes through them.
         """
         from mailgateway.db.migrate import upgrade
         from mailgateway.directory import add_account
 
+        self.rules.current()
         sender = "warm-up@example.org"
         with tempfile.TemporaryDirectory(prefix="mailgateway-warm-up-") as scratch_dir, \
                 structlog.contextvars.bound_contextvars(warm_up=True):
             url = f"sqlite:///{scratch_dir}/scratch.db"
             scratch = Gateway(replace(self.settings, database=replace(
                 self.settings.database, url=url)), self.clock)
+            scratch.pipeline = replace(scratch.pipeline, rules=self.rules)
             try:
                 upgrade(scratch.engine)
                 with scratch.sessions.begin() as session:

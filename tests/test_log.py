@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from mailgateway.config import LogSettings
 from mailgateway.log import configure_logging
 from mailgateway.service import Gateway
 from mailgateway.telemetry import TALLY
-from tests.mails import build_mail, deliver, inbox_fates, register_desk
+from tests.mails import TECHNICIAN, build_mail, deliver, inbox_fates, register_desk
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_warm_up_leaves_no_line_no_count_and_no_row(gateway: Gateway, json_lines
     register_desk(gateway)
     before = TALLY.snapshot()
     gateway.warm_up()
-    assert json_lines() == []
+    assert [e["event"] for e in json_lines()] == ["rules_loaded"]  # the site's own, as always
     after = TALLY.snapshot()
     assert (after.received, after.processed, after.pipeline.number) == (
         before.received, before.processed, before.pipeline.number)
@@ -57,3 +58,20 @@ def test_warm_up_leaves_no_line_no_count_and_no_row(gateway: Gateway, json_lines
     assert inbox_fates(gateway) == [("processed", "2026-000001")]
     processed = [e for e in json_lines() if e["event"] == "mail processed"]
     assert processed and "warm_up" not in processed[0]
+
+
+def test_warm_up_reads_the_sites_rules_once_and_logs_them(gateway: Gateway, json_lines: Any,
+                                                         ) -> None:
+    register_desk(gateway)
+    rules = Path(gateway.settings.rules.path)
+    rules.mkdir(exist_ok=True)
+    (rules / "10-errori.toml").write_text(
+        "[[rule]]\nname = 'errori'\nwhen.subject = '(?i)errore'\n"
+        f"set.assignee = '{TECHNICIAN}'\n", encoding="utf-8")
+    gateway.warm_up()
+    events = json_lines()
+    # The site's rules, checked against its directory (where the technician is),
+    # are logged as at any start; the sample that matched them leaves nothing.
+    assert [e["event"] for e in events] == ["rules_loaded"], events
+    assert "warm_up" not in events[0]
+    assert [r.name for r in gateway.rules.current().rules] == ["errori"]
