@@ -60,8 +60,8 @@ def test_warm_up_leaves_no_line_no_count_and_no_row(gateway: Gateway, json_lines
     assert processed and "warm_up" not in processed[0]
 
 
-def test_warm_up_reads_the_sites_rules_once_and_logs_them(gateway: Gateway, json_lines: Any,
-                                                         ) -> None:
+def test_warm_up_reads_the_sites_rules_and_logs_them(gateway: Gateway, json_lines: Any,
+                                                    ) -> None:
     register_desk(gateway)
     rules = Path(gateway.settings.rules.path)
     rules.mkdir(exist_ok=True)
