@@ -335,9 +335,14 @@ def _wait_for_database(app: App, longest: float = 60.0) -> None:
 
 
 def _serve(args: argparse.Namespace, app: App) -> int:
+    import signal
+
     from mailgateway.directory import check_notices_reach
     from mailgateway.server import ServeOptions, default_workers, parse_only, serve
 
+    # A reload asked for while starting (`systemctl reload`) would otherwise end the
+    # process: what it asks for, reading everything afresh, starting does anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _wait_for_database(app)
     with app.reads() as session:
         check_notices_reach(session, app.settings)
@@ -513,7 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(loaded.log)
         if args.handler is _serve:
             check_serving_secret(loaded)
-        settings = with_secret(loaded)
+        # doctor writes nothing, a generated secret's file included; it checks the secret.
+        settings = loaded if args.handler is _doctor else with_secret(loaded)
         clock: Clock = FixedClock(parse_instant(args.now)) if args.now else SystemClock()
     except ConfigError as exc:
         if args.command == "doctor":  # one line per check, this one failed

@@ -8,15 +8,18 @@ before MAIL FROM, the mailboxes are only examined.
 
 from __future__ import annotations
 
+import secrets
 import smtplib
 import ssl
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import Engine, text
 
 from mailgateway.config import ImapSettings, Settings
+from mailgateway.errors import ConfigError
+from mailgateway.signing_secret import check_serving_secret, configured, secret_path
 
 __all__ = ["Check", "checks", "run_checks"]
 
@@ -37,9 +40,14 @@ def _first_line(exc: BaseException) -> str:
 
 def _configuration(settings: Settings, config_path: str | None) -> Check:
     where = config_path or "built-in defaults"
-    if settings.helpdesk.secret == "change-me":
-        return Check("configuration", False, f"{where}: helpdesk.secret is the example's; set "
-                     "it (or $MAILGATEWAY_SECRET) to a long random string")
+    try:
+        check_serving_secret(settings)
+    except ConfigError as exc:
+        return Check("configuration", False, f"{where}: {exc}")
+    if not configured(settings):
+        return Check("configuration", True, f"{where} is valid; helpdesk.secret is not set, "
+                     f"so the one generated into {secret_path(settings)} signs (enough for "
+                     "one machine)")
     return Check("configuration", True, f"{where} is valid")
 
 
@@ -156,7 +164,10 @@ def _rules(settings: Settings) -> Check:
     from mailgateway.dry_run import rules_check
     from mailgateway.service import Gateway
 
-    gateway = Gateway(settings)
+    # Loading rules signs nothing: a passing secret keeps a generated one's file unmade.
+    passing = secrets.token_urlsafe(32)
+    gateway = Gateway(replace(settings, helpdesk=replace(settings.helpdesk, secret=passing))
+                      if not configured(settings) else settings)
     try:
         errors, summary = rules_check(gateway)
     except Exception as exc:

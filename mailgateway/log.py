@@ -36,18 +36,28 @@ def _drop_warm_up(
     return event
 
 
+_HANDLER = "mailgateway"  # the standard library's handler of ours, replaced when called again
+
+
 def configure_logging(settings: LogSettings) -> None:
+    """Our events and the libraries' standard-library records (aiosmtpd, asyncio,
+    SQLAlchemy) alike: one line each, in the configured format, so that a JSON
+    collector never meets a line it cannot read. Called again, it replaces the set-up
+    (SIGHUP applies a changed `[log]`)."""
     level = getattr(logging, settings.level.upper())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if settings.format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    stamped: list[structlog.typing.Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             _drop_warm_up,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamped,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -57,7 +67,16 @@ def configure_logging(settings: LogSettings) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr,
-                        format="%(levelname)s %(name)s %(message)s")
+    libraries = logging.StreamHandler(cast(TextIO, _CurrentStderr()))
+    libraries.set_name(_HANDLER)
+    libraries.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamped],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer]))
+    root = logging.getLogger()
+    for earlier in [h for h in root.handlers if h.get_name() == _HANDLER]:
+        root.removeHandler(earlier)
+    root.addHandler(libraries)
+    root.setLevel(max(level, logging.WARNING))
     # mail-parser warns about every MIME type it does not render; we handle them.
     logging.getLogger("mailparser").setLevel(logging.ERROR)

@@ -100,7 +100,7 @@ class GatewayCollector(Collector):
                 select(func.count()).where(
                     InboxMail.status == InboxStatus.QUARANTINED.value)).scalar_one()
             bounces = session.execute(
-                select(func.count()).where(InboxMail.envelope_from == "")).scalar_one()
+                select(func.count()).where(OutboxMail.bounced_at.is_not(None))).scalar_one()
         depth = GaugeMetricFamily("mailgateway_outbox_mails", "Outbox rows by status.",
                                   labels=["status"])
         for status in OutboxStatus:
@@ -115,8 +115,10 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("mailgateway_inbox_quarantined_mails",
                                 "Received mails in quarantine, waiting for a person.",
                                 value=quarantined)
+        # Counted from the outbox, not from null-sender mail: that is also every
+        # automatic reply (RFC 3834), and a report about mail not ours is no bounce.
         yield CounterMetricFamily("mailgateway_bounces_received",
-                                  "Mails received from the null sender (bounces, DSNs).",
+                                  "Sent mails a delivery report said bounced.",
                                   value=bounces)
 
 

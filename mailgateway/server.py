@@ -36,6 +36,7 @@ from mailgateway.log import configure_logging
 from mailgateway.passes import Passes
 from mailgateway.pipeline.rules import RuleBook
 from mailgateway.service import Gateway
+from mailgateway.signing_secret import with_secret
 from mailgateway.telemetry import heartbeat
 
 log = structlog.get_logger()
@@ -144,7 +145,8 @@ class Reloader:
 
     def _reread_configuration(self) -> None:
         try:
-            fresh = load_settings(self._config_path)
+            # With no secret in the file, the one generated into data_dir is in force.
+            fresh = with_secret(load_settings(self._config_path))
         except ConfigError as exc:
             log.error("configuration_not_reloaded", error=str(exc))
             return

@@ -157,7 +157,8 @@ class Gateway:
         settings = with_secret(settings)  # never sign with an empty secret
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.engine = engine or create_db_engine(settings.database)
+        # Each IMAP mailbox's poller and the scheduler may hold a connection (`Leadership`).
+        self.engine = engine or create_db_engine(settings.database, held=len(settings.imap) + 1)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         # Sessions that only read: on SQLite they leave the write lock to the writers.
         self.reads: sessionmaker[Session] = session_factory(reading(self.engine))

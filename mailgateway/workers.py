@@ -13,7 +13,10 @@ talks to them over their standard streams, one line per message:
   (the parent's `/healthz` shows each worker).
 
 A worker that dies is started again after a second; its mail is still in
-the inbox, and on PostgreSQL its claim ended with its connection.
+the inbox, and on PostgreSQL its claim ended with its connection. One that
+dies before it says a word (a broken configuration file, say) waits twice as
+long each time, up to half a minute, and shows as stuck in `/healthz` until
+a worker of its share speaks again: on SQLite no other process takes its mail.
 """
 
 from __future__ import annotations
@@ -32,14 +35,15 @@ from mailgateway.telemetry import TALLY, heartbeat, heartbeats
 log = structlog.get_logger(__name__)
 
 _RESTART_SECONDS = 1.0
+_RESTART_AT_MOST_SECONDS = 30.0
 _STOP_GRACE_SECONDS = 30.0
 
 
 class _Worker:
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, stuck_after: float) -> None:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
-        self.heart = heartbeat(f"worker {index}", stuck_after=10.0)
+        self.heart = heartbeat(f"worker {index}", stuck_after=stuck_after)
         self.spoken = threading.Event()  # the running process has said something: it is up
 
 
@@ -48,10 +52,12 @@ class WorkerPool:
 
     def __init__(
         self, command: Sequence[str], count: int,
-        on_queued: Callable[[], None] | None = None,
+        on_queued: Callable[[], None] | None = None, *, stuck_after: float = 10.0,
+        restart_after: float = _RESTART_SECONDS,
     ) -> None:
         self._command = tuple(command)
-        self._workers = [_Worker(k) for k in range(count)]
+        self._restart_after = restart_after
+        self._workers = [_Worker(k, stuck_after) for k in range(count)]
         self._on_queued = on_queued
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_scheduled = False
@@ -97,13 +103,16 @@ class WorkerPool:
             self._loop = None
 
     async def _keep(self, worker: _Worker, stopping: asyncio.Event) -> None:
-        """Run one worker until `stopping`, starting it again whenever it dies."""
+        """Run one worker until `stopping`, starting it again whenever it dies.
+
+        Its heart beats only when it speaks: starting it again is no sign of life."""
         share = f"{worker.index}/{len(self._workers)}"
+        pause = self._restart_after
+        worker.heart.working(True)
         while not stopping.is_set():
             process = worker.process = await asyncio.create_subprocess_exec(
                 *self._command, "--share", share,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-            worker.heart.working(True)
             worker.spoken.clear()
             log.info("worker_started", worker=worker.index, pid=process.pid)
             hearing = asyncio.create_task(self._hear(worker, process))
@@ -121,25 +130,28 @@ class WorkerPool:
                     process.kill()
                     await ended
             await hearing
-            worker.heart.working(False)
-            if not stopping.is_set():
-                log.error("worker_died", worker=worker.index, pid=process.pid,
-                          returncode=process.returncode)
-                worker.heart.working(True)  # stuck until it is back
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), _RESTART_SECONDS)
+            if stopping.is_set():
+                break
+            pause = (self._restart_after if worker.spoken.is_set()
+                     else min(pause * 2, _RESTART_AT_MOST_SECONDS))
+            log.error("worker_died", worker=worker.index, pid=process.pid,
+                      returncode=process.returncode, restart_in_seconds=pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), pause)
+        worker.heart.working(False)
 
     async def _hear(self, worker: _Worker, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
         async for line in process.stdout:
             worker.heart.beat()
             worker.spoken.set()
-            word, *rest = line.decode("ascii", "replace").split()
-            if word == "queued" and self._on_queued is not None:
+            words = line.decode("ascii", "replace").split()
+            if words == ["queued"] and self._on_queued is not None:
                 self._on_queued()
-            elif word == "processed" and len(rest) == 2:
-                TALLY.mail_processed(rest[0], float(rest[1]))
-            elif word == "beat" and rest == ["1"]:
+            elif len(words) == 3 and words[0] == "processed":
+                with contextlib.suppress(ValueError):  # a stray line is no count
+                    TALLY.mail_processed(words[1], float(words[2]))
+            elif words == ["beat", "1"]:
                 worker.heart.last -= worker.heart.stuck_after + 1  # a stuck worker is stuck
 
 

@@ -75,6 +75,19 @@ def build_mail(
     return mail.as_bytes()
 
 
+def failure_report(message_id: str, recipient: str, words: str) -> bytes:
+    """A server's delivery status notification: `message_id` failed for `recipient`."""
+    return ("From: MAILER-DAEMON@mx.example.net\nTo: assistenza@example.com\n"
+            "Subject: Undelivered\n"
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n"
+            "--b\nContent-Type: text/plain\n\nSorry.\n"
+            "--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.net\n\n"
+            f"Final-Recipient: rfc822; {recipient}\nAction: failed\nStatus: 5.1.1\n"
+            f"Diagnostic-Code: smtp; {words}\n\n"
+            f"--b\nContent-Type: text/rfc822-headers\n\nMessage-ID: <{message_id}>\n\n--b--\n"
+            ).encode()
+
+
 def register_desk(gateway: Gateway) -> None:
     """Studio Rossi (main address + one PERSONA) and one technician."""
     with gateway.sessions.begin() as session:

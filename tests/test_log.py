@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ def json_lines(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
 
     yield read
     structlog.reset_defaults()
+    root = logging.getLogger()
+    for ours in [h for h in root.handlers if h.get_name() == "mailgateway"]:
+        root.removeHandler(ours)
 
 
 def test_log_lines_carry_message_id_ticket_and_transport(gateway: Gateway, json_lines: Any,
@@ -42,6 +46,28 @@ def test_log_lines_carry_message_id_ticket_and_transport(gateway: Gateway, json_
     stored = [e for e in events if e["event"] == "mail stored"]
     assert stored[0]["message_id"] == "abc@client.test"
     assert all("test-secret" not in json.dumps(e) for e in events)
+
+
+def test_the_libraries_records_come_out_as_lines_of_the_same_format(
+    json_lines: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """aiosmtpd, asyncio and SQLAlchemy log through the standard library: a JSON
+    collector must be able to read their lines too, and SIGHUP's new `[log]` applies to
+    them as to ours, without a second handler."""
+    try:
+        raise ConnectionResetError("peer gone")
+    except ConnectionResetError:
+        logging.getLogger("asyncio").exception("Fatal error on transport")
+    [line] = json_lines()
+    assert (line["logger"], line["level"], line["event"]) == (
+        "asyncio", "error", "Fatal error on transport")
+    assert "ConnectionResetError: peer gone" in line["exception"]
+    assert "timestamp" in line
+
+    configure_logging(LogSettings(level="info", format="console"))
+    logging.getLogger("mail.log").warning("session %s refused", "X")
+    [text] = capsys.readouterr().err.splitlines()
+    assert "session X refused" in text and "[mail.log]" in text and not text.startswith("{")
 
 
 def test_warm_up_leaves_no_line_no_count_and_no_row(gateway: Gateway, json_lines: Any) -> None:

@@ -21,22 +21,26 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+from structlog.testing import capture_logs
 
 from mailgateway.clock import FixedClock
 from mailgateway.config import DatabaseSettings, Settings, settings_from_mapping
 from mailgateway.db.hosts import HostClaim
 from mailgateway.db.migrate import upgrade
-from mailgateway.db.models import InboxMail, InboxStatus, Ticket
+from mailgateway.db.models import InboxMail, InboxStatus, OutboxMail, OutboxStatus, Ticket
 from mailgateway.db.session import create_db_engine
 from mailgateway.doctor import run_checks
 from mailgateway.errors import ConfigError
 from mailgateway.leadership import Leadership
 from mailgateway.monitoring import MonitoringServer
+from mailgateway.outbound.intent import MailKind
 from mailgateway.service import Gateway
-from mailgateway.telemetry import TALLY, heartbeat
+from mailgateway.telemetry import TALLY, heartbeat, heartbeats
+from mailgateway.workers import WorkerPool
 from tests.conftest import write_toml
 from tests.dovecot import Dovecot, dovecot_available
-from tests.mails import build_mail, register_desk
+from tests.mails import build_mail, failure_report, register_desk
 from tests.smtp_sink import SmtpSink, free_port
 from tests.smtp_sink import smtp_sink as smtp_sink  # re-exported as a fixture
 
@@ -84,6 +88,58 @@ def test_one_leader_at_a_time_and_another_takes_over(settings: Settings) -> None
     finally:
         first.dispose()
         second.dispose()
+
+
+def test_postgresql_lets_go_of_a_dead_hosts_locks_within_half_a_minute(postgres_url: str) -> None:
+    """A gateway host that dies without closing its connections (power lost) would
+    keep its locks (the ticket counter's row, the IMAP poller's advisory lock) for
+    TCP's default two hours: both sides probe the connection instead, and the URL's
+    own choice wins on ours."""
+    engine = create_db_engine(DatabaseSettings(url=postgres_url))
+    chosen = create_db_engine(DatabaseSettings(url=make_url(postgres_url).update_query_dict(
+        {"keepalives_idle": "60"}).render_as_string(hide_password=False)))
+    try:
+        with engine.connect() as connection:
+            server = {name: connection.execute(text(f"SHOW {name}")).scalar() for name in (
+                "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+                "tcp_user_timeout")}
+            ours = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+        if make_url(postgres_url).host not in (None, ""):  # a Unix socket has no TCP
+            assert server == {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+                              "tcp_keepalives_count": "3", "tcp_user_timeout": "25000"}
+        assert (ours["keepalives"], ours["keepalives_idle"], ours["keepalives_count"]) == (
+            "1", "10", "3")
+        with chosen.connect() as connection:
+            ours = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+        assert ours["keepalives_idle"] == "60"
+    finally:
+        engine.dispose()
+        chosen.dispose()
+
+
+def test_a_desk_with_many_mailboxes_leaves_the_work_its_connections(
+    settings: Settings, postgres_url: str
+) -> None:
+    """Each mailbox's poller holds a connection for its lock for as long as it runs: 25
+    of them would take every connection a pool of 10 (+10 overflow) has."""
+    mailboxes = [{"host": "127.0.0.1", "username": f"box{n}@example.com", "password": "x"}
+                 for n in range(25)]
+    many = replace(settings_from_mapping({"imap": mailboxes}), helpdesk=settings.helpdesk,
+                   database=DatabaseSettings(url=postgres_url))
+    gateway = Gateway(many)
+    leaders = [Leadership(gateway.engine, f"imap:box{n}") for n in range(25)]
+    try:
+        assert all(leader.acquire() for leader in leaders)
+        sessions = [gateway.sessions() for _ in range(20)]  # the work's own pool, all of it
+        try:
+            assert all(s.execute(text("SELECT 1")).scalar() == 1 for s in sessions)
+        finally:
+            for session in sessions:
+                session.close()
+    finally:
+        for leader in leaders:
+            leader.release()
+        gateway.close()
 
 
 # ---- one host per SQLite file -------------------------------------------------------------
@@ -150,8 +206,17 @@ def test_metrics_and_health_over_http(accepting: Gateway) -> None:
     gateway = accepting
     before = TALLY.snapshot()
     gateway.receive(_mail(1), transport="smtp")
-    gateway.receive(_mail(2).replace(b"From: Mario", b"X: y\r\nFrom: Mario"),
+    gateway.process_pending()
+    with gateway.sessions.begin() as session:  # the acknowledgment went out
+        sent = session.scalars(select(OutboxMail).where(
+            OutboxMail.kind == "acknowledgment")).one()
+        sent.status, sent.sent_at = OutboxStatus.SENT.value, gateway.clock.now()
+    # An automatic reply and a report on the acknowledgment, both from the null
+    # sender: only the report is a bounce.
+    gateway.receive(_mail(2).replace(b"Subject:", b"Auto-Submitted: auto-replied\r\nSubject:"),
                     transport="lmtp", envelope_from="")
+    gateway.receive(failure_report(sent.message_id, "mario.rossi@studiorossi.it",
+                                   "User unknown"), transport="lmtp", envelope_from="")
     gateway.process_pending()
     with _Monitoring(gateway) as monitoring:
         status, text = monitoring.get("/metrics")
@@ -164,7 +229,7 @@ def test_metrics_and_health_over_http(accepting: Gateway) -> None:
                         if k.startswith("mailgateway_mails_processed_total"))
         assert processed >= sum(before.processed.values()) + 2
         assert float(lines['mailgateway_pipeline_seconds_count']) >= before.pipeline.number + 2
-        assert float(lines['mailgateway_outbox_mails{status="pending"}']) >= 1  # acks queued
+        assert float(lines['mailgateway_outbox_mails{status="bounced"}']) == 1
         assert float(lines["mailgateway_outbox_oldest_unsent_seconds"]) >= 0
         assert float(lines["mailgateway_bounces_received_total"]) == 1
         assert "mailgateway_inbox_quarantined_mails" in lines
@@ -188,6 +253,23 @@ def test_metrics_and_health_over_http(accepting: Gateway) -> None:
             stuck.working(False)
         assert monitoring.get("/healthz")[0] == 200
         assert monitoring.get("/nothing")[0] == 404
+
+
+def test_health_says_503_when_the_database_does_not_answer(settings: Settings) -> None:
+    """A load balancer or systemd watchdog asks /healthz: with the database gone the
+    gateway can acknowledge nothing, and says why."""
+    gone = Gateway(replace(settings, database=DatabaseSettings(
+        url="postgresql+psycopg://nobody@127.0.0.1:1/none")))
+    try:
+        with _Monitoring(gone) as monitoring:
+            status, text = monitoring.get("/healthz")
+            assert status == 503
+            report = json.loads(text)
+            assert report["status"] == "unhealthy"
+            assert report["database"].startswith("unreachable:")
+            assert monitoring.get("/metrics")[0] == 503
+    finally:
+        gone.close()
 
 
 # ---- serve --workers -------------------------------------------------------------------------
@@ -224,7 +306,9 @@ def test_serve_with_workers_processes_the_mail_and_stops_cleanly(
     serve_config: dict[str, Any], tmp_path: Path, settings: Settings
 ) -> None:
     """The listener's process answers, two worker processes process; /metrics counts
-    what the workers did; a SIGTERM stops every process with exit 0."""
+    what the workers did; a SIGTERM stops every process with exit 0. The secret is
+    left to be generated (as a first try on one machine does)."""
+    del serve_config["helpdesk"]["secret"]
     config = write_toml(serve_config, tmp_path / "serve.toml")
     log = tmp_path / "serve.log"
     process = _serve(config, "--workers", "2", log=log)
@@ -311,6 +395,32 @@ def test_a_worker_killed_is_started_again(
     assert "worker_died" in log.read_text()
 
 
+def test_a_worker_that_dies_at_start_shows_stuck_and_waits_longer_each_time() -> None:
+    """A worker that exits before saying a word (its configuration broken, say) is no
+    sign of life however often it is started: /healthz shows it stuck, and each pause
+    before it is started again is twice the last, not the same short one for ever."""
+    failing = (sys.executable, "-c", "import sys; sys.exit(3)")
+    pool = WorkerPool(failing, 1, stuck_after=0.3, restart_after=0.1)
+
+    async def run(logs: list[dict[str, Any]]) -> None:
+        stopping = asyncio.Event()
+        running = asyncio.create_task(pool.run(stopping))
+        heart = next(h for h in heartbeats() if h.name == "worker 0")
+        deadline = time.monotonic() + 30
+        while sum(e["event"] == "worker_died" for e in logs) < 3 or not heart.stuck():
+            assert time.monotonic() < deadline, "the dead worker never showed as stuck"
+            await asyncio.sleep(0.05)
+        stopping.set()
+        await running
+        assert not heart.stuck()  # stopped on purpose: nothing is asked of it
+
+    with capture_logs() as logs:
+        asyncio.run(run(logs))
+    died = [e for e in logs if e["event"] == "worker_died"]
+    assert [e["restart_in_seconds"] for e in died[:3]] == [0.2, 0.4, 0.8]
+    assert all(e["returncode"] == 3 for e in died)
+
+
 # ---- doctor --------------------------------------------------------------------------------
 
 
@@ -358,6 +468,9 @@ def test_doctor_passes_on_a_working_setup_and_names_each_fault(
     rules = Path(settings.rules.path)
     rules.mkdir(parents=True, exist_ok=True)
     (rules / "broken.toml").write_text("[[rule]\nname = ", encoding="utf-8")
+    template = rules / "templates" / "it" / f"{next(iter(MailKind)).value}.txt.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text("Gentile {{ customer.name }\n", encoding="utf-8")
     closed_port = free_port()
     broken = settings_from_mapping({
         "imap": [mailbox | {"password": "wrong"},
@@ -377,6 +490,8 @@ def test_doctor_passes_on_a_working_setup_and_names_each_fault(
     assert any(line.startswith("FAIL  imap[1]") and "Non esiste missing" in line
                for line in failed)
     assert any(line.startswith("FAIL  rules:") and "broken.toml" in line for line in failed)
+    assert any(line.startswith("FAIL  templates:") and template.name in line
+               for line in failed), failed
     assert any(line.startswith("ok    database schema") for line in lines)
 
 
@@ -393,6 +508,33 @@ def test_doctor_names_an_unreachable_database_and_an_old_schema(
     code, lines = _doctor(gone)
     assert code == 1
     assert any(line.startswith("FAIL  database:") and "database.url" in line for line in lines)
+
+
+def test_doctor_asks_for_the_secret_serve_would_refuse_to_start_without(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """On loopback a generated secret will do, and doctor says which file holds it
+    without making it; listening beyond loopback, a configured one is needed, as
+    `serve` will say when it refuses to start."""
+    unset = replace(settings, helpdesk=replace(settings.helpdesk, secret="",
+                                               data_dir=str(tmp_path / "var")))
+    _, lines = _doctor(unset)
+    assert any(line.startswith("ok    configuration:") and "secret is not set" in line
+               for line in lines), lines
+    public = replace(unset, smtp=replace(unset.smtp, host="0.0.0.0"))
+    code, lines = _doctor(public)
+    assert code == 1
+    assert any(line.startswith("FAIL  configuration:") and "helpdesk.secret must be set"
+               in line for line in lines), lines
+    assert not (tmp_path / "var" / "secret").exists()
+    config = tmp_path / "loopback.toml"
+    config.write_text(f"[helpdesk]\ndata_dir = {json.dumps(str(tmp_path / 'cli'))}\n",
+                      encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgateway", "--config", str(config), "doctor"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "ok    configuration:" in result.stdout, result.stdout
+    assert not (tmp_path / "cli" / "secret").exists()
 
 
 def test_doctor_from_the_command_line(tmp_path: Path) -> None:

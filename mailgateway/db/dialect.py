@@ -53,6 +53,35 @@ def tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+# A gateway host that dies (power lost, network cut) leaves its connections open on
+# the server until TCP says otherwise: two hours by default. Meanwhile they keep their
+# row locks (the ticket counter: no new ticket anywhere) and advisory locks (the IMAP
+# poller's, the scheduler's). Probed after 10 s of silence, every 5 s, dropped after
+# 3 unanswered probes or 25 s of unacknowledged data, a dead peer is let go of within
+# about half a minute, on both sides.
+_SERVER_KEEPALIVES = (("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5"),
+                      ("tcp_keepalives_count", "3"), ("tcp_user_timeout", "25000"))
+_CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                      "keepalives_count": 3, "tcp_user_timeout": 25000}
+
+
+def tune_postgresql(engine: Engine) -> None:
+    """TCP keepalives on each connection, the server's and ours (see above); values
+    given in the database URL win over the client's."""
+
+    @event.listens_for(engine, "do_connect")
+    def _on_do_connect(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+        for name, value in _CLIENT_KEEPALIVES.items():
+            params.setdefault(name, value)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:  # ignored by a server on a Unix socket
+            cursor.execute("SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(
+                _SERVER_KEEPALIVES)), [part for setting in _SERVER_KEEPALIVES for part in setting])
+        dbapi_connection.commit()
+
+
 _READ_ONLY = "mailgateway_read_only"
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.config import DatabaseSettings
-from mailgateway.db.dialect import tune_sqlite
+from mailgateway.db.dialect import tune_postgresql, tune_sqlite
 from mailgateway.errors import UserError
 
 
@@ -28,8 +28,12 @@ def _ensure_sqlite_dir(url: str) -> None:
                             f"created (database.url): {exc.strerror}.") from None
 
 
-def create_db_engine(settings: DatabaseSettings) -> Engine:
-    """An engine for the configured URL, tuned for the gateway's access pattern."""
+def create_db_engine(settings: DatabaseSettings, held: int = 0) -> Engine:
+    """An engine for the configured URL, tuned for the gateway's access pattern.
+
+    `held` connections are kept for as long as the process runs (a `Leadership`'s,
+    one per job it may lead): the pool has that many more, so that a desk with many
+    mailboxes leaves the work as many connections as one with a few."""
     url = settings.url
     if url.startswith("sqlite"):
         _ensure_sqlite_dir(url)
@@ -41,7 +45,9 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     # No ping before each transaction (a round trip each, two per mail received): a
     # connection the server dropped fails the statement that meets it, the pool then
     # drops every connection as old, and the caller tries again (`is_transient`).
-    return create_engine(url, echo=settings.echo, pool_size=10)
+    engine = create_engine(url, echo=settings.echo, pool_size=10 + held)
+    tune_postgresql(engine)
+    return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -107,6 +107,7 @@ def test_every_command_says_an_unreachable_database_in_one_line(
 
 
 def test_serve_waits_for_its_database_and_says_so(tmp_path: Path) -> None:
+    """One line per attempt; a reload asked for meanwhile does not end it, SIGTERM does."""
     config = _config(tmp_path, UNREACHABLE, smtp={"port": 0})
     process = subprocess.Popen(
         [sys.executable, "-m", "mailgateway", "--config", str(config), "serve"],
@@ -117,6 +118,7 @@ def test_serve_waits_for_its_database_and_says_so(tmp_path: Path) -> None:
         first = process.stderr.readline()
         assert first.startswith("mailgateway: the database postgresql+psycopg://postgres:***@")
         assert first.rstrip().endswith("retrying in 1 s."), first
+        process.send_signal(signal.SIGHUP)  # `systemctl reload` while it starts: no end
         second = process.stderr.readline()
         assert second.rstrip().endswith("retrying in 2 s."), second
         process.send_signal(signal.SIGTERM)

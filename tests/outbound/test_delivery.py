@@ -25,7 +25,7 @@ from mailgateway.outbound.delivery import (
 )
 from mailgateway.service import Gateway
 from mailgateway.store import SessionStore
-from tests.mails import PERSON, build_mail, deliver, register_desk
+from tests.mails import PERSON, build_mail, deliver, failure_report, register_desk
 
 
 def _acknowledgment(gateway: Gateway, subject: str = "Errore 98,20 su MOCO") -> int:
@@ -44,16 +44,7 @@ def _kinds(gateway: Gateway) -> list[str]:
 
 
 def _report(message_id: str, words: str) -> bytes:
-    """A server's delivery status notification: `message_id` failed for PERSON."""
-    return ("From: MAILER-DAEMON@mx.example.net\nTo: assistenza@example.com\n"
-            "Subject: Undelivered\n"
-            "Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n"
-            "--b\nContent-Type: text/plain\n\nSorry.\n"
-            "--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.net\n\n"
-            f"Final-Recipient: rfc822; {PERSON.upper()}\nAction: failed\nStatus: 5.1.1\n"
-            f"Diagnostic-Code: smtp; {words}\n\n"
-            f"--b\nContent-Type: text/rfc822-headers\n\nMessage-ID: <{message_id}>\n\n--b--\n"
-            ).encode()
+    return failure_report(message_id, PERSON.upper(), words)
 
 
 def test_a_hard_bounce_marks_the_row_adds_an_event_and_tells_the_group_once(
