@@ -39,6 +39,7 @@ from mailgateway.ingest.imap import (
     StoreError,
 )
 from mailgateway.service import Gateway
+from mailgateway.telemetry import TALLY
 from tests.dovecot import BASE_CAPABILITIES, REQUIRE_ENV, Dovecot, dovecot_available
 from tests.mails import CUSTOMER, TECHNICIAN, build_mail, deliver, register_desk
 
@@ -274,11 +275,15 @@ def test_mail_appended_while_idle_is_a_ticket_within_2s(dovecot: Dovecot, desk: 
 
 
 def test_stopping_interrupts_idle_promptly(dovecot: Dovecot, desk: Desk) -> None:
-    with RunningPoller(make_poller(dovecot, desk)) as running:
+    """…and /metrics' `mailgateway_imap_connected` follows the connection."""
+    poller = make_poller(dovecot, desk)
+    with RunningPoller(poller) as running:
         dovecot.append("INBOX", make_mail("Uno"))
         wait_until(lambda: dovecot.count("Processed") == 1)
+        assert TALLY.snapshot().imap_connected[poller.mailbox] is True
         assert running.stop() < 2.0
     assert running.error is None
+    assert TALLY.snapshot().imap_connected[poller.mailbox] is False
 
 
 def test_kick_reconnects_without_losing_or_doubling(dovecot: Dovecot, desk: Desk) -> None:
@@ -478,6 +483,7 @@ def test_wrong_password_is_reported_once_and_retried_slowly(dovecot: Dovecot, de
     )
     with capture_logs() as logs, RunningPoller(poller):
         time.sleep(1.0)
+        assert TALLY.snapshot().imap_connected[poller.mailbox] is False
     refused = [e for e in logs if e["event"] == "imap login refused"]
     assert len(refused) == 1, logs
     assert refused[0]["log_level"] == "error"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import replace
 from email import message_from_bytes, policy
@@ -25,6 +26,7 @@ from mailgateway.outbound.compose import (
     tagged_subject,
 )
 from mailgateway.outbound.intent import MailIntent, MailKind, outbox_document
+from mailgateway.outbound.render import forget_templates
 from mailgateway.pipeline.parse import parse_mail
 from mailgateway.reply_token import TokenPurpose, read_reply_address
 
@@ -248,6 +250,29 @@ def test_admin_template_overrides_the_default(settings: Settings, clock: FixedCl
     )
     assert _text(message) == f"Ticket {NUMBER} aperto, Niccolò Bianchi.\n"
     assert "la ringraziamo" in _text(message, "html")  # the HTML default still applies
+
+
+def test_an_override_edited_unseen_is_read_afresh_after_sighup(
+    settings: Settings, clock: FixedClock
+) -> None:
+    """An edit the directory's signature cannot see (same size, its time put back, as
+    a copy tool or a second within one mtime tick does) shows after a reload."""
+    admin = Path(settings.rules.path) / "templates" / "it"
+    admin.mkdir(parents=True)
+    template = admin / "acknowledgment.txt.j2"
+
+    def text() -> str:
+        return _text(_reparse(compose(settings, clock, _intent(), _context(settings, clock),
+                                      ticket_number=NUMBER)))
+
+    template.write_text("Ticket {{ number }} aperto.\n", encoding="utf-8")
+    assert text() == f"Ticket {NUMBER} aperto.\n"
+    stamp = template.stat()
+    template.write_text("Ticket {{ number }} APERTO.\n", encoding="utf-8")
+    os.utime(template, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert text() == f"Ticket {NUMBER} aperto.\n"  # unseen: the cached one
+    forget_templates()  # what SIGHUP does
+    assert text() == f"Ticket {NUMBER} APERTO.\n"
 
 
 def test_broken_admin_template_falls_back_to_the_default(
