@@ -164,10 +164,10 @@ def _rules(settings: Settings) -> Check:
     from mailgateway.dry_run import rules_check
     from mailgateway.service import Gateway
 
-    # Loading rules signs nothing: a passing secret keeps a generated one's file unmade.
-    passing = secrets.token_urlsafe(32)
-    gateway = Gateway(replace(settings, helpdesk=replace(settings.helpdesk, secret=passing))
-                      if not configured(settings) else settings)
+    if not configured(settings):  # loading rules signs nothing: no generated secret's file
+        settings = replace(settings, helpdesk=replace(settings.helpdesk,
+                                                      secret=secrets.token_urlsafe(32)))
+    gateway = Gateway(settings)
     try:
         errors, summary = rules_check(gateway)
     except Exception as exc:

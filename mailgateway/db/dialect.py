@@ -59,8 +59,8 @@ def tune_sqlite(engine: Engine) -> None:
 # poller's, the scheduler's). Probed after 10 s of silence, every 5 s, dropped after
 # 3 unanswered probes or 25 s of unacknowledged data, a dead peer is let go of within
 # about half a minute, on both sides.
-_SERVER_KEEPALIVES = (("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5"),
-                      ("tcp_keepalives_count", "3"), ("tcp_user_timeout", "25000"))
+_SERVER_KEEPALIVES = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+                      "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 25000")
 _CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                       "keepalives_count": 3, "tcp_user_timeout": 25000}
 
@@ -77,8 +77,7 @@ def tune_postgresql(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         with dbapi_connection.cursor() as cursor:  # ignored by a server on a Unix socket
-            cursor.execute("SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(
-                _SERVER_KEEPALIVES)), [part for setting in _SERVER_KEEPALIVES for part in setting])
+            cursor.execute(_SERVER_KEEPALIVES)
         dbapi_connection.commit()
 
 
