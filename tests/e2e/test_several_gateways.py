@@ -30,6 +30,7 @@ from mailgateway.db.models import InboxMail, InboxStatus, OutboxMail, OutboxStat
 from mailgateway.service import Gateway
 from tests.conftest import skip_or_fail, write_toml
 from tests.dovecot import Dovecot, dovecot_available
+from tests.ingest.test_smtp import wait_until
 from tests.smtp_sink import SmtpSink, free_port
 from tests.smtp_sink import smtp_sink as smtp_sink  # re-exported as a fixture
 
@@ -91,6 +92,15 @@ class Gateways:
         time.sleep(0.5)
         self.processes[k] = self.start(k)
 
+    def listening(self) -> bool:
+        for port in self.ports:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+                    client.noop()
+            except (OSError, smtplib.SMTPException):
+                return False
+        return True
+
     def stop(self) -> list[int | None]:
         for process in self.processes:
             if process.poll() is None:
@@ -140,7 +150,7 @@ def test_three_gateways_two_killed_lose_and_double_nothing(
             sessions.append(dovecot.sessions())
 
     try:
-        time.sleep(2)  # the listeners bind
+        wait_until(gateways.listening, timeout=60, what="the three listeners")
         dovecot.append_many("INBOX", (_mail(n) for n in by_imap))
         dovecot.close_client()
         watcher = threading.Thread(target=watch_imap)
