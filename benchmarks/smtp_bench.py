@@ -97,6 +97,12 @@ def _clients(
                              [at + i * interval / clients for i in range(clients)]))
 
 
+def worker_command(config: Path) -> tuple[str, ...]:
+    """How `serve --workers` starts each of its worker processes."""
+    return (sys.executable, "-m", "mailgateway", "--config", str(config),
+            "serve", "--only", "processor", "--workers", "0")
+
+
 class _Server:
     """The listener and the processor (or `serve --workers`' worker processes) on their
     own event loop, as `serve` runs them."""
@@ -108,9 +114,7 @@ class _Server:
         self.processor: Processor | WorkerPool | None = None
         if process and workers:
             assert config is not None, "worker processes read the site's configuration"
-            command = (sys.executable, "-m", "mailgateway", "--config", str(config),
-                       "serve", "--only", "processor", "--workers", "0")
-            self.processor = WorkerPool(command, workers)
+            self.processor = WorkerPool(worker_command(config), workers)
         elif process:
             self.processor = Processor(gateway, idle_seconds=1.0)
             gateway.warm_up()  # as `serve` does

@@ -9,7 +9,8 @@ pollers, the scheduler) run it through the one wake/stop loop,
 
 `--only` chooses the components (several units may split them);
 `--workers N` moves processing to N worker processes (`mailgateway.workers`),
-so the listener's process does nothing but take mail and answer 250.
+so the listener's process does nothing but take mail and answer 250, and the
+IMAP pollers hand their mail over too.
 Any number of `serve`, on any number of hosts, may share one PostgreSQL:
 each job that only one may do at a time has a `Leadership`.
 """
@@ -233,8 +234,12 @@ def build_components(
         from mailgateway.ingest.imap import ImapPoller, mailbox_name
         from mailgateway.leadership import Leadership
 
+        # Processed where serve processes: by the poller itself in a one-process gateway,
+        # else handed over (to the workers, or to another unit that looks by itself).
+        processes_here = "processor" in only and options.workers == 0
+        hand_over = None if processes_here else (wake or _found_by_its_processor)
         components += [
-            ImapPoller(mailbox, gateway,
+            ImapPoller(mailbox, gateway, hand_over=hand_over,
                        leadership=Leadership(gateway.engine, f"imap:{mailbox_name(mailbox)}"))
             for mailbox in settings.imap]
     listen = options.metrics_listen if options.metrics_listen is not None \
@@ -245,6 +250,10 @@ def build_components(
         components.append(MonitoringServer(listen, gateway))
     components += options.extra
     return components
+
+
+def _found_by_its_processor(_inbox_id: int) -> None:
+    """Stored mail is found by the processor of another unit, which looks every second."""
 
 
 async def run_components(components: list[Component], stopping: asyncio.Event) -> None:

@@ -407,6 +407,12 @@ class Gateway:
         log.info("processing conflict, trying again", inbox_id=inbox_id, attempt=conflicts)
         return Outcome(InboxStatus.RECEIVED.value)
 
+    def statuses(self, inbox_ids: Sequence[int]) -> dict[int, str]:
+        with self.reads() as session:
+            rows = session.execute(select(InboxMail.id, InboxMail.status)
+                                   .where(InboxMail.id.in_(inbox_ids)))
+            return {inbox_id: status for inbox_id, status in rows}
+
     def _status(self, inbox_id: int) -> str:
         with self.reads() as session:
             status = session.execute(

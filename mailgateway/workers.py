@@ -144,7 +144,9 @@ class WorkerPool:
         assert process.stdout is not None
         async for line in process.stdout:
             worker.heart.beat()
-            worker.spoken.set()
+            if not worker.spoken.is_set():
+                worker.spoken.set()
+                log.info("worker_ready", worker=worker.index, pid=process.pid)
             words = line.decode("ascii", "replace").split()
             if words == ["queued"] and self._on_queued is not None:
                 self._on_queued()

@@ -350,11 +350,17 @@ def test_serve_with_workers_processes_the_mail_and_stops_cleanly(
         assert {"worker 0", "worker 1", "event loop"} <= set(health["components"])
 
         # SIGHUP: the file is read again; [log] applies, another change waits for a restart.
+        # It is passed on to the workers that are up (on PostgreSQL one may have done
+        # all the mail while the other still started; that one reads the file as it starts).
+        wait_until(lambda: log.read_bytes().count(b"worker_ready") == 2, what="both workers up")
         serve_config["smtp"]["max_recipients"] = 5
         write_toml(serve_config, config)
         process.send_signal(signal.SIGHUP)
-        wait_until(lambda: log.read_bytes().count(b"configuration_reloaded") == 3,
-                   what="the reload, in the parent and passed on to both workers")
+        try:
+            wait_until(lambda: log.read_bytes().count(b"configuration_reloaded") == 3,
+                       what="the reload, in the parent and passed on to both workers")
+        except AssertionError:
+            raise AssertionError(log.read_text()[-6000:]) from None
         for reloaded in [json.loads(line) for line in log.read_text().splitlines()
                          if "configuration_reloaded" in line]:
             assert reloaded["needs_restart"] == ["smtp"]
@@ -393,6 +399,41 @@ def test_a_worker_killed_is_started_again(
     finally:
         _stop(process, log)
     assert "worker_died" in log.read_text()
+
+
+def test_imap_mail_waits_in_its_folder_for_the_unit_that_processes(
+    serve_config: dict[str, Any], tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """`--only imap` stores and does not process; once a processing unit (with its
+    worker) has done each mail, the poller moves it by its fate."""
+    del serve_config["metrics"]  # two units on one host: one port each would do too
+    serve_config["imap"] = [{"host": "127.0.0.1", "port": dovecot.port,
+                             "username": dovecot.username, "password": dovecot.password}]
+    config = write_toml(serve_config, tmp_path / "serve.toml")
+    no_sender = b"To: assistenza@example.com\r\nSubject: Senza mittente\r\n\r\nCiao\r\n"
+    dovecot.append("INBOX", _mail(1))
+    dovecot.append("INBOX", no_sender)
+    gateway = Gateway(settings_from_mapping(serve_config))
+    logs = [tmp_path / "imap.log", tmp_path / "processor.log"]
+    units = [_serve(config, "--only", "imap", log=logs[0])]
+    try:
+        def statuses() -> list[str]:
+            with gateway.reads() as session:
+                return list(session.scalars(select(InboxMail.status).order_by(InboxMail.id)))
+
+        wait_until(lambda: len(statuses()) == 2, what="both mails stored")
+        time.sleep(1.0)
+        assert statuses() == ["received", "received"]  # nobody here processes
+        assert dovecot.count("INBOX") == 2
+
+        units.append(_serve(config, "--only", "processor", "--workers", "1", log=logs[1]))
+        wait_until(lambda: dovecot.count("INBOX") == 0, what="both mails moved")
+        assert statuses() == ["processed", "quarantined"]
+        assert (dovecot.count("Processed"), dovecot.count("Failed")) == (1, 1)
+    finally:
+        gateway.close()
+        for unit, log in zip(units, logs, strict=False):
+            _stop(unit, log)
 
 
 def test_a_worker_that_dies_at_start_shows_stuck_and_waits_longer_each_time() -> None:

@@ -49,6 +49,11 @@ class Receiver(Protocol):
         (`processed`, `ignored` or `quarantined`). Never raises for a bad mail."""
         ...
 
+    def statuses(self, inbox_ids: Sequence[int]) -> dict[int, str]:
+        """The inbox status of each stored mail still there, for a transport that
+        acknowledges by fate once processing elsewhere is done with the mail."""
+        ...
+
     def accepts_recipient(self, address: str) -> bool:
         """True when `address` is in one of the helpdesk's domains."""
         ...

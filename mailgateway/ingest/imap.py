@@ -1,11 +1,16 @@
 """IMAP transport: drain a mailbox, commit each mail, and only then move it away.
 
 The mailbox is the sender's queue and the inbox table is ours, so the order is
-fixed: fetch, `Receiver.receive` (durable commit), `Receiver.process`, then
-MOVE to the processed (or failed) folder. A crash anywhere before the move
-leaves the mail where it was; it is fetched again and the receiver's dedup
-turns the repeat into a no-op. A crash after the move cannot lose anything,
-because the commit came first.
+fixed: fetch, `Receiver.receive` (durable commit), processing, then MOVE to
+the processed (or failed) folder. A crash anywhere before the move leaves the
+mail where it was; it is fetched again and the receiver's dedup turns the
+repeat into a no-op. A crash after the move cannot lose anything, because the
+commit came first.
+
+Processing is the poller's own `Receiver.process` call, or, when `serve`
+runs it elsewhere (worker processes, another unit, another gateway), handed
+over: the poller wakes the processors, then reads each mail's fate from the
+database before it moves the mail by it.
 
 The poller is blocking (imapclient) and runs in its own thread; `run` bridges
 it to the server's event loop (`mailgateway.passes`). Waits are short and
@@ -31,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import structlog
 from imapclient import IMAPClient
@@ -53,7 +59,9 @@ __all__ = ["ImapConnectionError", "ImapFolderError", "ImapLoginError", "ImapPoll
 
 _log = structlog.get_logger(__name__)
 
-QUARANTINED = "quarantined"
+RECEIVED, PROCESSED, QUARANTINED = "received", "processed", "quarantined"
+# Mail handed over to processors elsewhere is moved by its fate at least this often.
+_HANDED_OVER_AT_ONCE = 500
 # Upper bound on the bytes one FETCH brings into memory (a single larger mail still passes).
 _MAX_BATCH_BYTES = 64 * 1024 * 1024
 _BODY = b"BODY[]"
@@ -76,13 +84,18 @@ class StoreError(TemporaryError):
     """The gateway could not store or process a fetched mail; it stays in the mailbox."""
 
 
+class _Stored(NamedTuple):
+    inbox_id: int
+    message_id: str | None
+
+
 @dataclass
 class _FolderState:
     """What survives a reconnect: UIDs are only meaningful under one UIDVALIDITY."""
 
     uidvalidity: int | None = None
-    # Mails committed in the inbox table but not yet moved: uid → inbox id.
-    stored: dict[int, int] = field(default_factory=dict)
+    # Mails committed in the inbox table but not yet moved, by UID.
+    stored: dict[int, _Stored] = field(default_factory=dict)
 
 
 def _after_failure(outage: Outage, error: Exception) -> float:
@@ -121,10 +134,17 @@ class ImapPoller:
         idle_check_seconds: float = 1.0,
         leadership: Leadership | None = None,
         leader_retry_seconds: float = 2.0,
+        hand_over: Callable[[int], None] | None = None,
+        fate_wait_seconds: float = 30.0,
     ) -> None:
         """`reconnect_*` override the settings' backoff bounds (first wait, cap); the cap
         is also the interval between attempts after a refused login. Without
-        `leadership` the poller assumes it is the mailbox's only one."""
+        `leadership` the poller assumes it is the mailbox's only one.
+
+        `hand_over`, when processing runs elsewhere, wakes it for a stored mail's id;
+        the poller then waits up to `fate_wait_seconds` a batch for the fates, and a
+        mail still unprocessed stays in the folder until a later drain finds it done.
+        Without it the poller processes each mail itself."""
         check_imap_settings(settings, "imap")
         self._password = settings.resolved_password()
         if settings.password_env and not self._password:
@@ -136,6 +156,8 @@ class ImapPoller:
         self._idle_check_seconds = idle_check_seconds
         self._leadership = leadership
         self._leader_retry_seconds = leader_retry_seconds
+        self._hand_over = hand_over
+        self._fate_wait_seconds = fate_wait_seconds
         self.mailbox = mailbox_name(settings)
         self._backoff = Backoff(
             initial=(
@@ -325,9 +347,10 @@ class ImapPoller:
         while not self._stop.is_set():
             handled = self._drain(client, self._stop)
             ready()  # a drain worked: the outage, if any, is over
-            if handled or self._stop.is_set():
+            if handled or self._stop.is_set() or self._folder.stored:
                 # Drain until a pass finds nothing: notices of mail that arrived meanwhile
                 # came with our own commands' answers, and IDLE would not repeat them.
+                # Mail left to the processors is looked at again (each drain waits for it).
                 continue
             if idle:
                 self._idle(client)
@@ -401,18 +424,31 @@ class ImapPoller:
     # ---- draining ---------------------------------------------------------------------
 
     def _drain(self, client: IMAPClient, stop: threading.Event) -> int:
-        """Handle every mail in the folder, oldest first, a batch at a time."""
+        """Handle every mail in the folder, oldest first, a batch at a time.
+
+        Mail handed over is stored batch after batch while the processors work on
+        it, and moved by its fate every `_HANDED_OVER_AT_ONCE` mails and at the end.
+        """
         selected = client.select_folder(self.settings.folder)
         self._check_uidvalidity(int(selected[b"UIDVALIDITY"]))
-        if not selected.get(b"EXISTS"):
-            return 0
-        uids = sorted(client.search(["UNDELETED"]))
+        uids = sorted(client.search(["UNDELETED"])) if selected.get(b"EXISTS") else []
+        for gone in self._folder.stored.keys() - set(uids):  # moved or expunged by others
+            del self._folder.stored[gone]
         handled = 0
+        handed_over: list[int] = []
         for batch in _batches(uids, max(self.settings.batch_size, 1)):
             if stop.is_set():
                 break
             for part in self._split_by_size(client, batch):
-                handled += self._handle_batch(client, part, stop)
+                if self._hand_over is None:
+                    handled += self._handle_batch(client, part, stop)
+                    continue
+                handed_over += self._hand_over_batch(client, part, stop)
+                if len(handed_over) >= _HANDED_OVER_AT_ONCE:
+                    handled += self._move(client, self._await_fates(handed_over, stop))
+                    handed_over = []
+        if handed_over:
+            handled += self._move(client, self._await_fates(handed_over, stop))
         if handled:
             self._log.info("imap folder drained", handled=handled)
         return handled
@@ -447,50 +483,105 @@ class ImapPoller:
             yield part
 
     def _handle_batch(self, client: IMAPClient, uids: list[int], stop: threading.Event) -> int:
-        """Store and process each mail of one batch, then move the handled ones."""
-        s = self.settings
+        """Store and process each mail of one batch, then move the handled ones by fate."""
+        fates: dict[int, str] = {}
+        try:
+            for uid in self._stored(client, uids, stop):
+                fates[uid] = self._process(uid)
+        except StoreError:
+            self._move(client, fates)  # keep what was done before the failure
+            raise
+        return self._move(client, fates)
+
+    def _hand_over_batch(
+        self, client: IMAPClient, uids: list[int], stop: threading.Event,
+    ) -> list[int]:
+        """Store each mail of one batch and wake the processors for it."""
+        assert self._hand_over is not None
+        stored = list(self._stored(client, uids, stop))
+        for uid in stored:
+            self._hand_over(self._folder.stored[uid].inbox_id)
+        return stored
+
+    def _stored(self, client: IMAPClient, uids: list[int], stop: threading.Event,
+                ) -> Iterator[int]:
+        """Each UID of the batch once its mail is committed; a UID remembered as stored
+        is not fetched again."""
         known = self._folder.stored
         missing = [uid for uid in uids if uid not in known]
         fetched = client.fetch(missing, [b"BODY.PEEK[]"]) if missing else {}
-        moves: dict[str, list[int]] = {s.processed_folder: [], s.failed_folder: []}
-        try:
-            for uid in uids:
-                if stop.is_set():
-                    break
-                self._heart.beat()
-                item = fetched.pop(uid, None)
-                if uid not in known and item is None:
-                    continue  # expunged by someone else meanwhile
-                raw = item[_BODY] if item is not None else None
-                status = self._store_and_process(uid, raw)
-                moves[s.failed_folder if status == QUARANTINED else s.processed_folder].append(uid)
-        except StoreError:
-            self._move(client, moves)  # keep what was done before the failure
-            raise
-        return self._move(client, moves)
+        for uid in uids:
+            if stop.is_set():
+                return
+            self._heart.beat()
+            item = fetched.pop(uid, None)
+            if uid not in known and item is None:
+                continue  # expunged by someone else meanwhile
+            if item is not None:
+                self._store(uid, item[_BODY])
+            yield uid
 
-    def _store_and_process(self, uid: int, raw: bytes | None) -> str:
-        """Commit (unless already committed under this UID), then run the pipeline."""
-        message_id = raw_message_id(raw) if raw is not None else None
-        log = self._log.bind(uid=uid, message_id=message_id)
+    def _store(self, uid: int, raw: bytes) -> None:
+        message_id = raw_message_id(raw)
         try:
-            if raw is None:
-                inbox_id, duplicate = self._folder.stored[uid], True
-            else:
-                received: Received = self._receiver.receive(
-                    raw, transport="imap", envelope_to=(self.settings.username,),
-                    trust_authentication_results=self.settings.trust_authentication_results,
-                )
-                inbox_id, duplicate = received.inbox_id, received.duplicate
-                self._folder.stored[uid] = inbox_id
-            status = self._receiver.process(inbox_id)
+            received: Received = self._receiver.receive(
+                raw, transport="imap", envelope_to=(self.settings.username,),
+                trust_authentication_results=self.settings.trust_authentication_results,
+            )
         except Exception as exc:
             raise StoreError(f"mail UID {uid} ({message_id or 'no Message-ID'}): {exc}") from exc
-        log.info("imap mail handled", inbox_id=inbox_id, duplicate=duplicate, status=status)
+        self._folder.stored[uid] = _Stored(received.inbox_id, message_id)
+
+    def _process(self, uid: int) -> str:
+        stored = self._folder.stored[uid]
+        try:
+            status = self._receiver.process(stored.inbox_id)
+        except Exception as exc:
+            raise StoreError(
+                f"mail UID {uid} ({stored.message_id or 'no Message-ID'}): {exc}") from exc
+        self._handled(uid, status)
         return status
 
-    def _move(self, client: IMAPClient, moves: dict[str, list[int]]) -> int:
-        """MOVE, or COPY + \\Deleted + (UID) EXPUNGE where the server has no MOVE."""
+    def _handled(self, uid: int, status: str) -> None:
+        inbox_id, message_id = self._folder.stored[uid]
+        self._log.info("imap mail handled", uid=uid, inbox_id=inbox_id, message_id=message_id,
+                       status=status)
+
+    def _await_fates(self, uids: list[int], stop: threading.Event) -> dict[int, str]:
+        """The fates of these stored mails known within `fate_wait_seconds`, by UID.
+        The others stay in the folder."""
+        waiting = {uid: self._folder.stored[uid].inbox_id for uid in uids}
+        fates: dict[int, str] = {}
+        deadline = time.monotonic() + self._fate_wait_seconds
+        pause = 0.01
+        while waiting:
+            try:
+                statuses = self._receiver.statuses(list(waiting.values()))
+            except Exception as exc:
+                raise StoreError(f"could not read the fate of stored mail: {exc}") from exc
+            for uid, inbox_id in list(waiting.items()):
+                # A row no longer there was processed long ago and purged since.
+                status = statuses.get(inbox_id, PROCESSED)
+                if status != RECEIVED:
+                    fates[uid] = status
+                    del waiting[uid]
+                    self._handled(uid, status)
+            if not waiting or stop.wait(pause) or time.monotonic() >= deadline:
+                break
+            self._heart.beat()
+            pause = min(pause * 2, 0.2)
+        if waiting:
+            self._log.info("imap mail still being processed, left in the folder",
+                           uids=sorted(waiting))
+        return fates
+
+    def _move(self, client: IMAPClient, fates: dict[int, str]) -> int:
+        """Quarantined mail to the failed folder, the rest to the processed one: MOVE,
+        or COPY + \\Deleted + (UID) EXPUNGE where the server has no MOVE."""
+        s = self.settings
+        moves: dict[str, list[int]] = {s.processed_folder: [], s.failed_folder: []}
+        for uid, status in fates.items():
+            moves[s.failed_folder if status == QUARANTINED else s.processed_folder].append(uid)
         moved = 0
         for folder, uids in moves.items():
             if not uids:

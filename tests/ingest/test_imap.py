@@ -105,7 +105,7 @@ class Wrapped:
     after_process: Callable[[int], None] = lambda n: None
     receives: int = 0
     processes: int = 0
-    statuses: list[str] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
 
     def receive(
         self,
@@ -127,9 +127,12 @@ class Wrapped:
         self.processes += 1
         self.before_process(self.processes)
         status = self.inner.process(inbox_id)
-        self.statuses.append(status)
+        self.outcomes.append(status)
         self.after_process(self.processes)
         return status
+
+    def statuses(self, inbox_ids: Sequence[int]) -> dict[int, str]:
+        return self.inner.statuses(inbox_ids)
 
     def accepts_recipient(self, address: str) -> bool:
         return self.inner.accepts_recipient(address)
@@ -320,7 +323,7 @@ def test_kick_between_commit_and_move_has_no_second_effect(dovecot: Dovecot, des
     assert len(desk.inbox()) == 6
     assert receiver.receives == 6  # remembered UIDs were not fetched and stored again
     assert receiver.processes == 12  # processed again after the reconnect: no effect
-    assert set(receiver.statuses) == {"processed"}
+    assert set(receiver.outcomes) == {"processed"}
 
 
 @pytest.mark.parametrize("point", ["before_process", "after_process"])
@@ -339,7 +342,8 @@ def test_crash_between_commit_and_move_then_restart(
     with capture_logs() as logs:
         assert make_poller(dovecot, desk).run_once() == 1  # the restarted process
     [handled] = [e for e in logs if e["event"] == "imap mail handled"]
-    assert handled["duplicate"] is True
+    assert handled["status"] == "processed"
+    assert "duplicate mail" in [e["event"] for e in logs]  # stored once, found again
 
     assert desk.ticket_subjects() == ["Dopo il crash"]
     [row] = desk.inbox()
@@ -374,6 +378,88 @@ def test_quarantined_mail_goes_to_failed(dovecot: Dovecot, desk: Desk) -> None:
     assert dovecot.count("INBOX") == 0
     statuses = {r.subject: r.status for r in desk.inbox() if r.transport == "imap"}
     assert statuses == {f"[Ticket#{number}]": "quarantined", "Buona": "processed"}
+
+
+class ProcessingElsewhere:
+    """Processing on a thread of its own, as in a worker process: woken with a stored
+    mail's id, it processes every mail waiting."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.woken: list[int] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def wake(self, inbox_id: int) -> None:
+        self.woken.append(inbox_id)
+        self._wake.set()
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            if self._wake.wait(0.1):
+                self._wake.clear()
+                self.gateway.process_pending()
+
+    def __enter__(self) -> ProcessingElsewhere:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_mail_handed_over_is_moved_by_the_fate_its_processors_gave_it(
+    dovecot: Dovecot, desk: Desk
+) -> None:
+    """With processing elsewhere (`serve --workers`), the poller only stores, wakes the
+    processors and moves each mail once its fate is in the database."""
+    number = desk.open_ticket("Stampa bloccata")
+    forged = build_mail(sender=TECHNICIAN, subject=f"[Ticket#{number}]", body="#chiudi\nRisolto.")
+    dovecot.append("INBOX", forged)
+    dovecot.append("INBOX", make_mail("Buona"))
+    receiver = Wrapped(desk.gateway)
+
+    with ProcessingElsewhere(desk.gateway) as processors:
+        poller = ImapPoller(imap_settings(dovecot), receiver, hand_over=processors.wake)
+        assert poller.run_once() == 2
+
+    assert receiver.processes == 0  # not by the poller
+    imap_rows = [r for r in desk.inbox() if r.transport == "imap"]
+    assert sorted(processors.woken) == [r.id for r in imap_rows]
+    assert {r.subject: r.status for r in imap_rows} == {
+        f"[Ticket#{number}]": "quarantined", "Buona": "processed"}
+    assert (dovecot.count("Failed"), dovecot.count("Processed"), dovecot.count("INBOX")) == (
+        1, 1, 0)
+
+
+def test_mail_no_processor_has_taken_stays_in_the_folder_until_one_has(
+    dovecot: Dovecot, desk: Desk
+) -> None:
+    """A mail stored but not yet processed (the workers busy, or down) is not moved: a
+    crash then would leave nothing to show it was not done. It is stored once, and
+    moved when a later drain finds it processed."""
+    receiver = Wrapped(desk.gateway)
+    woken: list[int] = []
+    poller = ImapPoller(imap_settings(dovecot), receiver, hand_over=woken.append,
+                        fate_wait_seconds=0.2)
+    dovecot.append("INBOX", make_mail("In attesa"))
+    with capture_logs() as logs, RunningPoller(poller):
+        wait_until(lambda: len(desk.inbox()) == 1, what="the mail stored")
+        time.sleep(1.0)  # several drains, each waiting 0.2 s for the fate
+        assert [r.status for r in desk.inbox()] == ["received"]
+        assert dovecot.count("INBOX") == 1
+        assert receiver.receives == 1  # remembered, not fetched and stored again
+        assert len(woken) >= 2  # each drain wakes the processors again
+
+        assert desk.gateway.process_pending() == 1
+        wait_until(lambda: dovecot.count("Processed") == 1, what="the move once processed")
+    assert dovecot.count("INBOX") == 0
+    assert desk.tickets() == 1
+    events = [e["event"] for e in logs]
+    assert "imap mail still being processed, left in the folder" in events
+    assert events.count("imap mail handled") == 1
 
 
 def test_missing_folders_are_created(dovecot: Dovecot, desk: Desk) -> None:
