@@ -75,6 +75,16 @@ def _database(engine: Engine) -> Iterator[Check]:
                     f"needs {head}: run `mailgateway db upgrade` (serve does it at start)")
 
 
+def _database_to_make(file: Path) -> Check:
+    """A SQLite file not made yet: `serve` makes it, and doctor makes nothing."""
+    folder = next((p for p in (file.parent, *file.parent.parents) if p.exists()), Path("/"))
+    if not _writable(folder):
+        return Check("database", False, f"{file} does not exist and {folder} is not writable "
+                     "by this user: make the folder writable or change database.url")
+    return Check("database", False, f"{file} does not exist yet: `mailgateway db upgrade` "
+                 "makes it (serve does at start)")
+
+
 def _relay(settings: Settings) -> Check:
     out = settings.outbound
     if out.transport == "maildir":
@@ -207,18 +217,28 @@ def _templates(settings: Settings) -> Check:
 
 def checks(settings: Settings, config_path: str | None) -> Iterator[Check]:
     """Every check, in the order a newcomer would fix them."""
+    from mailgateway.db.dialect import sqlite_file
     from mailgateway.db.session import create_db_engine
 
     yield _configuration(settings, config_path)
-    engine = create_db_engine(settings.database)
-    try:
-        yield from _database(engine)
-    finally:
-        engine.dispose()
+    file = sqlite_file(settings.database.url)
+    if file is not None and not file.exists():
+        database = [_database_to_make(file)]
+    else:
+        engine = create_db_engine(settings.database)
+        try:
+            database = list(_database(engine))
+        finally:
+            engine.dispose()
+    yield from database
     yield _relay(settings)
     for index, mailbox in enumerate(settings.imap):
         yield _mailbox(index, mailbox)
-    yield _rules(settings)
+    if all(check.ok for check in database):
+        yield _rules(settings)
+    else:
+        yield Check("rules", False, "not checked: the technicians they may name are read "
+                    "from the database, so mend the database first")
     yield _templates(settings)
 
 

@@ -25,7 +25,7 @@ import threading
 import structlog
 from sqlalchemy import Connection, Engine, text
 
-from mailgateway.db.dialect import is_postgresql
+from mailgateway.db.dialect import is_postgresql, sqlite_file
 
 __all__ = ["Leadership"]
 
@@ -48,12 +48,9 @@ class Leadership:
         self._connection: Connection | None = None
         self._fd: int | None = None
         self._key = _advisory_key(f"mailgateway:{name}")
-        database = engine.url.database or ""
-        self._path = None
-        if not is_postgresql(engine) and database not in ("", ":memory:") \
-                and not database.startswith("file:"):
-            slug = re.sub(r"[^A-Za-z0-9_.@-]+", "_", name)[:100]
-            self._path = f"{database}-{slug}.lock"
+        file = sqlite_file(engine.url)
+        slug = re.sub(r"[^A-Za-z0-9_.@-]+", "_", name)[:100]
+        self._path = f"{file}-{slug}.lock" if file else None
 
     @property
     def held(self) -> bool:

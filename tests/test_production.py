@@ -539,11 +539,23 @@ def test_doctor_passes_on_a_working_setup_and_names_each_fault(
 def test_doctor_names_an_unreachable_database_and_an_old_schema(
     settings: Settings, tmp_path: Path
 ) -> None:
-    fresh = replace(settings, database=DatabaseSettings(url=f"sqlite:///{tmp_path}/new.db"))
+    """A SQLite file not made yet is named and left unmade (serve makes it); an empty
+    one is at no migration."""
+    file = tmp_path / "database" / "new.db"
+    fresh = replace(settings, database=DatabaseSettings(url=f"sqlite:///{file}"))
     code, lines = _doctor(fresh)
     assert code == 1
-    assert any(line.startswith("FAIL  database schema") and "db upgrade" in line
-               for line in lines)
+    assert any(line.startswith("FAIL  database:") and "does not exist yet" in line
+               and "db upgrade" in line for line in lines), lines
+    assert any(line.startswith("FAIL  rules:") and "database first" in line
+               for line in lines), lines
+    assert not file.parent.exists()
+    file.parent.mkdir()
+    file.touch()
+    code, lines = _doctor(fresh)
+    assert code == 1
+    assert any(line.startswith("FAIL  database schema") and "at migration none" in line
+               and "db upgrade" in line for line in lines), lines
     gone = replace(settings, database=DatabaseSettings(
         url="postgresql+psycopg://nobody@127.0.0.1:1/none"))
     code, lines = _doctor(gone)

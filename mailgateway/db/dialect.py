@@ -16,10 +16,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine, Insert, Select, Table, event, func, insert
+from sqlalchemy import URL, Engine, Insert, Select, Table, event, func, insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -28,6 +30,17 @@ _Row = TypeVar("_Row")
 
 def is_postgresql(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file of a SQLite database, beside which the gateway keeps its lock files;
+    None for an in-memory or URI-named one and for any other database."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") \
+            or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def tune_sqlite(engine: Engine) -> None:
@@ -195,9 +208,8 @@ _WRITE_LOCKS: WeakKeyDictionary[Engine, FairLock] = WeakKeyDictionary()
 def _engine_lock(engine: Engine) -> FairLock:
     lock = _WRITE_LOCKS.get(engine)
     if lock is None:
-        database = engine.url.database
-        on_disk = database and database != ":memory:" and not database.startswith("file:")
-        lock = SharedWriteLock(f"{database}-writer.lock") if on_disk else FairLock()
+        file = sqlite_file(engine.url)
+        lock = SharedWriteLock(f"{file}-writer.lock") if file else FairLock()
         lock = _WRITE_LOCKS.setdefault(engine, lock)
     return lock
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from mailgateway.db.dialect import sqlite_file
 from mailgateway.errors import ConfigError
 
 STALE_AFTER = 60.0  # seconds without renewal after which the other host counts as gone
@@ -34,17 +35,16 @@ class HostClaim:
     def take(cls, engine: Engine, host: str | None = None) -> HostClaim | None:
         """Claim the database for this host, or raise ConfigError when a gateway on
         another host uses it; None for PostgreSQL and in-memory databases."""
-        database = engine.url.database or ""
-        if engine.dialect.name != "sqlite" or database in ("", ":memory:") \
-                or database.startswith("file:"):
+        file = sqlite_file(engine.url)
+        if file is None:
             return None
-        claim = cls(Path(f"{database}-host"), host or socket.gethostname())
+        claim = cls(Path(f"{file}-host"), host or socket.gethostname())
         with contextlib.suppress(FileNotFoundError):
             other = claim.path.read_text(encoding="utf-8").strip()
             age = time.time() - claim.path.stat().st_mtime
             if other and other != claim.host and age < STALE_AFTER:
                 raise ConfigError(
-                    f"The SQLite database {database} is in use by a gateway on host {other} "
+                    f"The SQLite database {file} is in use by a gateway on host {other} "
                     f"(seen {age:.0f} s ago). SQLite cannot be shared between hosts: run "
                     "every gateway on one host, or move to PostgreSQL (README, "
                     "\"Deployment\").")

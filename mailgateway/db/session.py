@@ -7,24 +7,21 @@ a command prints what it just wrote without reading it back.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.config import DatabaseSettings
-from mailgateway.db.dialect import tune_postgresql, tune_sqlite
+from mailgateway.db.dialect import sqlite_file, tune_postgresql, tune_sqlite
 from mailgateway.errors import UserError
 
 
 def _ensure_sqlite_dir(url: str) -> None:
-    database = make_url(url).database
-    if database and database != ":memory:" and not database.startswith("file:"):
+    file = sqlite_file(url)
+    if file:
         try:
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"The database directory {Path(database).parent} cannot be "
+            raise UserError(f"The database directory {file.parent} cannot be "
                             f"created (database.url): {exc.strerror}.") from None
 
 
