@@ -20,7 +20,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import URL, Engine, Insert, Select, Table, event, func, insert
+from sqlalchemy import (
+    URL,
+    Engine,
+    Insert,
+    LargeBinary,
+    Select,
+    Table,
+    event,
+    func,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -297,6 +309,18 @@ def insert_blobs(
         with connection.blobopen(table.name, column, row_key) as blob:
             for offset in range(0, len(value), chunk):
                 blob.write(view[offset:offset + chunk])
+
+
+def insert_with_bytes(
+    table: Table, values: dict[str, Any], blobs: Table, key: str, column: str, value: bytes,
+) -> Insert:
+    """One INSERT of a row of `table` and of its bytes into `blobs` beside it (a
+    data-modifying WITH, PostgreSQL only), returning the row's id: run on its own
+    (autocommit), one round trip where a transaction takes four."""
+    row = insert(table).values(values).returning(table.c.id).cte("row")
+    return (insert(blobs)
+            .from_select([key, column], select(row.c.id, literal(value, LargeBinary)))
+            .returning(blobs.c[key]))
 
 
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "08000", "08003", "08006"})

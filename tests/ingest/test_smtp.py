@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 
 from mailgateway.config import Settings, SmtpSettings
 from mailgateway.db.models import InboxMail, InboxStatus, Ticket
@@ -343,19 +343,21 @@ def test_too_many_recipients_gets_452(served: RunningListener, desk: Gateway) ->
 
 
 def test_database_failure_gets_451_and_the_retry_becomes_a_ticket(
-    served: RunningListener, desk: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    served: RunningListener, desk: Gateway
 ) -> None:
     raw = make_mail("Il database era giù")
-    working = desk.sessions
-    broken = create_engine(f"sqlite:///{tmp_path}")  # a directory: cannot be opened
-    monkeypatch.setattr(desk, "sessions", sessionmaker(broken))
+
+    def down(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "WITH")):
+            raise OperationalError(statement, None, ConnectionError("the database is down"))
+
+    event.listen(desk.engine, "before_cursor_execute", down)
     with served.smtp() as smtp:
         with pytest.raises(smtplib.SMTPDataError) as failed:
             smtp.sendmail(CUSTOMER, [SUPPORT], raw)
         assert failed.value.smtp_code == 451 and b"4.3.0" in failed.value.smtp_error
-        monkeypatch.setattr(desk, "sessions", working)  # the database is back
+        event.remove(desk.engine, "before_cursor_execute", down)  # the database is back
         assert smtp.sendmail(CUSTOMER, [SUPPORT], raw) == {}  # the sender's retry
-    broken.dispose()
     wait_until(lambda: all_processed(desk) and count(desk, Ticket) == 1, what="the ticket")
     assert count(desk, InboxMail) == 1
 
