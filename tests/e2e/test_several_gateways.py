@@ -196,6 +196,9 @@ def test_three_gateways_two_killed_lose_and_double_nothing(
             gateway.close()
         watching.set()
         watcher.join()
+        # A gateway restarted late in the load may still be starting when the work is
+        # done; a SIGTERM before it serves would end it by the signal, not cleanly.
+        wait_until(gateways.listening, timeout=60, what="the three listeners")
     finally:
         codes = gateways.stop()
     assert codes == [0, 0, 0], [log.read_text()[-2000:] for log in gateways.logs]
