@@ -8,12 +8,14 @@ before MAIL FROM, the mailboxes are only examined.
 
 from __future__ import annotations
 
+import os
 import secrets
 import smtplib
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, text
 
@@ -32,6 +34,9 @@ class Check:
 
     def line(self) -> str:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+
+
+_Found = TypeVar("_Found", bound="Check | None")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -75,21 +80,37 @@ def _database(engine: Engine) -> Iterator[Check]:
                     f"needs {head}: run `mailgateway db upgrade` (serve does it at start)")
 
 
-def _database_to_make(file: Path) -> Check:
-    """A SQLite file not made yet: `serve` makes it, and doctor makes nothing."""
-    folder = next((p for p in (file.parent, *file.parent.parents) if p.exists()), Path("/"))
-    if not _writable(folder):
-        return Check("database", False, f"{file} does not exist and {folder} is not writable "
-                     "by this user: make the folder writable or change database.url")
-    return Check("database", False, f"{file} does not exist yet: `mailgateway db upgrade` "
-                 "makes it (serve does at start)")
+def _database_file(file: Path) -> Check | None:
+    """What stops `serve`, running as this user, from writing a SQLite file; None when
+    nothing does. SQLite writes its journal beside the file, so its folder counts too.
+    A file not made yet is named, and doctor makes nothing: `serve` does."""
+    nearest = _nearest_existing(file)
+    if nearest != file:
+        if not _writable(nearest):
+            return Check("database", False, f"{file} does not exist and {nearest} is not "
+                         "writable by this user: make the folder writable or change "
+                         "database.url")
+        return Check("database", False, f"{file} does not exist yet: `mailgateway db "
+                     "upgrade` makes it (serve does at start)")
+    closed = [path for path in (file, file.parent) if not _writable(path)]
+    if closed:
+        return Check("database", False, f"{closed[0]} is not writable by this user, and serve "
+                     "writes the file and its journal beside it: give both to the user serve "
+                     "runs as")
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its nearest folder that exists; PermissionError when one on the way is
+    closed to this user."""
+    return next(p for p in (path, *path.parents) if p.exists())
 
 
 def _relay(settings: Settings) -> Check:
     out = settings.outbound
     if out.transport == "maildir":
         path = Path(out.maildir)
-        parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+        parent = _nearest_existing(path)
         if not parent.is_dir() or not _writable(parent):
             return Check("relay", False, f"outbound.maildir {path} cannot be written: fix "
                          "its permissions or choose another directory")
@@ -125,8 +146,6 @@ def _relay(settings: Settings) -> Check:
 
 
 def _writable(path: Path) -> bool:
-    import os
-
     return os.access(path, os.W_OK)
 
 
@@ -196,6 +215,9 @@ def _templates(settings: Settings) -> Check:
     from mailgateway.outbound.intent import MailKind
     from mailgateway.outbound.render import LANGUAGES, template_environment
 
+    overrides = Path(settings.rules.path) / "templates"
+    if _nearest_existing(overrides) == overrides:
+        os.scandir(overrides).close()  # closed to this user: serve would ignore them unsaid
     env = template_environment(settings)
     problems, count = [], 0
     for language in LANGUAGES:
@@ -222,8 +244,9 @@ def checks(settings: Settings, config_path: str | None) -> Iterator[Check]:
 
     yield _configuration(settings, config_path)
     file = sqlite_file(settings.database.url)
-    if file is not None and not file.exists():
-        database = [_database_to_make(file)]
+    found = _looking("database", lambda: _database_file(file)) if file is not None else None
+    if found is not None:
+        database = [found]
     else:
         engine = create_db_engine(settings.database)
         try:
@@ -231,15 +254,26 @@ def checks(settings: Settings, config_path: str | None) -> Iterator[Check]:
         finally:
             engine.dispose()
     yield from database
-    yield _relay(settings)
+    yield _looking("relay", lambda: _relay(settings))
     for index, mailbox in enumerate(settings.imap):
         yield _mailbox(index, mailbox)
     if all(check.ok for check in database):
-        yield _rules(settings)
+        yield _looking("rules", lambda: _rules(settings))
     else:
         yield Check("rules", False, "not checked: the technicians they may name are read "
                     "from the database, so mend the database first")
-    yield _templates(settings)
+    yield _looking("templates", lambda: _templates(settings))
+
+
+def _looking(name: str, check: Callable[[], _Found]) -> _Found | Check:
+    """`check(subject)`, or what to do when it meets a folder closed to this user (doctor
+    run as another user than serve, or a folder made by root)."""
+    try:
+        return check()
+    except PermissionError as exc:
+        return Check(name, False, f"{exc.filename or _first_line(exc)} is closed to this "
+                     "user: run doctor as the user serve runs as, and give that user the "
+                     "folder")
 
 
 def run_checks(

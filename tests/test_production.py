@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import smtplib
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -561,6 +563,79 @@ def test_doctor_names_an_unreachable_database_and_an_old_schema(
     code, lines = _doctor(gone)
     assert code == 1
     assert any(line.startswith("FAIL  database:") and "database.url" in line for line in lines)
+
+
+def _doctor_as_another_user(settings: Settings) -> list[str]:
+    """Doctor's lines as a user who owns none of the files: as `nobody` in a forked
+    child when the tests run as root (root may write anywhere), else as this user."""
+    if os.geteuid() != 0:
+        return _doctor(settings)[1]
+    _doctor(settings)  # the child imports nothing: the folders of the packages may be closed
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's report is read below
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            lines = _doctor(settings)[1]
+        except BaseException as exc:
+            lines = [f"crashed: {exc!r}"]
+        os.write(writing, json.dumps(lines).encode())
+        os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as report:
+        lines = json.loads(report.read())
+    os.waitpid(child, 0)
+    return lines
+
+
+def test_doctor_names_the_files_serve_could_not_write_and_the_folders_closed_to_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Doctor run as a user who owns none of the files: a folder it cannot enter, a
+    database it cannot write, a template folder it cannot read (serve would use the
+    packaged templates without a word) are each named, and doctor does not crash."""
+    base = Path(tempfile.mkdtemp(prefix="mailgateway-doctor-"))
+    base.chmod(0o755)
+    closed, kept = base / "closed", base / "kept"
+    try:
+        (closed / "var").mkdir(parents=True)
+        for folder in ("var", "rules/templates"):
+            (kept / folder).mkdir(parents=True)
+        upgrade(engine := create_db_engine(DatabaseSettings(url=f"sqlite:///{kept / 'm.db'}")))
+        engine.dispose()
+
+        def site(root: Path) -> Settings:
+            return replace(
+                settings, database=DatabaseSettings(url=f"sqlite:///{root / 'db' / 'm.db'}"),
+                outbound=replace(settings.outbound, maildir=str(root / "var" / "sent")),
+                rules=replace(settings.rules, path=str(root / "rules")))
+
+        closed.chmod(0o000)
+        lines = _doctor_as_another_user(site(closed))
+        assert lines[-1] == "4 check(s) failed", lines  # and the rules are not checked
+        for name, path in (("database", closed / "db" / "m.db"),
+                           ("relay", closed / "var" / "sent"),
+                           ("templates", closed / "rules" / "templates")):
+            assert f"FAIL  {name}: {path} is closed to this user: run doctor as the user " \
+                "serve runs as, and give that user the folder" in lines, lines
+
+        (kept / "db").mkdir()
+        (kept / "m.db").rename(kept / "db" / "m.db")
+        (kept / "rules" / "templates").chmod(0o000)
+        for path in (kept / "db" / "m.db", kept / "db", kept / "var", kept):
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        lines = _doctor_as_another_user(site(kept))
+        assert any(line.startswith(f"FAIL  database: {kept / 'db' / 'm.db'} is not writable "
+                                   "by this user") for line in lines), lines
+        assert f"FAIL  templates: {kept / 'rules' / 'templates'} is closed to this user: run " \
+            "doctor as the user serve runs as, and give that user the folder" in lines, lines
+        assert not any(line.startswith("crashed") for line in lines), lines
+    finally:
+        for path in (closed, kept, kept / "db", kept / "rules" / "templates"):
+            if path.exists():
+                path.chmod(0o755)
+        shutil.rmtree(base)
 
 
 def test_doctor_asks_for_the_secret_serve_would_refuse_to_start_without(
