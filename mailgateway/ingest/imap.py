@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import ssl
 import threading
@@ -62,6 +63,9 @@ _log = structlog.get_logger(__name__)
 RECEIVED, PROCESSED, QUARANTINED = "received", "processed", "quarantined"
 # Mail handed over to processors elsewhere is moved by its fate at least this often.
 _HANDED_OVER_AT_ONCE = 500
+# While handed-over mail waits for its processors, the poller still IDLEs (new mail
+# comes in at once) but looks at the waiting mail's fate this often.
+_FATE_RECHECK_SECONDS = 5.0
 # Upper bound on the bytes one FETCH brings into memory (a single larger mail still passes).
 _MAX_BATCH_BYTES = 64 * 1024 * 1024
 _BODY = b"BODY[]"
@@ -135,16 +139,17 @@ class ImapPoller:
         leadership: Leadership | None = None,
         leader_retry_seconds: float = 2.0,
         hand_over: Callable[[int], None] | None = None,
-        fate_wait_seconds: float = 30.0,
+        fate_wait_seconds: float = 2.0,
     ) -> None:
         """`reconnect_*` override the settings' backoff bounds (first wait, cap); the cap
         is also the interval between attempts after a refused login. Without
         `leadership` the poller assumes it is the mailbox's only one.
 
         `hand_over`, when processing runs elsewhere, wakes it for a stored mail's id;
-        the poller then waits up to `fate_wait_seconds` a batch for the fates, and a
-        mail still unprocessed stays in the folder until a later drain finds it done.
-        Without it the poller processes each mail itself."""
+        the poller then waits for a batch's fates as long as one comes at least every
+        `fate_wait_seconds`. A mail still unprocessed stays in the folder, and the
+        poller IDLEs, looking at it again every few seconds until it is done.
+        Without `hand_over` the poller processes each mail itself."""
         check_imap_settings(settings, "imap")
         self._password = settings.resolved_password()
         if settings.password_env and not self._password:
@@ -347,20 +352,22 @@ class ImapPoller:
         while not self._stop.is_set():
             handled = self._drain(client, self._stop)
             ready()  # a drain worked: the outage, if any, is over
-            if handled or self._stop.is_set() or self._folder.stored:
+            if handled or self._stop.is_set():
                 # Drain until a pass finds nothing: notices of mail that arrived meanwhile
                 # came with our own commands' answers, and IDLE would not repeat them.
-                # Mail left to the processors is looked at again (each drain waits for it).
                 continue
+            # Mail left to the processors is looked at again soon; new mail comes at once.
+            recheck = _FATE_RECHECK_SECONDS if self._folder.stored else math.inf
             if idle:
-                self._idle(client)
+                self._idle(client, min(recheck, self.settings.idle_seconds))
             else:
-                self._poll_wait(client)
+                self._poll_wait(client, min(recheck, self.settings.poll_seconds))
 
-    def _idle(self, client: IMAPClient) -> None:
-        """IDLE until new mail, the re-issue interval, or stop; checks the flag every second."""
+    def _idle(self, client: IMAPClient, seconds: float) -> None:
+        """IDLE until new mail, `seconds` (at most the re-issue interval), or stop; checks
+        the flag every second."""
         client.idle()
-        deadline = time.monotonic() + self.settings.idle_seconds
+        deadline = time.monotonic() + seconds
         checked = time.monotonic()
         leave = True
         try:
@@ -407,9 +414,9 @@ class ImapPoller:
         finally:
             sock.settimeout(self.settings.timeout_seconds)
 
-    def _poll_wait(self, client: IMAPClient) -> None:
-        """Sleep `poll_seconds` in slices, with a NOOP now and then so the server keeps us."""
-        deadline = time.monotonic() + self.settings.poll_seconds
+    def _poll_wait(self, client: IMAPClient, seconds: float) -> None:
+        """Sleep `seconds` in slices, with a NOOP now and then so the server keeps us."""
+        deadline = time.monotonic() + seconds
         noop_at = time.monotonic() + 240
         while not self._stop.wait(min(max(deadline - time.monotonic(), 0),
                                       self._leader_retry_seconds)):
@@ -548,8 +555,9 @@ class ImapPoller:
                        status=status)
 
     def _await_fates(self, uids: list[int], stop: threading.Event) -> dict[int, str]:
-        """The fates of these stored mails known within `fate_wait_seconds`, by UID.
-        The others stay in the folder."""
+        """The fates of these stored mails, by UID, waited for while one comes at least
+        every `fate_wait_seconds`: processors at work are waited for, absent ones are
+        not. The others stay in the folder."""
         waiting = {uid: self._folder.stored[uid].inbox_id for uid in uids}
         fates: dict[int, str] = {}
         deadline = time.monotonic() + self._fate_wait_seconds
@@ -566,6 +574,7 @@ class ImapPoller:
                     fates[uid] = status
                     del waiting[uid]
                     self._handled(uid, status)
+                    deadline = time.monotonic() + self._fate_wait_seconds
             if not waiting or stop.wait(pause) or time.monotonic() >= deadline:
                 break
             self._heart.beat()
