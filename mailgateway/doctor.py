@@ -266,7 +266,7 @@ def checks(settings: Settings, config_path: str | None) -> Iterator[Check]:
 
 
 def _looking(name: str, check: Callable[[], _Found]) -> _Found | Check:
-    """`check(subject)`, or what to do when it meets a folder closed to this user (doctor
+    """`check()`, or what to do when it meets a folder closed to this user (doctor
     run as another user than serve, or a folder made by root)."""
     try:
         return check()
