@@ -3,10 +3,10 @@
 Served on `[metrics] listen` by a small HTTP server on a thread of its own,
 so a busy event loop still answers (and `/healthz` can say that it is
 stuck). Counts of what this process did come from `telemetry.TALLY`; what
-the whole desk looks like (the outbox's depth and oldest unsent mail, the
-quarantine, bounces received) is read from the database at each scrape, a
-few indexed aggregates, so every gateway sharing the database reports the
-same figures for those.
+the whole desk looks like (the mail waiting to be processed, the outbox's
+depth and oldest unsent mail, the quarantine, bounces received) is read from
+the database at each scrape, a few indexed aggregates, so every gateway
+sharing the database reports the same figures for those.
 
 `/healthz` answers 200 with a JSON body when the database answers and no
 component is stuck (`telemetry.Heartbeat`), 503 otherwise, naming what is
@@ -89,8 +89,11 @@ class GatewayCollector(Collector):
         yield from self._from_database()
 
     def _from_database(self) -> Iterator[Metric]:
-        now = datetime.now(UTC)
+        now = self._gateway.clock.now()
         with self._gateway.reads() as session:
+            waiting, oldest_waiting = session.execute(
+                select(func.count(), func.min(InboxMail.received_at))
+                .where(InboxMail.status == InboxStatus.RECEIVED.value)).one()
             by_status = dict(session.execute(
                 select(OutboxMail.status, func.count()).group_by(OutboxMail.status)).all())
             oldest = session.execute(
@@ -101,17 +104,23 @@ class GatewayCollector(Collector):
                     InboxMail.status == InboxStatus.QUARANTINED.value)).scalar_one()
             bounces = session.execute(
                 select(func.count()).where(OutboxMail.bounced_at.is_not(None))).scalar_one()
+        # Processing falling behind, or not running anywhere, shows here first: every
+        # transport goes on taking mail while the backlog grows.
+        yield GaugeMetricFamily("mailgateway_inbox_waiting_mails",
+                                "Stored mails not yet processed: the processing backlog.",
+                                value=waiting)
+        yield GaugeMetricFamily(
+            "mailgateway_inbox_oldest_waiting_seconds",
+            "Age of the oldest stored mail not yet processed (0: none).",
+            value=_age(now, oldest_waiting))
         depth = GaugeMetricFamily("mailgateway_outbox_mails", "Outbox rows by status.",
                                   labels=["status"])
         for status in OutboxStatus:
             depth.add_metric([status.value], by_status.get(status.value, 0))
         yield depth
-        if oldest is not None and oldest.tzinfo is None:
-            oldest = oldest.replace(tzinfo=UTC)
         yield GaugeMetricFamily(
             "mailgateway_outbox_oldest_unsent_seconds",
-            "Age of the oldest mail waiting to be sent (0: none).",
-            value=max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)
+            "Age of the oldest mail waiting to be sent (0: none).", value=_age(now, oldest))
         yield GaugeMetricFamily("mailgateway_inbox_quarantined_mails",
                                 "Received mails in quarantine, waiting for a person.",
                                 value=quarantined)
@@ -120,6 +129,15 @@ class GatewayCollector(Collector):
         yield CounterMetricFamily("mailgateway_bounces_received",
                                   "Sent mails a delivery report said bounced.",
                                   value=bounces)
+
+
+def _age(now: datetime, then: datetime | None) -> float:
+    """Seconds since `then`, 0 when there is none (SQLite gives back naive UTC)."""
+    if then is None:
+        return 0.0
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return max(0.0, (now - then).total_seconds())
 
 
 def health(gateway: Gateway) -> tuple[bool, dict[str, Any]]:

@@ -185,6 +185,13 @@ class _Monitoring:
         self._thread.join(10)
         self._loop.close()
 
+    def metrics(self) -> dict[str, str]:
+        """`/metrics` as sample name (with labels) to value."""
+        status, text = self.get("/metrics")
+        assert status == 200, text
+        return dict(line.rsplit(" ", 1) for line in text.splitlines()
+                    if line and not line.startswith("#"))
+
     def get(self, path: str) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.server.port}{path}") as answer:
@@ -221,10 +228,7 @@ def test_metrics_and_health_over_http(accepting: Gateway) -> None:
                                    "User unknown"), transport="lmtp", envelope_from="")
     gateway.process_pending()
     with _Monitoring(gateway) as monitoring:
-        status, text = monitoring.get("/metrics")
-        assert status == 200
-        lines = dict(line.rsplit(" ", 1) for line in text.splitlines()
-                     if line and not line.startswith("#"))
+        lines = monitoring.metrics()
         received = float(lines['mailgateway_mails_received_total{transport="smtp"}'])
         assert received == before.received["smtp"] + 1
         processed = sum(float(v) for k, v in lines.items()
@@ -255,6 +259,39 @@ def test_metrics_and_health_over_http(accepting: Gateway) -> None:
             stuck.working(False)
         assert monitoring.get("/healthz")[0] == 200
         assert monitoring.get("/nothing")[0] == 404
+
+
+def test_metrics_show_the_mail_waiting_to_be_processed_and_for_how_long(
+    settings: Settings, clock: FixedClock
+) -> None:
+    """The backlog an operator alerts on: processing behind the listener, or stopped
+    everywhere, while every transport goes on taking mail."""
+    gateway = Gateway(replace(settings, helpdesk=replace(settings.helpdesk,
+                                                         unknown_sender="accept")), clock)
+    try:
+        with _Monitoring(gateway) as monitoring:
+            idle = monitoring.metrics()
+            assert float(idle["mailgateway_inbox_waiting_mails"]) == 0
+            assert float(idle["mailgateway_inbox_oldest_waiting_seconds"]) == 0
+
+            gateway.receive(_mail(1), transport="smtp")
+            clock.advance(seconds=90)
+            gateway.receive(_mail(2), transport="imap")
+            clock.advance(seconds=30)
+            behind = monitoring.metrics()
+            assert float(behind["mailgateway_inbox_waiting_mails"]) == 2
+            assert float(behind["mailgateway_inbox_oldest_waiting_seconds"]) == 120
+
+            assert gateway.process_pending() == 2
+            caught_up = monitoring.metrics()
+            assert float(caught_up["mailgateway_inbox_waiting_mails"]) == 0
+            assert float(caught_up["mailgateway_inbox_oldest_waiting_seconds"]) == 0
+            assert float(caught_up['mailgateway_outbox_mails{status="pending"}']) == 4
+            assert float(caught_up["mailgateway_outbox_oldest_unsent_seconds"]) == 0
+            clock.advance(seconds=45)  # acknowledgments and notices wait, none sent
+            assert float(monitoring.metrics()["mailgateway_outbox_oldest_unsent_seconds"]) == 45
+    finally:
+        gateway.close()
 
 
 def test_health_says_503_when_the_database_does_not_answer(settings: Settings) -> None:
