@@ -63,9 +63,9 @@ _log = structlog.get_logger(__name__)
 RECEIVED, PROCESSED, QUARANTINED = "received", "processed", "quarantined"
 # Mail handed over to processors elsewhere is moved by its fate at least this often.
 _HANDED_OVER_AT_ONCE = 500
-# While handed-over mail waits for its processors, the poller still IDLEs (new mail
-# comes in at once) but looks at the waiting mail's fate this often.
-_FATE_RECHECK_SECONDS = 5.0
+# Mail left waiting for its processors is said in the log when it is new to the
+# waiting, then this often while it waits (with none running anywhere: for ever).
+_WAITING_SAID_EVERY_SECONDS = 60.0
 # Upper bound on the bytes one FETCH brings into memory (a single larger mail still passes).
 _MAX_BATCH_BYTES = 64 * 1024 * 1024
 _BODY = b"BODY[]"
@@ -100,6 +100,9 @@ class _FolderState:
     uidvalidity: int | None = None
     # Mails committed in the inbox table but not yet moved, by UID.
     stored: dict[int, _Stored] = field(default_factory=dict)
+    # The UIDs said to be waiting for their processors since `waiting_said_at` (monotonic).
+    waiting_said: frozenset[int] = frozenset()
+    waiting_said_at: float = -math.inf
 
 
 def _after_failure(outage: Outage, error: Exception) -> float:
@@ -140,6 +143,7 @@ class ImapPoller:
         leader_retry_seconds: float = 2.0,
         hand_over: Callable[[int], None] | None = None,
         fate_wait_seconds: float = 2.0,
+        fate_recheck_seconds: float = 5.0,
     ) -> None:
         """`reconnect_*` override the settings' backoff bounds (first wait, cap); the cap
         is also the interval between attempts after a refused login. Without
@@ -148,7 +152,8 @@ class ImapPoller:
         `hand_over`, when processing runs elsewhere, wakes it for a stored mail's id;
         the poller then waits for a batch's fates as long as one comes at least every
         `fate_wait_seconds`. A mail still unprocessed stays in the folder, and the
-        poller IDLEs, looking at it again every few seconds until it is done.
+        poller IDLEs (new mail comes in at once), looking at it again every
+        `fate_recheck_seconds` until it is done.
         Without `hand_over` the poller processes each mail itself."""
         check_imap_settings(settings, "imap")
         self._password = settings.resolved_password()
@@ -163,6 +168,7 @@ class ImapPoller:
         self._leader_retry_seconds = leader_retry_seconds
         self._hand_over = hand_over
         self._fate_wait_seconds = fate_wait_seconds
+        self._fate_recheck_seconds = fate_recheck_seconds
         self.mailbox = mailbox_name(settings)
         self._backoff = Backoff(
             initial=(
@@ -357,7 +363,7 @@ class ImapPoller:
                 # came with our own commands' answers, and IDLE would not repeat them.
                 continue
             # Mail left to the processors is looked at again soon; new mail comes at once.
-            recheck = _FATE_RECHECK_SECONDS if self._folder.stored else math.inf
+            recheck = self._fate_recheck_seconds if self._folder.stored else math.inf
             if idle:
                 self._idle(client, min(recheck, self.settings.idle_seconds))
             else:
@@ -580,9 +586,24 @@ class ImapPoller:
             self._heart.beat()
             pause = min(pause * 2, 0.2)
         if waiting:
-            self._log.info("imap mail still being processed, left in the folder",
-                           uids=sorted(waiting))
+            self._say_waiting(frozenset(waiting))
         return fates
+
+    def _say_waiting(self, uids: frozenset[int]) -> None:
+        """Log mail left in the folder for its processors when one is new to the wait,
+        and then once a minute: with no processor running anywhere, the wait has no end,
+        and a line at every look would bury the log (the backlog metric tells it)."""
+        state = self._folder
+        now = time.monotonic()
+        again = now - state.waiting_said_at >= _WAITING_SAID_EVERY_SECONDS
+        if not again and uids <= state.waiting_said:
+            return
+        if again:  # a drain waits for its mail in parts of 500: their union was said
+            state.waiting_said, state.waiting_said_at = uids, now
+        else:
+            state.waiting_said |= uids
+        self._log.info("imap mail still being processed, left in the folder",
+                       uids=sorted(uids), waiting=len(uids))
 
     def _move(self, client: IMAPClient, fates: dict[int, str]) -> int:
         """Quarantined mail to the failed folder, the rest to the processed one: MOVE,

@@ -105,6 +105,7 @@ class Wrapped:
     after_process: Callable[[int], None] = lambda n: None
     receives: int = 0
     processes: int = 0
+    fate_reads: int = 0
     outcomes: list[str] = field(default_factory=list)
 
     def receive(
@@ -132,6 +133,7 @@ class Wrapped:
         return status
 
     def statuses(self, inbox_ids: Sequence[int]) -> dict[int, str]:
+        self.fate_reads += 1
         return self.inner.statuses(inbox_ids)
 
     def accepts_recipient(self, address: str) -> bool:
@@ -462,6 +464,29 @@ def test_mail_no_processor_has_taken_stays_in_the_folder_until_one_has(
     events = [e["event"] for e in logs]
     assert "imap mail still being processed, left in the folder" in events
     assert events.count("imap mail handled") == 2
+
+
+def test_mail_left_waiting_is_said_when_it_starts_waiting_not_at_every_look(
+    dovecot: Dovecot, desk: Desk
+) -> None:
+    """With no processor running anywhere the mail waits for ever, and the poller looks
+    at it every few seconds: the log says so once for each mail that starts waiting
+    (then once a minute), where it used to repeat it at every look."""
+    receiver = Wrapped(desk.gateway)
+    poller = ImapPoller(imap_settings(dovecot), receiver, hand_over=lambda inbox_id: None,
+                        fate_wait_seconds=0.05, fate_recheck_seconds=0.1,
+                        idle_check_seconds=0.1)
+    dovecot.append("INBOX", make_mail("In attesa"))
+    with capture_logs() as logs, RunningPoller(poller):
+        wait_until(lambda: receiver.fate_reads >= 10, what="several looks at the waiting mail")
+        dovecot.append("INBOX", make_mail("Arrivata dopo"))
+        wait_until(lambda: len(desk.inbox()) == 2, what="the next mail stored")
+        looked = receiver.fate_reads
+        wait_until(lambda: receiver.fate_reads >= looked + 10, what="more looks at both")
+    said = [e for e in logs if e["event"] == "imap mail still being processed, left in the folder"]
+    assert [e["waiting"] for e in said] == [1, 2]
+    assert dovecot.count("INBOX") == 2
+    assert [r.status for r in desk.inbox()] == ["received", "received"]
 
 
 def test_missing_folders_are_created(dovecot: Dovecot, desk: Desk) -> None:
