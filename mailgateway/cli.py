@@ -371,7 +371,7 @@ def _serve(args: argparse.Namespace, app: App) -> int:
 def _doctor(args: argparse.Namespace, app: App) -> int:
     from mailgateway.doctor import run_checks
 
-    return run_checks(app.settings, args.config, print)
+    return run_checks(app.settings, args.config, print, app.clock)
 
 
 def _add(

@@ -3,7 +3,10 @@
 Each check tries the real thing the way `serve` will (connect, EHLO,
 STARTTLS, log in, select folders, load rules and templates) and, when it
 fails, says what to fix. Nothing is written anywhere: the relay is left
-before MAIL FROM, the mailboxes are only examined.
+before MAIL FROM, the mailboxes are only examined. On a desk already running,
+it also asks the question behind "no ticket appears" and "no answer comes":
+is stored mail waiting for a processor, or due mail for a dispatcher, that
+no unit runs?
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import smtplib
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session
 
+from mailgateway.clock import Clock, SystemClock
 from mailgateway.config import ImapSettings, Settings
 from mailgateway.errors import ConfigError
 from mailgateway.signing_secret import check_serving_secret, configured, secret_path
@@ -37,6 +43,9 @@ class Check:
 
 
 _Found = TypeVar("_Found", bound="Check | None")
+# A processor takes stored mail, and a dispatcher due mail, within seconds when one
+# runs: mail waiting this long means none runs anywhere, or it is stuck.
+_UNTAKEN_AFTER = timedelta(minutes=10)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -78,6 +87,43 @@ def _database(engine: Engine) -> Iterator[Check]:
     else:
         yield Check("database schema", False, f"at migration {current or 'none'}, the code "
                     f"needs {head}: run `mailgateway db upgrade` (serve does it at start)")
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min" if minutes else f"{int(seconds)} s"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h {minutes % 60} min"
+    return f"{minutes // (24 * 60)} days"
+
+
+def _untaken(engine: Engine, now: datetime) -> Iterator[Check]:
+    """Work in the database that the component meant for it has not taken."""
+    from mailgateway.db.models import OutboxMail, OutboxStatus
+    from mailgateway.monitoring import age_seconds, processing_backlog
+
+    with Session(engine) as session:
+        waiting, oldest = processing_backlog(session)
+        overdue, first_due = session.execute(
+            select(func.count(), func.min(OutboxMail.next_attempt_at))
+            .where(OutboxMail.status == OutboxStatus.PENDING.value,
+                   OutboxMail.next_attempt_at <= now - _UNTAKEN_AFTER)).one()
+    waited = age_seconds(now, oldest)
+    if waited >= _UNTAKEN_AFTER.total_seconds():
+        yield Check("processing", False, f"{waiting} stored mail(s) not processed, the "
+                    f"oldest for {_duration(waited)}: is a processor running? Run `serve` "
+                    "(or a unit with `--only processor`) and read its log")
+    else:
+        yield Check("processing", True, f"{waiting} stored mail(s) waiting, the oldest for "
+                    f"{_duration(waited)}" if waiting else "no stored mail waiting")
+    if overdue:
+        yield Check("sending", False, f"{overdue} mail(s) due to be sent and not sent, the "
+                    f"first due {_duration(age_seconds(now, first_due))} ago: is a dispatcher "
+                    "running? Run `serve` (or a unit with `--only dispatcher`) and read "
+                    "its log")
+    else:
+        yield Check("sending", True, "no mail overdue to be sent")
 
 
 def _database_file(file: Path) -> Check | None:
@@ -237,7 +283,9 @@ def _templates(settings: Settings) -> Check:
     return Check("templates", True, f"{count} templates load")
 
 
-def checks(settings: Settings, config_path: str | None) -> Iterator[Check]:
+def checks(
+    settings: Settings, config_path: str | None, clock: Clock | None = None
+) -> Iterator[Check]:
     """Every check, in the order a newcomer would fix them."""
     from mailgateway.db.dialect import sqlite_file
     from mailgateway.db.session import create_db_engine
@@ -245,15 +293,19 @@ def checks(settings: Settings, config_path: str | None) -> Iterator[Check]:
     yield _configuration(settings, config_path)
     file = sqlite_file(settings.database.url)
     found = _looking("database", lambda: _database_file(file)) if file is not None else None
+    untaken: list[Check] = []
     if found is not None:
         database = [found]
     else:
         engine = create_db_engine(settings.database)
         try:
             database = list(_database(engine))
+            if all(check.ok for check in database):
+                untaken = list(_untaken(engine, (clock or SystemClock()).now()))
         finally:
             engine.dispose()
     yield from database
+    yield from untaken
     yield _looking("relay", lambda: _relay(settings))
     for index, mailbox in enumerate(settings.imap):
         yield _mailbox(index, mailbox)
@@ -278,10 +330,11 @@ def _looking(name: str, check: Callable[[], _Found]) -> _Found | Check:
 
 def run_checks(
     settings: Settings, config_path: str | None, write: Callable[[str], object],
+    clock: Clock | None = None,
 ) -> int:
     """Print one line per check; 0 when every one passed, 1 otherwise."""
     failed = 0
-    for check in checks(settings, config_path):
+    for check in checks(settings, config_path, clock):
         write(check.line())
         failed += not check.ok
     write("all checks passed" if not failed else f"{failed} check(s) failed")

@@ -33,6 +33,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from mailgateway.db.models import InboxMail, InboxStatus, OutboxMail, OutboxStatus
 from mailgateway.errors import ConfigError
@@ -91,9 +92,7 @@ class GatewayCollector(Collector):
     def _from_database(self) -> Iterator[Metric]:
         now = self._gateway.clock.now()
         with self._gateway.reads() as session:
-            waiting, oldest_waiting = session.execute(
-                select(func.count(), func.min(InboxMail.received_at))
-                .where(InboxMail.status == InboxStatus.RECEIVED.value)).one()
+            waiting, oldest_waiting = processing_backlog(session)
             by_status = dict(session.execute(
                 select(OutboxMail.status, func.count()).group_by(OutboxMail.status)).all())
             oldest = session.execute(
@@ -112,7 +111,7 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             "mailgateway_inbox_oldest_waiting_seconds",
             "Age of the oldest stored mail not yet processed (0: none).",
-            value=_age(now, oldest_waiting))
+            value=age_seconds(now, oldest_waiting))
         depth = GaugeMetricFamily("mailgateway_outbox_mails", "Outbox rows by status.",
                                   labels=["status"])
         for status in OutboxStatus:
@@ -120,7 +119,8 @@ class GatewayCollector(Collector):
         yield depth
         yield GaugeMetricFamily(
             "mailgateway_outbox_oldest_unsent_seconds",
-            "Age of the oldest mail waiting to be sent (0: none).", value=_age(now, oldest))
+            "Age of the oldest mail waiting to be sent (0: none).",
+            value=age_seconds(now, oldest))
         yield GaugeMetricFamily("mailgateway_inbox_quarantined_mails",
                                 "Received mails in quarantine, waiting for a person.",
                                 value=quarantined)
@@ -131,7 +131,15 @@ class GatewayCollector(Collector):
                                   value=bounces)
 
 
-def _age(now: datetime, then: datetime | None) -> float:
+def processing_backlog(session: Session) -> tuple[int, datetime | None]:
+    """Stored mail not yet processed: how much, and when the oldest came."""
+    waiting, oldest = session.execute(
+        select(func.count(), func.min(InboxMail.received_at))
+        .where(InboxMail.status == InboxStatus.RECEIVED.value)).one()
+    return waiting, oldest
+
+
+def age_seconds(now: datetime, then: datetime | None) -> float:
     """Seconds since `then`, 0 when there is none (SQLite gives back naive UTC)."""
     if then is None:
         return 0.0

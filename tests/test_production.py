@@ -517,9 +517,9 @@ def dovecot() -> Iterator[Dovecot]:
         yield server
 
 
-def _doctor(settings: Settings) -> tuple[int, list[str]]:
+def _doctor(settings: Settings, clock: FixedClock | None = None) -> tuple[int, list[str]]:
     lines: list[str] = []
-    return run_checks(settings, "test.toml", lines.append), lines
+    return run_checks(settings, "test.toml", lines.append, clock), lines
 
 
 def test_doctor_passes_on_a_working_setup_and_names_each_fault(
@@ -600,6 +600,44 @@ def test_doctor_names_an_unreachable_database_and_an_old_schema(
     code, lines = _doctor(gone)
     assert code == 1
     assert any(line.startswith("FAIL  database:") and "database.url" in line for line in lines)
+
+
+def test_doctor_names_mail_no_processor_or_dispatcher_has_taken(
+    settings: Settings, clock: FixedClock
+) -> None:
+    """"No ticket appears", "no answer comes": doctor says which component runs
+    nowhere, once mail has waited for it longer than a running one would let it."""
+    gateway = Gateway(replace(settings, helpdesk=replace(settings.helpdesk,
+                                                         unknown_sender="accept")), clock)
+
+    def said(name: str) -> str:
+        lines = _doctor(settings, clock)[1]
+        return next(line for line in lines if line.split(":")[0].split()[-1] == name)
+
+    try:
+        assert said("processing") == "ok    processing: no stored mail waiting"
+        assert said("sending") == "ok    sending: no mail overdue to be sent"
+        gateway.receive(_mail(1), transport="smtp")
+        clock.advance(minutes=2)
+        assert said("processing") == (
+            "ok    processing: 1 stored mail(s) waiting, the oldest for 2 min")
+        clock.advance(hours=2, minutes=3)
+        processing = said("processing")
+        assert processing.startswith("FAIL  processing: 1 stored mail(s) not processed, the "
+                                     "oldest for 2 h 5 min: is a processor running?")
+        assert "--only processor" in processing
+
+        assert gateway.process_pending() == 1  # an acknowledgment and a notice, due now
+        assert said("processing") == "ok    processing: no stored mail waiting"
+        clock.advance(minutes=9)
+        assert said("sending") == "ok    sending: no mail overdue to be sent"
+        clock.advance(minutes=2)
+        sending = said("sending")
+        assert sending.startswith("FAIL  sending: 2 mail(s) due to be sent and not sent, the "
+                                  "first due 11 min ago: is a dispatcher running?")
+        assert "--only dispatcher" in sending
+    finally:
+        gateway.close()
 
 
 def _doctor_as_another_user(settings: Settings) -> list[str]:
