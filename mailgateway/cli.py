@@ -74,6 +74,13 @@ def _db_upgrade(args: argparse.Namespace, app: App) -> None:
     print("Database schema is up to date.", file=sys.stderr)
 
 
+def _db_backup(args: argparse.Namespace, app: App) -> None:
+    from mailgateway.backup import back_up
+
+    for line in back_up(app.settings, Path(args.folder)):
+        print(line)
+
+
 def _ingest(args: argparse.Namespace, app: App) -> int:
     from mailgateway.ingest.pipe import EX_TEMPFAIL, read_message
 
@@ -401,8 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--now", help="the clock for this command, ISO 8601 (replays, tests)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    db = _group(sub, "db", "database schema")
+    db = _group(sub, "db", "the database: its schema and backups")
     _add(db, "upgrade", _db_upgrade, "create or migrate the schema")
+    backup = _add(db, "backup", _db_backup, "copy the database (SQLite), the attachments "
+                  "and the generated secret into a new folder; safe while serve runs")
+    backup.add_argument("folder", help="a folder that does not exist yet, or an empty one")
     serve = _add(sub, "serve", _serve, "run every configured component until SIGTERM/SIGINT")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="processing processes beside the listener's (default: one per "
@@ -519,7 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.handler is _serve:
             check_serving_secret(loaded)
         # doctor writes nothing, a generated secret's file included; it checks the secret.
-        settings = loaded if args.handler is _doctor else with_secret(loaded)
+        # A backup copies the file as it is, and must not make one.
+        settings = loaded if args.handler in (_doctor, _db_backup) else with_secret(loaded)
         clock: Clock = FixedClock(parse_instant(args.now)) if args.now else SystemClock()
     except ConfigError as exc:
         if args.command == "doctor":  # one line per check, this one failed

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,7 @@ from typing import Any
 import pytest
 
 from mailgateway.cli import main
+from tests.conftest import write_toml
 from tests.mails import CUSTOMER, PERSON, build_mail, staff_reply_address
 
 
@@ -334,3 +338,72 @@ def test_inbox_show_gives_one_mail_and_its_fate(
         [sys.executable, "-m", "mailgateway", "--config", str(desk), "inbox", "show", "1",
          "--raw"], capture_output=True, timeout=60, check=True)
     assert shown_raw.stdout == raw
+
+
+def test_db_backup_taken_while_the_desk_writes_restores_its_tickets_and_files(
+    desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, config_data: dict[str, Any]
+) -> None:
+    _ticket_with_files(desk, capsys, tmp_path)
+    shown = run(capsys, desk, "--now", NOW, "tickets", "show", "1")[1]
+    url = config_data["database"]["url"]
+    sqlite = url.startswith("sqlite")
+    writer = None
+    if sqlite:  # serve in the middle of a transaction: not in the copy, and not waited for
+        writer = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE tickets SET subject = 'non ancora' WHERE id = 1")
+    backup = tmp_path / "backup"
+    try:
+        code, out, err = run(capsys, desk, "db", "backup", str(backup))
+    finally:
+        if writer is not None:
+            writer.execute("COMMIT")
+            writer.close()
+    assert code == 0, err
+    database, attachments, secret = out.splitlines()
+    assert database.startswith("database: ")
+    assert ("copied to" in database) if sqlite else ("pg_dump" in database)
+    assert attachments == (f"attachments: 3 file(s), 16 bytes, copied to "
+                           f"{backup / 'attachments'}")
+    assert secret.startswith("secret: set in the configuration or MAILGATEWAY_SECRET, not "
+                             "copied: keep it with this backup")
+    code, _, err = run(capsys, desk, "db", "backup", str(backup))
+    assert code == 1
+    assert err.strip() == f"mailgateway: {backup} is not an empty folder: a backup never " \
+        "overwrites another."
+
+    # Restored as the README says, into a new data folder (PostgreSQL: its dump, here
+    # the same database).
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    shutil.copytree(backup / "attachments", restored / "attachments")
+    if sqlite:
+        shutil.copy2(backup / "mailgateway.db", restored / "mailgateway.db")
+        url = f"sqlite:///{restored / 'mailgateway.db'}"
+    config = write_toml({**config_data, "helpdesk": {**config_data["helpdesk"],
+                                                     "data_dir": str(restored)},
+                         "database": {"url": url}}, tmp_path / "restored.toml")
+    assert run(capsys, config, "db", "upgrade")[0] == 0
+    assert run(capsys, config, "--now", NOW, "tickets", "show", "1")[1] == shown
+    exported = tmp_path / "exported"
+    code, _, err = run(capsys, config, "tickets", "attachment", "1", "--all",
+                       "--out", str(exported))
+    assert code == 0, err
+    assert {p.name: p.read_bytes() for p in exported.iterdir()} == {
+        "errore.png": b"first", "log.txt": b"righe", "errore (2).png": b"second"}
+
+
+def test_db_backup_keeps_the_generated_secret_that_signed_the_mail_already_sent(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, config_data: dict[str, Any]
+) -> None:
+    config_data["helpdesk"]["secret"] = ""
+    config = write_toml(config_data, tmp_path / "generated.toml")
+    data_dir = Path(config_data["helpdesk"]["data_dir"])
+    backup = tmp_path / "backup"
+    assert run(capsys, config, "db", "upgrade")[0] == 0  # signs nothing, makes the secret
+    code, out, err = run(capsys, config, "db", "backup", str(backup))
+    assert code == 0, err
+    assert out.splitlines()[-1] == (f"secret: {data_dir / 'secret'} copied to "
+                                    f"{backup / 'secret'} (readable by this user only)")
+    assert (backup / "secret").read_bytes() == (data_dir / "secret").read_bytes()
+    assert stat.S_IMODE((backup / "secret").stat().st_mode) == 0o600
