@@ -124,7 +124,9 @@ def smtp_listener(ctx: Context) -> list[Row]:
     The processor shares the process and the database, as `serve` runs them by default;
     a second, listener-only run on a fresh site shows what the processor's share costs.
     """
-    name, mails = "smtp-listener", ctx.n
+    from mailgateway.server import default_workers
+
+    name, mails, default = "smtp-listener", ctx.n, default_workers()
     results: Results = {}
     if not _missing(ctx, name, "benchmarks.smtp_bench"):
         from benchmarks.smtp_bench import bench_smtp
@@ -135,10 +137,13 @@ def smtp_listener(ctx: Context) -> list[Row]:
             with site_config(ctx, "smtp-workers", backend) as (settings, config):
                 workers = bench_smtp(settings, mails, SMTP_CLIENTS, process=True,
                                      workers=SMTP_WORKERS, config=config)
+            with site_config(ctx, "smtp-default", backend) as (settings, config):
+                by_default = bench_smtp(settings, mails, SMTP_CLIENTS, process=True,
+                                        workers=default, config=config)
             with site_settings(ctx, "smtp-alone", backend) as settings:
                 alone = bench_smtp(settings, mails, SMTP_CLIENTS, process=False)
             return {**served, "listener_only_mails_per_s": alone["mails_per_s"],
-                    "with_workers": workers}
+                    "with_workers": workers, "by_default": by_default}
 
         results = _each_backend(ctx, name, run)
     return [
@@ -147,7 +152,7 @@ def smtp_listener(ctx: Context) -> list[Row]:
             f"SMTP accepted, {mails} mails, {SMTP_CLIENTS} clients",
             "mails/s",
             lambda r: r["mails_per_s"],
-            note="processor running in the same process (the default deployment); "
+            note="processor running in the same process (`serve --workers 0`); "
             "a mail counts when its 250 arrives, after the inbox commit",
         ),
         _row(results, "SMTP time-to-250 p50", "ms", lambda r: r["p50_ms"], better="lower"),
@@ -184,6 +189,17 @@ def smtp_listener(ctx: Context) -> list[Row]:
             "mails/s",
             lambda r: r["with_workers"].get("processed_per_s"),
         ),
+        _row(
+            results,
+            f"SMTP accepted, serve as it starts here (--workers {default})",
+            "mails/s",
+            lambda r: r["by_default"]["mails_per_s"],
+            note="the workers `serve` starts without the flag: one per core beyond the first",
+        ),
+        _row(results, f"SMTP time-to-250 p50, --workers {default}", "ms",
+             lambda r: r["by_default"]["p50_ms"], better="lower"),
+        _row(results, f"SMTP time-to-250 p99, --workers {default}", "ms",
+             lambda r: r["by_default"]["p99_ms"], better="lower"),
         _row(
             results,
             "SMTP accepted, listener only",
