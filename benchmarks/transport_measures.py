@@ -172,34 +172,17 @@ def smtp_listener(ctx: Context) -> list[Row]:
             better="lower",
             note="this process only, while sending; steadier than the rates on a busy machine",
         ),
-        _row(
-            results,
-            f"SMTP accepted, serve --workers {SMTP_WORKERS}",
-            "mails/s",
-            lambda r: r["with_workers"]["mails_per_s"],
-            note="processing in worker processes beside the listener's",
-        ),
-        _row(results, f"SMTP time-to-250 p50, --workers {SMTP_WORKERS}", "ms",
-             lambda r: r["with_workers"]["p50_ms"], better="lower"),
-        _row(results, f"SMTP time-to-250 p99, --workers {SMTP_WORKERS}", "ms",
-             lambda r: r["with_workers"]["p99_ms"], better="lower"),
+        *_with_workers(results, "with_workers", f"serve --workers {SMTP_WORKERS}",
+                       SMTP_WORKERS, "processing in worker processes beside the listener's"),
         _row(
             results,
             f"SMTP to tickets, --workers {SMTP_WORKERS}",
             "mails/s",
             lambda r: r["with_workers"].get("processed_per_s"),
         ),
-        _row(
-            results,
-            f"SMTP accepted, serve as it starts here (--workers {default})",
-            "mails/s",
-            lambda r: r["by_default"]["mails_per_s"],
-            note="the workers `serve` starts without the flag: one per core beyond the first",
-        ),
-        _row(results, f"SMTP time-to-250 p50, --workers {default}", "ms",
-             lambda r: r["by_default"]["p50_ms"], better="lower"),
-        _row(results, f"SMTP time-to-250 p99, --workers {default}", "ms",
-             lambda r: r["by_default"]["p99_ms"], better="lower"),
+        *_with_workers(results, "by_default", f"serve as it starts here (--workers {default})",
+                       default, "the workers `serve` starts without the flag: one per core "
+                       "beyond the first"),
         _row(
             results,
             "SMTP accepted, listener only",
@@ -207,6 +190,19 @@ def smtp_listener(ctx: Context) -> list[Row]:
             lambda r: r["listener_only_mails_per_s"],
             note="processor off, fresh site: the listener's own ceiling",
         ),
+    ]
+
+
+def _with_workers(results: Results, key: str, label: str, workers: int,
+                  note: str) -> list[Row]:
+    """Accepted mails/s and time-to-250 of one `serve --workers` run."""
+    return [
+        _row(results, f"SMTP accepted, {label}", "mails/s",
+             lambda r: r[key]["mails_per_s"], note=note),
+        _row(results, f"SMTP time-to-250 p50, --workers {workers}", "ms",
+             lambda r: r[key]["p50_ms"], better="lower"),
+        _row(results, f"SMTP time-to-250 p99, --workers {workers}", "ms",
+             lambda r: r[key]["p99_ms"], better="lower"),
     ]
 
 

@@ -11,6 +11,10 @@ Files written since are extra, and harmless.
 SQLite is copied with its online backup API, one consistent snapshot that
 neither waits for the writers nor holds them up. A PostgreSQL database is the
 server's to copy (`pg_dump`, taken before this command for the same reason).
+
+The copy holds every customer's mail: it is readable by this user only, and it
+is made in a hidden folder beside the target and renamed into place at the
+end, so a backup that failed half-way never looks like a whole one.
 """
 
 from __future__ import annotations
@@ -33,9 +37,22 @@ def back_up(settings: Settings, target: Path) -> list[str]:
     """Copy the desk into `target` (new, or an empty folder); one line per part."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{target} is not an empty folder: a backup never overwrites another.")
-    target.mkdir(parents=True, exist_ok=True)
-    return [_database(settings, target), _attachments(settings, target),
-            _secret(settings, target)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.parent / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by a backup that was killed
+    partial.mkdir(mode=0o700)
+    os.chmod(partial, 0o700)  # the mode even under a loose umask
+    try:
+        lines = [_database(settings, partial), _attachments(settings, partial),
+                 _secret(settings, partial)]
+        partial.rename(target)  # onto an empty folder too
+    except (OSError, sqlite3.Error) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise UserError(f"the backup into {target} failed, nothing was kept: {exc}.") from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return [line.replace(str(partial), str(target)) for line in lines]
 
 
 def _database(settings: Settings, target: Path) -> str:
@@ -46,7 +63,7 @@ def _database(settings: Settings, target: Path) -> str:
     if not file.is_file():
         raise UserError(f"{file} does not exist: there is no database to back up.")
     copy = target / DATABASE_FILE
-    source = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+    source = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
     try:
         destination = sqlite3.connect(copy)
         try:
@@ -82,7 +99,8 @@ def _secret(settings: Settings, target: Path) -> str:
                 "it with this backup, or the replies to mail already sent are refused")
     source = secret_path(settings)
     if not source.is_file():
-        return "secret: none generated yet (nothing has been signed)"
+        return ("secret: none configured here and none generated: if serve takes "
+                "MAILGATEWAY_SECRET from its unit's environment, keep it with this backup")
     copy = target / source.name
     copy.touch(mode=0o600)
     os.chmod(copy, 0o600)  # the mode even under a loose umask

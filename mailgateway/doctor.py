@@ -99,16 +99,22 @@ def _duration(seconds: float) -> str:
 
 
 def _untaken(engine: Engine, now: datetime) -> Iterator[Check]:
-    """Work in the database that the component meant for it has not taken."""
+    """Work in the database that the component meant for it has not taken. Read
+    without the write lock: serve's writers neither wait for doctor nor it for them."""
+    from mailgateway.db.dialect import reading
     from mailgateway.db.models import OutboxMail, OutboxStatus
     from mailgateway.monitoring import age_seconds, processing_backlog
 
-    with Session(engine) as session:
-        waiting, oldest = processing_backlog(session)
-        overdue, first_due = session.execute(
-            select(func.count(), func.min(OutboxMail.next_attempt_at))
-            .where(OutboxMail.status == OutboxStatus.PENDING.value,
-                   OutboxMail.next_attempt_at <= now - _UNTAKEN_AFTER)).one()
+    try:
+        with Session(reading(engine)) as session:
+            waiting, oldest = processing_backlog(session)
+            overdue, first_due = session.execute(
+                select(func.count(), func.min(OutboxMail.next_attempt_at))
+                .where(OutboxMail.status == OutboxStatus.PENDING.value,
+                       OutboxMail.next_attempt_at <= now - _UNTAKEN_AFTER)).one()
+    except Exception as exc:
+        yield Check("processing and sending", False, f"not checked: {_first_line(exc)}")
+        return
     waited = age_seconds(now, oldest)
     if waited >= _UNTAKEN_AFTER.total_seconds():
         yield Check("processing", False, f"{waiting} stored mail(s) not processed, the "
@@ -120,8 +126,8 @@ def _untaken(engine: Engine, now: datetime) -> Iterator[Check]:
     if overdue:
         yield Check("sending", False, f"{overdue} mail(s) due to be sent and not sent, the "
                     f"first due {_duration(age_seconds(now, first_due))} ago: is a dispatcher "
-                    "running? Run `serve` (or a unit with `--only dispatcher`) and read "
-                    "its log")
+                    "running, and keeping up? Run `serve` (or a unit with `--only "
+                    "dispatcher`) and read its log")
     else:
         yield Check("sending", True, "no mail overdue to be sent")
 

@@ -634,7 +634,7 @@ def test_doctor_names_mail_no_processor_or_dispatcher_has_taken(
         clock.advance(minutes=2)
         sending = said("sending")
         assert sending.startswith("FAIL  sending: 2 mail(s) due to be sent and not sent, the "
-                                  "first due 11 min ago: is a dispatcher running?")
+                                  "first due 11 min ago: is a dispatcher running, and keeping up?")
         assert "--only dispatcher" in sending
     finally:
         gateway.close()

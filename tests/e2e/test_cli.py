@@ -407,3 +407,16 @@ def test_db_backup_keeps_the_generated_secret_that_signed_the_mail_already_sent(
                                     f"{backup / 'secret'} (readable by this user only)")
     assert (backup / "secret").read_bytes() == (data_dir / "secret").read_bytes()
     assert stat.S_IMODE((backup / "secret").stat().st_mode) == 0o600
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o700  # every customer's mail is in it
+    assert sorted(p.name for p in tmp_path.iterdir() if "backup" in p.name) == ["backup"]
+
+
+def test_a_failed_db_backup_leaves_nothing_that_looks_like_a_backup(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, config_data: dict[str, Any]
+) -> None:
+    config_data["database"]["url"] = f"sqlite:///{tmp_path / 'gone' / 'mailgateway.db'}"
+    config = write_toml(config_data, tmp_path / "gone.toml")
+    code, out, err = run(capsys, config, "db", "backup", str(tmp_path / "backup"))
+    assert (code, out) == (1, "")
+    assert "mailgateway.db does not exist: there is no database to back up." in err
+    assert not [p for p in tmp_path.iterdir() if "backup" in p.name]
