@@ -9,8 +9,15 @@ every file the copied database names exists by the time the files are copied.
 Files written since are extra, and harmless.
 
 SQLite is copied with its online backup API, one consistent snapshot that
-neither waits for the writers nor holds them up. A PostgreSQL database is the
-server's to copy (`pg_dump`, taken before this command for the same reason).
+neither waits for the writers nor holds them up. PostgreSQL is dumped by the
+server's own `pg_dump` (one snapshot too), in its custom format for
+`pg_restore`; the password goes to it in its environment, never on its
+command line, where any user of the host could read it.
+
+Attachment files are named by their content and never change, so a daily
+backup can share them with the day before's: with `link_dest`, a file that
+backup already holds is hard-linked, not copied again (as `rsync --link-dest`
+does), and each backup is still whole on its own.
 
 The copy holds every customer's mail: it is readable by this user only, and it
 is made in a hidden folder beside the target and renamed into place at the
@@ -22,7 +29,10 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from mailgateway.config import Settings
 from mailgateway.db.dialect import sqlite_file
@@ -30,20 +40,25 @@ from mailgateway.errors import UserError
 from mailgateway.signing_secret import configured, secret_path
 
 DATABASE_FILE = "mailgateway.db"
+DUMP_FILE = "mailgateway.dump"
 ATTACHMENTS = "attachments"
 
 
-def back_up(settings: Settings, target: Path) -> list[str]:
-    """Copy the desk into `target` (new, or an empty folder); one line per part."""
+def back_up(settings: Settings, target: Path, link_dest: Path | None = None) -> list[str]:
+    """Copy the desk into `target` (new, or an empty folder), sharing the unchanged
+    attachment files of the backup `link_dest`; one line per part."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{target} is not an empty folder: a backup never overwrites another.")
+    if link_dest is not None and not (link_dest / ATTACHMENTS).is_dir():
+        raise UserError(f"{link_dest} holds no {ATTACHMENTS} folder: it is not a backup to "
+                        "share files with.")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.parent / f".{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # left by a backup that was killed
     partial.mkdir(mode=0o700)
     os.chmod(partial, 0o700)  # the mode even under a loose umask
     try:
-        lines = [_database(settings, partial), _attachments(settings, partial),
+        lines = [_database(settings, partial), _attachments(settings, partial, link_dest),
                  _secret(settings, partial)]
         partial.rename(target)  # onto an empty folder too
     except (OSError, sqlite3.Error) as exc:
@@ -58,8 +73,7 @@ def back_up(settings: Settings, target: Path) -> list[str]:
 def _database(settings: Settings, target: Path) -> str:
     file = sqlite_file(settings.database.url)
     if file is None:
-        return ("database: not copied; PostgreSQL's is taken with `pg_dump` (before this "
-                "command, so that these files cover it)")
+        return _dump(settings.database.url, target / DUMP_FILE)
     if not file.is_file():
         raise UserError(f"{file} does not exist: there is no database to back up.")
     copy = target / DATABASE_FILE
@@ -78,19 +92,68 @@ def _database(settings: Settings, target: Path) -> str:
     return f"database: {file} copied to {copy} ({copy.stat().st_size:,} bytes)"
 
 
-def _attachments(settings: Settings, target: Path) -> str:
+def _dump(url: str, dump: Path) -> str:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise UserError(f"{url} names no SQLite file to copy: give database.url a file.")
+    pg_dump = shutil.which("pg_dump")
+    if pg_dump is None:
+        raise UserError("pg_dump is not installed: install PostgreSQL's client tools "
+                        "(Debian: postgresql-client) of the server's major version or newer.")
+    environment = dict(os.environ)
+    if parsed.password is not None:
+        environment["PGPASSWORD"] = str(parsed.password)
+    libpq = parsed.set(drivername="postgresql", password=None)
+    done = subprocess.run(
+        [pg_dump, "--format=custom", f"--file={dump}",
+         libpq.render_as_string(hide_password=False)],
+        env=environment, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        said = done.stderr.strip().splitlines()
+        raise UserError("pg_dump failed, no backup was made: "
+                        f"{said[-1] if said else f'exit {done.returncode}'}")
+    return (f"database: {libpq.render_as_string(hide_password=True)} dumped to {dump} "
+            f"({dump.stat().st_size:,} bytes; restore it with pg_restore)")
+
+
+def _attachments(settings: Settings, target: Path, link_dest: Path | None) -> str:
     source = settings.data_dir / ATTACHMENTS
-    count = 0
-    size = 0
+    count = size = linked = 0
     for file in sorted(source.rglob("*")) if source.is_dir() else []:
         if not file.is_file() or file.name.startswith(".tmp-"):  # a write not yet done
             continue
-        copy = target / ATTACHMENTS / file.relative_to(source)
+        name = file.relative_to(source)
+        copy = target / ATTACHMENTS / name
         copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(file, copy)
+        previous = None if link_dest is None else link_dest / ATTACHMENTS / name
+        if previous is not None and _same_file(previous, file) and _linked(previous, copy):
+            linked += 1
+        else:
+            shutil.copy2(file, copy)
         count += 1
         size += copy.stat().st_size
-    return f"attachments: {count} file(s), {size:,} bytes, copied to {target / ATTACHMENTS}"
+    shared = "" if link_dest is None else \
+        f"; {linked} of them unchanged since {link_dest}, hard-linked to its copies"
+    return (f"attachments: {count} file(s), {size:,} bytes, copied to {target / ATTACHMENTS}"
+            f"{shared}")
+
+
+def _same_file(previous: Path, current: Path) -> bool:
+    """The same name is the same content (its SHA-256); the size catches a copy that
+    was cut short."""
+    try:
+        return previous.stat().st_size == current.stat().st_size
+    except FileNotFoundError:
+        return False
+
+
+def _linked(previous: Path, copy: Path) -> bool:
+    """False where no link can be made (the backups on two file systems): copied then."""
+    try:
+        os.link(previous, copy)
+    except OSError:
+        return False
+    return True
 
 
 def _secret(settings: Settings, target: Path) -> str:

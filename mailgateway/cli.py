@@ -77,7 +77,8 @@ def _db_upgrade(args: argparse.Namespace, app: App) -> None:
 def _db_backup(args: argparse.Namespace, app: App) -> None:
     from mailgateway.backup import back_up
 
-    for line in back_up(app.settings, Path(args.folder)):
+    link_dest = Path(args.link_dest) if args.link_dest else None
+    for line in back_up(app.settings, Path(args.folder), link_dest):
         print(line)
 
 
@@ -410,9 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = _group(sub, "db", "the database: its schema and backups")
     _add(db, "upgrade", _db_upgrade, "create or migrate the schema")
-    backup = _add(db, "backup", _db_backup, "copy the database (SQLite), the attachments "
-                  "and the generated secret into a new folder; safe while serve runs")
+    backup = _add(db, "backup", _db_backup, "copy the database (SQLite's file, or "
+                  "PostgreSQL's pg_dump), the attachments and the generated secret into a "
+                  "new folder; safe while serve runs")
     backup.add_argument("folder", help="a folder that does not exist yet, or an empty one")
+    backup.add_argument("--link-dest", metavar="PREVIOUS",
+                        help="an earlier backup: attachment files it holds are hard-linked "
+                        "instead of copied again (same file system)")
     serve = _add(sub, "serve", _serve, "run every configured component until SIGTERM/SIGINT")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="processing processes beside the listener's (default: one per "

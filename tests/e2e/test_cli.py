@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import shutil
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 from mailgateway.cli import main
-from tests.conftest import write_toml
+from tests.conftest import scratch_postgres, skip_or_fail, write_toml
 from tests.mails import CUSTOMER, PERSON, build_mail, staff_reply_address
 
 
@@ -340,6 +343,11 @@ def test_inbox_show_gives_one_mail_and_its_fate(
     assert shown_raw.stdout == raw
 
 
+def needs_postgres_client_tools() -> None:
+    if not (shutil.which("pg_dump") and shutil.which("pg_restore")):
+        skip_or_fail("pg_dump and pg_restore are not installed (Debian: postgresql-client)")
+
+
 def test_db_backup_taken_while_the_desk_writes_restores_its_tickets_and_files(
     desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, config_data: dict[str, Any]
 ) -> None:
@@ -347,22 +355,24 @@ def test_db_backup_taken_while_the_desk_writes_restores_its_tickets_and_files(
     shown = run(capsys, desk, "--now", NOW, "tickets", "show", "1")[1]
     url = config_data["database"]["url"]
     sqlite = url.startswith("sqlite")
-    writer = None
-    if sqlite:  # serve in the middle of a transaction: not in the copy, and not waited for
-        writer = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-        writer.execute("BEGIN IMMEDIATE")
-        writer.execute("UPDATE tickets SET subject = 'non ancora' WHERE id = 1")
+    if not sqlite:
+        needs_postgres_client_tools()
+    # serve in the middle of a transaction: not in the copy, and not waited for
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    writer = engine.connect()
+    writer.exec_driver_sql("BEGIN IMMEDIATE" if sqlite else "BEGIN")
+    writer.exec_driver_sql("UPDATE tickets SET subject = 'non ancora' WHERE id = 1")
     backup = tmp_path / "backup"
     try:
         code, out, err = run(capsys, desk, "db", "backup", str(backup))
     finally:
-        if writer is not None:
-            writer.execute("COMMIT")
-            writer.close()
+        writer.exec_driver_sql("COMMIT")
+        writer.close()
+        engine.dispose()
     assert code == 0, err
     database, attachments, secret = out.splitlines()
     assert database.startswith("database: ")
-    assert ("copied to" in database) if sqlite else ("pg_dump" in database)
+    assert database.endswith(" bytes)" if sqlite else " bytes; restore it with pg_restore)")
     assert attachments == (f"attachments: 3 file(s), 16 bytes, copied to "
                            f"{backup / 'attachments'}")
     assert secret.startswith("secret: set in the configuration or MAILGATEWAY_SECRET, not "
@@ -372,23 +382,29 @@ def test_db_backup_taken_while_the_desk_writes_restores_its_tickets_and_files(
     assert err.strip() == f"mailgateway: {backup} is not an empty folder: a backup never " \
         "overwrites another."
 
-    # Restored as the README says, into a new data folder (PostgreSQL: its dump, here
-    # the same database).
+    # Restored as the README says, into a new data folder and a new database.
     restored = tmp_path / "restored"
     restored.mkdir()
     shutil.copytree(backup / "attachments", restored / "attachments")
-    if sqlite:
-        shutil.copy2(backup / "mailgateway.db", restored / "mailgateway.db")
-        url = f"sqlite:///{restored / 'mailgateway.db'}"
-    config = write_toml({**config_data, "helpdesk": {**config_data["helpdesk"],
-                                                     "data_dir": str(restored)},
-                         "database": {"url": url}}, tmp_path / "restored.toml")
-    assert run(capsys, config, "db", "upgrade")[0] == 0
-    assert run(capsys, config, "--now", NOW, "tickets", "show", "1")[1] == shown
-    exported = tmp_path / "exported"
-    code, _, err = run(capsys, config, "tickets", "attachment", "1", "--all",
-                       "--out", str(exported))
-    assert code == 0, err
+    with contextlib.ExitStack() as stack:
+        if sqlite:
+            shutil.copy2(backup / "mailgateway.db", restored / "mailgateway.db")
+            url = f"sqlite:///{restored / 'mailgateway.db'}"
+        else:
+            url = stack.enter_context(scratch_postgres(url))
+            libpq = make_url(url).set(drivername="postgresql")
+            subprocess.run(["pg_restore", "--clean", "--if-exists", "--no-owner", "-d",
+                            libpq.render_as_string(hide_password=False),
+                            str(backup / "mailgateway.dump")], check=True)
+        config = write_toml({**config_data, "helpdesk": {**config_data["helpdesk"],
+                                                         "data_dir": str(restored)},
+                             "database": {"url": url}}, tmp_path / "restored.toml")
+        assert run(capsys, config, "db", "upgrade")[0] == 0
+        assert run(capsys, config, "--now", NOW, "tickets", "show", "1")[1] == shown
+        exported = tmp_path / "exported"
+        code, _, err = run(capsys, config, "tickets", "attachment", "1", "--all",
+                           "--out", str(exported))
+        assert code == 0, err
     assert {p.name: p.read_bytes() for p in exported.iterdir()} == {
         "errore.png": b"first", "log.txt": b"righe", "errore (2).png": b"second"}
 
@@ -411,6 +427,43 @@ def test_db_backup_keeps_the_generated_secret_that_signed_the_mail_already_sent(
     assert sorted(p.name for p in tmp_path.iterdir() if "backup" in p.name) == ["backup"]
 
 
+def test_db_backup_with_link_dest_shares_the_files_yesterdays_backup_holds(
+    desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, config_data: dict[str, Any]
+) -> None:
+    """A daily backup copies only the attachment files that are new since the last one;
+    each backup stays whole on its own, so the older one can be deleted."""
+    _ticket_with_files(desk, capsys, tmp_path)
+    yesterday, today = tmp_path / "yesterday", tmp_path / "today"
+    assert run(capsys, desk, "db", "backup", str(yesterday))[0] == 0
+    cut_short = next(p for p in (yesterday / "attachments").rglob("*") if p.is_file())
+    cut_short.write_bytes(b"")  # a copy damaged since: copied again, not shared
+    later = tmp_path / "later.eml"
+    later.write_bytes(build_mail(subject="Re: [Ticket#2026-000001] Stampa F24",
+                                 attachments=[("nuovo.pdf", b"%PDF nuovo", "application/pdf")]))
+    assert run(capsys, desk, "--now", NOW, "ingest", str(later))[0] == 0
+
+    code, out, err = run(capsys, desk, "db", "backup", str(today), "--link-dest", str(yesterday))
+    assert code == 0, err
+    assert out.splitlines()[1] == (
+        f"attachments: 4 file(s), 26 bytes, copied to {today / 'attachments'}; 2 of them "
+        f"unchanged since {yesterday}, hard-linked to its copies")
+    files = {p.relative_to(today / "attachments"): p
+             for p in (today / "attachments").rglob("*") if p.is_file()}
+    kept = yesterday / "attachments"
+    shared = {name for name, p in files.items()
+              if (kept / name).exists() and p.samefile(kept / name)}
+    assert len(shared) == 2 and cut_short.relative_to(kept) not in shared
+    shutil.rmtree(yesterday)
+    for name, file in files.items():  # every file whole, its name its content's SHA-256
+        assert hashlib.sha256(file.read_bytes()).hexdigest() == name.name
+
+    code, _, err = run(capsys, desk, "db", "backup", str(tmp_path / "next"),
+                       "--link-dest", str(tmp_path / "nowhere"))
+    assert code == 1
+    assert err.strip() == (f"mailgateway: {tmp_path / 'nowhere'} holds no attachments folder: "
+                           "it is not a backup to share files with.")
+
+
 def test_a_failed_db_backup_leaves_nothing_that_looks_like_a_backup(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, config_data: dict[str, Any]
 ) -> None:
@@ -419,4 +472,20 @@ def test_a_failed_db_backup_leaves_nothing_that_looks_like_a_backup(
     code, out, err = run(capsys, config, "db", "backup", str(tmp_path / "backup"))
     assert (code, out) == (1, "")
     assert "mailgateway.db does not exist: there is no database to back up." in err
+    assert not [p for p in tmp_path.iterdir() if "backup" in p.name]
+
+
+def test_a_db_backup_whose_pg_dump_fails_says_why_and_keeps_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, config_data: dict[str, Any],
+    postgres_url: str
+) -> None:
+    needs_postgres_client_tools()
+    absent = make_url(postgres_url).set(database="mg_no_such_database", password="segreta")
+    config_data["database"]["url"] = absent.render_as_string(hide_password=False)
+    config = write_toml(config_data, tmp_path / "absent.toml")
+    code, out, err = run(capsys, config, "db", "backup", str(tmp_path / "backup"))
+    assert (code, out) == (1, "")
+    assert err.startswith("mailgateway: pg_dump failed, no backup was made: ")
+    assert 'database "mg_no_such_database" does not exist' in err
+    assert "segreta" not in err
     assert not [p for p in tmp_path.iterdir() if "backup" in p.name]
