@@ -63,9 +63,6 @@ _log = structlog.get_logger(__name__)
 RECEIVED, PROCESSED, QUARANTINED = "received", "processed", "quarantined"
 # Mail handed over to processors elsewhere is moved by its fate at least this often.
 _HANDED_OVER_AT_ONCE = 500
-# Mail left waiting for its processors is said in the log when it is new to the
-# waiting, then this often while it waits (with none running anywhere: for ever).
-_WAITING_SAID_EVERY_SECONDS = 60.0
 # Upper bound on the bytes one FETCH brings into memory (a single larger mail still passes).
 _MAX_BATCH_BYTES = 64 * 1024 * 1024
 _BODY = b"BODY[]"
@@ -144,6 +141,7 @@ class ImapPoller:
         hand_over: Callable[[int], None] | None = None,
         fate_wait_seconds: float = 2.0,
         fate_recheck_seconds: float = 5.0,
+        waiting_said_every_seconds: float = 60.0,
     ) -> None:
         """`reconnect_*` override the settings' backoff bounds (first wait, cap); the cap
         is also the interval between attempts after a refused login. Without
@@ -153,7 +151,9 @@ class ImapPoller:
         the poller then waits for a batch's fates as long as one comes at least every
         `fate_wait_seconds`. A mail still unprocessed stays in the folder, and the
         poller IDLEs (new mail comes in at once), looking at it again every
-        `fate_recheck_seconds` until it is done.
+        `fate_recheck_seconds` until it is done. The log says so when a mail starts
+        waiting, then every `waiting_said_every_seconds` while it waits (with no
+        processor running anywhere: for ever).
         Without `hand_over` the poller processes each mail itself."""
         check_imap_settings(settings, "imap")
         self._password = settings.resolved_password()
@@ -169,6 +169,7 @@ class ImapPoller:
         self._hand_over = hand_over
         self._fate_wait_seconds = fate_wait_seconds
         self._fate_recheck_seconds = fate_recheck_seconds
+        self._waiting_said_every_seconds = waiting_said_every_seconds
         self.mailbox = mailbox_name(settings)
         self._backoff = Backoff(
             initial=(
@@ -591,11 +592,12 @@ class ImapPoller:
 
     def _say_waiting(self, uids: frozenset[int]) -> None:
         """Log mail left in the folder for its processors when one is new to the wait,
-        and then once a minute: with no processor running anywhere, the wait has no end,
-        and a line at every look would bury the log (the backlog metric tells it)."""
+        and then every `waiting_said_every_seconds` (a minute): with no processor
+        running anywhere, the wait has no end, and a line at every look would bury the
+        log (the backlog metric tells it)."""
         state = self._folder
         now = time.monotonic()
-        again = now - state.waiting_said_at >= _WAITING_SAID_EVERY_SECONDS
+        again = now - state.waiting_said_at >= self._waiting_said_every_seconds
         if not again and uids <= state.waiting_said:
             return
         if again:  # a drain waits for its mail in parts of 500: their union was said

@@ -489,6 +489,30 @@ def test_mail_left_waiting_is_said_when_it_starts_waiting_not_at_every_look(
     assert [r.status for r in desk.inbox()] == ["received", "received"]
 
 
+def test_mail_that_keeps_waiting_is_said_again_at_the_set_interval(
+    dovecot: Dovecot, desk: Desk
+) -> None:
+    """A wait with no end is said again now and then (a minute in production), so that
+    a log read an hour later still shows it, without a line at every look."""
+    receiver = Wrapped(desk.gateway)
+    poller = ImapPoller(imap_settings(dovecot), receiver, hand_over=lambda inbox_id: None,
+                        fate_wait_seconds=0.05, fate_recheck_seconds=0.1,
+                        idle_check_seconds=0.1, waiting_said_every_seconds=0.6)
+    dovecot.append("INBOX", make_mail("In attesa"))
+    with capture_logs() as logs, RunningPoller(poller):
+        wait_until(lambda: len(desk.inbox()) == 1, what="the mail stored")
+        started = time.monotonic()
+        event = "imap mail still being processed, left in the folder"
+        wait_until(lambda: sum(e["event"] == event for e in logs) == 3, timeout=10,
+                   what="the wait said three times")
+        elapsed = time.monotonic() - started
+        looks = receiver.fate_reads
+    said = [e for e in logs if e["event"] == event]
+    assert elapsed >= 2 * 0.6 - 0.1  # not sooner than the interval lets it
+    assert looks >= 2 * len(said)  # and not at every look
+    assert all(e["waiting"] == 1 for e in said)
+
+
 def test_missing_folders_are_created(dovecot: Dovecot, desk: Desk) -> None:
     dovecot.append("Support", make_mail("In una cartella"))
     assert "Archivio" not in dovecot.folders()
