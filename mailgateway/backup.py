@@ -19,6 +19,10 @@ backup can share them with the day before's: with `link_dest`, a file that
 backup already holds is hard-linked, not copied again (as `rsync --link-dest`
 does), and each backup is still whole on its own.
 
+A timer runs it `--dated`: each backup is named by its time in one folder,
+shares its files with the newest one there, and the oldest beyond `--keep` go
+once the new one is whole, so a failed night never leaves fewer backups.
+
 The copy holds every customer's mail: it is readable by this user only, and it
 is made in a hidden folder beside the target and renamed into place at the
 end, so a backup that failed half-way never looks like a whole one.
@@ -30,6 +34,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -42,6 +47,7 @@ from mailgateway.signing_secret import configured, secret_path
 DATABASE_FILE = "mailgateway.db"
 DUMP_FILE = "mailgateway.dump"
 ATTACHMENTS = "attachments"
+DATED = "%Y-%m-%dT%H%M%SZ"  # sorts as it happened
 
 
 def back_up(settings: Settings, target: Path, link_dest: Path | None = None) -> list[str]:
@@ -68,6 +74,42 @@ def back_up(settings: Settings, target: Path, link_dest: Path | None = None) -> 
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return [line.replace(str(partial), str(target)) for line in lines]
+
+
+def back_up_dated(settings: Settings, root: Path, now: datetime, keep: int | None = None,
+                  link_dest: Path | None = None) -> list[str]:
+    """A backup in `root` named by `now` that shares files with the newest one there
+    (or `link_dest`); then, with `keep`, the oldest beyond that many are removed, and
+    what a killed run left, since only one runs at a time from its timer."""
+    earlier = _dated_backups(root)
+    target = root / now.strftime(DATED)
+    lines = back_up(settings, target, link_dest or (earlier[-1] if earlier else None))
+    if keep is None:
+        return lines
+    for old in [*earlier, target][:-keep]:
+        shutil.rmtree(old)
+        lines.append(f"removed {old}: older than the {keep} backup(s) kept")
+    for left in root.glob(".*.partial"):
+        if _is_dated(left.name[1:-len(".partial")]):
+            shutil.rmtree(left, ignore_errors=True)
+    return lines
+
+
+def _dated_backups(root: Path) -> list[Path]:
+    """The whole backups `back_up_dated` made in `root`, oldest first: a folder of
+    another name there is the admin's, and never touched."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if p.is_dir() and _is_dated(p.name) and (p / ATTACHMENTS).is_dir())
+
+
+def _is_dated(name: str) -> bool:
+    try:
+        datetime.strptime(name, DATED)
+    except ValueError:
+        return False
+    return True
 
 
 def _database(settings: Settings, target: Path) -> str:
@@ -118,6 +160,7 @@ def _dump(url: str, dump: Path) -> str:
 
 def _attachments(settings: Settings, target: Path, link_dest: Path | None) -> str:
     source = settings.data_dir / ATTACHMENTS
+    (target / ATTACHMENTS).mkdir()  # even with none: a later backup links against it
     count = size = linked = 0
     for file in sorted(source.rglob("*")) if source.is_dir() else []:
         if not file.is_file() or file.name.startswith(".tmp-"):  # a write not yet done

@@ -75,10 +75,17 @@ def _db_upgrade(args: argparse.Namespace, app: App) -> None:
 
 
 def _db_backup(args: argparse.Namespace, app: App) -> None:
-    from mailgateway.backup import back_up
+    from mailgateway.backup import back_up, back_up_dated
 
     link_dest = Path(args.link_dest) if args.link_dest else None
-    for line in back_up(app.settings, Path(args.folder), link_dest):
+    if args.keep is not None and not args.dated:
+        raise UserError("--keep removes dated backups: give --dated too.")
+    if args.dated:
+        lines = back_up_dated(app.settings, Path(args.folder), app.clock.now(), args.keep,
+                              link_dest)
+    else:
+        lines = back_up(app.settings, Path(args.folder), link_dest)
+    for line in lines:
         print(line)
 
 
@@ -393,6 +400,12 @@ def _add(
     return parser
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 def _group(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
@@ -414,10 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
     backup = _add(db, "backup", _db_backup, "copy the database (SQLite's file, or "
                   "PostgreSQL's pg_dump), the attachments and the generated secret into a "
                   "new folder; safe while serve runs")
-    backup.add_argument("folder", help="a folder that does not exist yet, or an empty one")
+    backup.add_argument("folder", help="a folder that does not exist yet, or an empty one "
+                        "(with --dated: the folder the dated backups are kept in)")
     backup.add_argument("--link-dest", metavar="PREVIOUS",
                         help="an earlier backup: attachment files it holds are hard-linked "
                         "instead of copied again (same file system)")
+    backup.add_argument("--dated", action="store_true",
+                        help="back up into FOLDER/<UTC time>, sharing files with the newest "
+                        "backup there (what a timer runs)")
+    backup.add_argument("--keep", type=_positive, metavar="N",
+                        help="with --dated: then remove the oldest beyond the N newest")
     serve = _add(sub, "serve", _serve, "run every configured component until SIGTERM/SIGINT")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="processing processes beside the listener's (default: one per "

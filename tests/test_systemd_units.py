@@ -46,7 +46,8 @@ def test_systemd_accepts_every_line_of_the_units(tmp_path: Path) -> None:
     for unit in UNITS.iterdir():  # the binary where this machine has it
         (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED_AT, program))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["mailgateway.service", "mailgateway.target", "mailgateway@.service"]
+    assert names == ["mailgateway-backup.service", "mailgateway-backup.timer",
+                     "mailgateway.service", "mailgateway.target", "mailgateway@.service"]
     checked = subprocess.run([analyze, "verify", *names], cwd=tmp_path,
                              capture_output=True, text=True, timeout=60)
     assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
@@ -61,3 +62,12 @@ def test_the_units_start_commands_the_cli_takes(unit: str, components: set[str])
     assert parse_only(serve.only) == components  # an unknown component raises
     if "@" in unit:
         assert (serve.metrics_listen, serve.workers) == ("127.0.0.1:9188", 2)
+
+
+def test_the_backup_unit_takes_dated_backups_into_the_folder_it_may_write() -> None:
+    unit = UNITS / "mailgateway-backup.service"
+    [backup] = [build_parser().parse_args(c) for c in _commands(unit)]
+    assert (backup.command, backup.dated, backup.keep) == ("db", True, 14)
+    state = next(line for line in unit.read_text().splitlines()
+                 if line.startswith("StateDirectory="))
+    assert Path(backup.folder).name in state.split("=")[1].split()  # ProtectSystem=strict

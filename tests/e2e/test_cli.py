@@ -464,6 +464,45 @@ def test_db_backup_with_link_dest_shares_the_files_yesterdays_backup_holds(
                            "it is not a backup to share files with.")
 
 
+def test_dated_db_backups_share_files_with_the_newest_and_keep_the_last_n(
+    desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """What the nightly timer runs: each backup named by its time beside the earlier
+    ones, hard-linking to the newest, the oldest beyond --keep removed once the new
+    one is whole; the admin's own folders there and a killed run's leftover."""
+    root = tmp_path / "backups"
+    (root / "notes").mkdir(parents=True)
+    killed = root / ".2026-03-01T023000Z.partial"
+    killed.mkdir()
+
+    def nightly(day: int) -> tuple[int, list[str], str]:
+        code, out, err = run(capsys, desk, "--now", f"2026-03-0{day}T02:30:00+00:00",
+                             "db", "backup", str(root), "--dated", "--keep", "2")
+        return code, out.splitlines(), err
+
+    code, lines, err = nightly(2)  # an empty desk: no file yet
+    assert code == 0, err
+    first = root / "2026-03-02T023000Z"
+    assert lines[1] == f"attachments: 0 file(s), 0 bytes, copied to {first / 'attachments'}"
+    _ticket_with_files(desk, capsys, tmp_path)
+    code, lines, err = nightly(3)
+    assert code == 0, err
+    assert lines[1].endswith(f"0 of them unchanged since {first}, hard-linked to its copies")
+    code, lines, err = nightly(4)
+    assert code == 0, err
+    second, third = root / "2026-03-03T023000Z", root / "2026-03-04T023000Z"
+    assert lines[1] == (f"attachments: 3 file(s), 16 bytes, copied to {third / 'attachments'}"
+                        f"; 3 of them unchanged since {second}, hard-linked to its copies")
+    assert lines[3:] == [f"removed {first}: older than the 2 backup(s) kept"]
+    assert sorted(p.name for p in root.iterdir()) == [second.name, third.name, "notes"]
+    assert all(file.samefile(second / file.relative_to(third))
+               for file in (third / "attachments").rglob("*") if file.is_file())
+
+    code, _, err = run(capsys, desk, "db", "backup", str(tmp_path / "other"), "--keep", "2")
+    assert code == 1
+    assert err.strip() == "mailgateway: --keep removes dated backups: give --dated too."
+
+
 def test_a_failed_db_backup_leaves_nothing_that_looks_like_a_backup(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, config_data: dict[str, Any]
 ) -> None:
