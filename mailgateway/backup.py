@@ -87,7 +87,11 @@ def back_up_dated(settings: Settings, root: Path, now: datetime, keep: int | Non
     if keep is None:
         return lines
     for old in [*earlier, target][:-keep]:
-        shutil.rmtree(old)
+        try:
+            shutil.rmtree(old)
+        except OSError as exc:  # the timer's unit fails, and says why
+            raise UserError(f"{target} is whole, but the old backup {old} could not be "
+                            f"removed: {exc}.") from None
         lines.append(f"removed {old}: older than the {keep} backup(s) kept")
     for left in root.glob(".*.partial"):
         if _is_dated(left.name[1:-len(".partial")]):

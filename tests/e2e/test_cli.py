@@ -503,6 +503,28 @@ def test_dated_db_backups_share_files_with_the_newest_and_keep_the_last_n(
     assert err.strip() == "mailgateway: --keep removes dated backups: give --dated too."
 
 
+def test_a_dated_backup_that_cannot_remove_an_old_one_fails_and_says_the_new_one_is_whole(
+    desk: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The nightly unit fails rather than let old backups fill the disk unseen."""
+    root = tmp_path / "backups"
+    nightly = ("db", "backup", str(root), "--dated", "--keep", "1")
+    assert run(capsys, desk, "--now", "2026-03-02T02:30:00+00:00", *nightly)[0] == 0
+    old = root / "2026-03-02T023000Z"
+    stuck = next(p for p in old.iterdir() if p.is_file())  # the database's copy or dump
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not allowed here (it needs root and ext4 or the like)")
+    try:
+        code, _, err = run(capsys, desk, "--now", "2026-03-03T02:30:00+00:00", *nightly)
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    new = root / "2026-03-03T023000Z"
+    assert code == 1
+    assert err.startswith(f"mailgateway: {new} is whole, but the old backup {old} could not "
+                          "be removed: [Errno 1] Operation not permitted")
+    assert (new / "attachments").is_dir() and stuck.exists()
+
+
 def test_a_failed_db_backup_leaves_nothing_that_looks_like_a_backup(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, config_data: dict[str, Any]
 ) -> None:
