@@ -78,9 +78,9 @@ def back_up(settings: Settings, target: Path, link_dest: Path | None = None) -> 
 
 def back_up_dated(settings: Settings, root: Path, now: datetime, keep: int | None = None,
                   link_dest: Path | None = None) -> list[str]:
-    """A backup in `root` named by `now` that shares files with the newest one there
-    (or `link_dest`); then, with `keep`, the oldest beyond that many are removed, and
-    what a killed run left, since only one runs at a time from its timer."""
+    """A backup in `root` named by `now` (UTC) that shares files with the newest one
+    there (or `link_dest`); then, with `keep`, the oldest beyond that many are removed,
+    and the hidden folders of runs killed half-way (the timer starts one at a time)."""
     earlier = _dated_backups(root)
     target = root / now.strftime(DATED)
     lines = back_up(settings, target, link_dest or (earlier[-1] if earlier else None))
