@@ -501,6 +501,11 @@ def test_dated_db_backups_share_files_with_the_newest_and_keep_the_last_n(
     code, _, err = run(capsys, desk, "db", "backup", str(tmp_path / "other"), "--keep", "2")
     assert code == 1
     assert err.strip() == "mailgateway: --keep removes dated backups: give --dated too."
+    with pytest.raises(SystemExit) as refused:  # a backup that keeps none is none
+        run(capsys, desk, "db", "backup", str(root), "--dated", "--keep", "0")
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "argument --keep: a whole number of at least 1, not '0'\n")
 
 
 def test_a_dated_backup_that_cannot_remove_an_old_one_fails_and_says_the_new_one_is_whole(
